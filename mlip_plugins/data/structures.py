@@ -1,0 +1,178 @@
+"""Turn ASE ``Atoms`` (with labels) into graphs that follow the data contract of DESIGN.md."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from ase import Atoms
+from torch_geometric.data import Data
+
+from mlip_plugins.data.neighbors import neighbor_list
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, the structure index and the field."""
+
+
+@dataclass
+class LabelKeys:
+    """Where labels live in an ASE ``Atoms`` (``info``, ``arrays`` or the attached calculator).
+
+    ``stress`` is read first; if absent, ``virial`` (eV, GPUMD convention) is converted to
+    stress = -virial / volume.
+    """
+
+    energy: str = "energy"
+    forces: str = "forces"
+    stress: str = "stress"
+    virial: str = "virial"
+    charges: str = "charges"
+    total_charge: str = "total_charge"
+    weight: str = "weight"
+    extra: dict = field(default_factory=dict)
+
+
+def _calc_results(atoms: Atoms) -> dict:
+    calc = atoms.calc
+    return dict(getattr(calc, "results", {}) or {}) if calc is not None else {}
+
+
+def _lookup(atoms: Atoms, key: str):
+    if key in atoms.info:
+        return atoms.info[key]
+    if key in atoms.arrays:
+        return atoms.arrays[key]
+    results = _calc_results(atoms)
+    if key in results:
+        return results[key]
+    return None
+
+
+def _as_stress_matrix(value, where: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size == 9:
+        return arr.reshape(3, 3)
+    if arr.size == 6:  # Voigt order xx yy zz yz xz xy
+        xx, yy, zz, yz, xz, xy = arr
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    raise DataError(f"{where}: expected 6 or 9 components, got {arr.size}")
+
+
+def _check_finite(array: np.ndarray, where: str) -> None:
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(np.asarray(array).reshape(len(array), -1)))[0][0] if np.ndim(array) else 0
+        raise DataError(f"{where}: contains NaN or inf (first at index {bad})")
+
+
+def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bool = False) -> dict:
+    """Read and check the labels of one structure. Missing labels are simply absent."""
+    n = len(atoms)
+    labels: dict = {}
+    energy = _lookup(atoms, keys.energy)
+    if energy is not None:
+        try:
+            labels["energy"] = float(np.asarray(energy, dtype=np.float64).reshape(-1)[0])
+        except (TypeError, ValueError, IndexError) as exc:
+            raise DataError(f"{where}: field {keys.energy!r}: not a number ({energy!r})") from exc
+        _check_finite(np.array([labels["energy"]]), f"{where}: field {keys.energy!r}")
+    elif require_energy:
+        raise DataError(f"{where}: field {keys.energy!r}: missing (no such key in info, arrays or calculator results)")
+    forces = _lookup(atoms, keys.forces)
+    if forces is not None:
+        forces = np.asarray(forces, dtype=np.float64)
+        if forces.shape != (n, 3):
+            raise DataError(f"{where}: field {keys.forces!r}: shape {forces.shape}, expected ({n}, 3)")
+        _check_finite(forces, f"{where}: field {keys.forces!r}")
+        labels["forces"] = forces
+    stress = _lookup(atoms, keys.stress)
+    if stress is not None:
+        labels["stress"] = _as_stress_matrix(stress, f"{where}: field {keys.stress!r}")
+        _check_finite(labels["stress"], f"{where}: field {keys.stress!r}")
+    else:
+        virial = _lookup(atoms, keys.virial)
+        if virial is not None:
+            volume = abs(np.linalg.det(atoms.cell.array))
+            if volume < 1e-8:
+                raise DataError(f"{where}: field {keys.virial!r}: a virial needs a cell with non-zero volume")
+            labels["stress"] = -_as_stress_matrix(virial, f"{where}: field {keys.virial!r}") / volume
+            _check_finite(labels["stress"], f"{where}: field {keys.virial!r}")
+    charges = _lookup(atoms, keys.charges)
+    if charges is not None:
+        charges = np.asarray(charges, dtype=np.float64).reshape(-1)
+        if charges.shape != (n,):
+            raise DataError(f"{where}: field {keys.charges!r}: {charges.size} values for {n} atoms")
+        _check_finite(charges, f"{where}: field {keys.charges!r}")
+        labels["charges"] = charges
+    total_charge = _lookup(atoms, keys.total_charge)
+    if total_charge is not None:
+        labels["total_charge"] = float(np.asarray(total_charge, dtype=np.float64).reshape(-1)[0])
+    elif "charges" in labels:
+        labels["total_charge"] = float(labels["charges"].sum())
+    weight = _lookup(atoms, keys.weight)
+    if weight is not None:
+        labels["weight"] = float(np.asarray(weight, dtype=np.float64).reshape(-1)[0])
+        if not np.isfinite(labels["weight"]) or labels["weight"] < 0:
+            raise DataError(f"{where}: field {keys.weight!r}: must be a finite non-negative number")
+    return labels
+
+
+def check_geometry(atoms: Atoms, where: str, min_distance: float = 0.1) -> None:
+    """Reject NaN/inf positions, degenerate periodic cells and atoms on top of each other."""
+    if len(atoms) == 0:
+        raise DataError(f"{where}: field 'positions': structure has no atoms")
+    positions = atoms.get_positions()
+    _check_finite(positions, f"{where}: field 'positions'")
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    cell = atoms.cell.array
+    _check_finite(cell, f"{where}: field 'cell'")
+    if pbc.any():
+        lengths = np.linalg.norm(cell, axis=1)
+        if np.any(lengths[pbc] < 1e-8) or abs(np.linalg.det(cell)) < 1e-8:
+            raise DataError(f"{where}: field 'cell': zero-volume cell with periodic boundaries {pbc.tolist()}")
+    if len(atoms) > 1:
+        edge_index, shifts = neighbor_list(positions, cell, pbc, min_distance)
+        if edge_index.shape[1] > 0:
+            j, i = edge_index[:, 0]
+            raise DataError(
+                f"{where}: field 'positions': atoms {i} and {j} are closer than {min_distance} Å "
+                f"(duplicate atoms?)"
+            )
+
+
+def atoms_to_graph(atoms: Atoms, cutoff: float, labels: dict | None = None) -> Data:
+    """Build one graph (data contract of DESIGN.md) with a vesin neighbour list.
+
+    Missing labels are stored as zeros with a ``has_<label>`` flag so that structures with
+    partial labels batch together and the loss masks what is absent.
+    """
+    labels = labels or {}
+    n = len(atoms)
+    positions = atoms.get_positions()
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    # Non-periodic structures carry a zero cell (data contract); mixed boundaries keep theirs.
+    cell = atoms.cell.array.copy() if pbc.any() else np.zeros((3, 3))
+    edge_index, shifts = neighbor_list(positions, cell, pbc, cutoff)
+    dtype = torch.get_default_dtype()
+    data = Data(
+        pos=torch.tensor(positions, dtype=dtype),
+        z=torch.tensor(atoms.numbers, dtype=torch.long),
+        cell=torch.tensor(cell, dtype=dtype).view(1, 3, 3),
+        pbc=torch.tensor(pbc).view(1, 3),
+        edge_index=torch.from_numpy(edge_index),
+        shifts=torch.from_numpy(shifts),
+    )
+    data.energy = torch.tensor([labels.get("energy", 0.0)], dtype=dtype)
+    data.has_energy = torch.tensor([("energy" in labels)])
+    data.forces = torch.tensor(labels["forces"], dtype=dtype) if "forces" in labels else torch.zeros(n, 3, dtype=dtype)
+    data.has_forces = torch.tensor([("forces" in labels)])
+    data.stress = (
+        torch.tensor(labels["stress"], dtype=dtype).view(1, 3, 3) if "stress" in labels else torch.zeros(1, 3, 3, dtype=dtype)
+    )
+    data.has_stress = torch.tensor([("stress" in labels)])
+    if "charges" in labels:
+        data.charges = torch.tensor(labels["charges"], dtype=dtype)
+    data.total_charge = torch.tensor([labels.get("total_charge", 0.0)], dtype=dtype)
+    data.weight = torch.tensor([labels.get("weight", 1.0)], dtype=dtype)
+    return data

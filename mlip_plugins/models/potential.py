@@ -1,0 +1,79 @@
+"""The ``Potential``: per-atom energies summed per structure, forces and stress from autograd."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from mlip_plugins.elements import ElementMap
+from mlip_plugins.graph import build_atomic_graph
+from mlip_plugins.models.composition import split_output
+
+
+class Potential(nn.Module):
+    """E = sum_i [scale * E_i^model + E0[s_i]]; F = -dE/dpos; stress = (1/V) dE/d(strain).
+
+    ``e0`` (reference energy per element) and ``energy_scale`` are buffers set from the
+    training set before fitting (see :mod:`mlip_plugins.data.statistics`), so they are saved
+    with the weights and a model is a pure function of (graph, state_dict).
+    """
+
+    def __init__(self, elements: Sequence[int | str], cutoff: float, energy_model_spec: Mapping):
+        super().__init__()
+        from mlip_plugins.models.builder import _plain, build_energy_model
+
+        self.element_map = ElementMap(elements)
+        self.cutoff = float(cutoff)
+        self.energy_model_spec = _plain(energy_model_spec)
+        self.energy_model = build_energy_model(self.energy_model_spec, self.element_map.num_species, self.cutoff)
+        model_cutoff = float(getattr(self.energy_model, "cutoff", self.cutoff))
+        if model_cutoff > self.cutoff + 1e-12:
+            raise ValueError(f"a term's cutoff {model_cutoff} exceeds the model cutoff {self.cutoff}")
+        self.register_buffer("e0", torch.zeros(self.element_map.num_species))
+        self.register_buffer("energy_scale", torch.ones(()))
+
+    @property
+    def atomic_numbers(self) -> list[int]:
+        return self.element_map.atomic_numbers
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per named term (and the total under ``'total'``)."""
+        counts = dict(self.energy_model.parameter_counts()) if hasattr(self.energy_model, "parameter_counts") else {}
+        counts["total"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return counts
+
+    def forward(
+        self,
+        data,
+        compute_forces: bool = True,
+        compute_stress: bool = False,
+        create_graph: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Energies [B], atomic energies [N] and, if asked, forces [N, 3] and stress [B, 3, 3]."""
+        species = self.element_map(data.z)
+        dtype = self.e0.dtype
+        pos = data.pos.to(dtype)
+        if compute_forces and not pos.requires_grad:
+            pos = pos.detach().requires_grad_(True)
+        num_graphs = int(data.num_graphs) if hasattr(data, "num_graphs") else 1
+        strain = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=compute_stress)
+        graph = build_atomic_graph(data, species, strain=strain, pos=pos)
+        atomic, extras = split_output(self.energy_model(graph))
+        atomic = atomic * self.energy_scale + self.e0[species]
+        energy = torch.zeros(num_graphs, dtype=dtype, device=pos.device).index_add(0, graph.batch, atomic)
+        out = {"energy": energy, "atomic_energies": atomic, **extras}
+        inputs = ([pos] if compute_forces else []) + ([strain] if compute_stress else [])
+        if inputs:
+            grads = torch.autograd.grad(
+                energy.sum(), inputs, create_graph=create_graph, retain_graph=create_graph or self.training, allow_unused=True
+            )
+            grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
+            if compute_forces:
+                out["forces"] = -grads[0]
+            if compute_stress:
+                volume = torch.linalg.det(data.cell.view(-1, 3, 3).to(dtype)).abs()
+                safe = torch.where(volume > 1e-12, volume, torch.ones_like(volume))
+                out["stress"] = torch.where((volume > 1e-12).view(-1, 1, 1), grads[-1] / safe.view(-1, 1, 1), torch.zeros_like(grads[-1]))
+        return out
