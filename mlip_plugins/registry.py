@@ -31,6 +31,9 @@ GROUPS: dict[str, str] = {
     "charge_models": "mlip_plugins.charge_models",
     "readouts": "mlip_plugins.readouts",
     "energy_models": "mlip_plugins.energy_models",
+    # value = a Python package holding a Hydra config tree that mirrors conf/ (model/descriptor/*.yaml, ...);
+    # hydra_plugins/mlip_plugins_searchpath appends it to the search path of the mlip-train app
+    "configs": "mlip_plugins.configs",
 }
 
 

@@ -34,6 +34,10 @@ class Potential(nn.Module):
         self.register_buffer("e0", torch.zeros(self.element_map.num_species))
         self.register_buffer("energy_scale", torch.ones(()))
 
+    def model_config(self) -> dict:
+        """The ``model`` config that rebuilds this potential with ``build_potential``."""
+        return {"elements": list(self.atomic_numbers), "cutoff": self.cutoff, "energy": self.energy_model_spec}
+
     @property
     def atomic_numbers(self) -> list[int]:
         return self.element_map.atomic_numbers

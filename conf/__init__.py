@@ -1,0 +1,1 @@
+"""The Hydra config tree of mlip-plugins (installed as ``mlip_plugins.conf``)."""

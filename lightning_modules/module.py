@@ -1,0 +1,189 @@
+"""``PotentialModule``: the LightningModule that trains a ``Potential`` on energies, forces, stress.
+
+Validation and test run with gradients enabled (forces are -dE/dpos), so the Trainer is
+built with ``inference_mode=False``. Metrics (RMSE and MAE of energy per atom, force
+components and stress) are accumulated over the epoch with torchmetrics, which also
+synchronises them across DDP processes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchmetrics import MeanAbsoluteError, MeanSquaredError
+
+from lightning_modules.losses import LossWeights, errors, total_loss
+from mlip_plugins.models.builder import _plain, build_potential
+
+TARGETS = ("energy", "forces", "stress", "charges")
+
+
+def _metric_set() -> nn.ModuleDict:
+    return nn.ModuleDict(
+        {f"{t}_{m}": (MeanSquaredError(squared=False) if m == "rmse" else MeanAbsoluteError()) for t in TARGETS for m in ("rmse", "mae")}
+    )
+
+
+def regularization_losses(model: nn.Module) -> torch.Tensor | None:
+    """Sum of ``regularization_loss()`` over submodules that define it (e.g. NEP's L1/L2)."""
+    total = None
+    for module in model.modules():
+        hook = getattr(module, "regularization_loss", None)
+        if callable(hook):
+            value = hook()
+            if value is not None:
+                total = value if total is None else total + value
+    return total
+
+
+class PotentialModule(L.LightningModule):
+    """Trains ``model`` (a Potential config) with a weighted energy/force/stress loss.
+
+    Args:
+        model: the ``model`` config section (elements, cutoff, energy tree).
+        loss: ``LossWeights`` fields (energy, forces, stress, charges, kind, huber_delta).
+        optimizer: ``{name: adam|adamw, lr, weight_decay, ...}``.
+        scheduler: ``{name: cosine|plateau|none, warmup_steps, min_lr_ratio, factor, patience}``.
+        ema: ``{decay: 0.99}`` to keep an exponential moving average used for validation
+            and export, or None.
+    """
+
+    def __init__(
+        self,
+        model: Mapping,
+        loss: Mapping | None = None,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        ema: Mapping | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(
+            {"model": _plain(model), "loss": _plain(loss or {}), "optimizer": _plain(optimizer or {}),
+             "scheduler": _plain(scheduler or {}), "ema": _plain(ema)}
+        )
+        self.model = build_potential(model)
+        self.loss_weights = LossWeights(**(_plain(loss) or {}))
+        self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
+        self.scheduler_cfg = dict(_plain(scheduler) or {"name": "none"})
+        ema = _plain(ema)
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(float(ema["decay"])), use_buffers=True)
+            if ema and ema.get("decay")
+            else None
+        )
+        self.val_metrics = _metric_set()
+        self.test_metrics = _metric_set()
+
+    # -- forward -----------------------------------------------------------------------
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights used for validation and export (the EMA copy if enabled)."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _needs_stress(self, batch) -> bool:
+        return bool(batch.has_stress.any()) and (self.loss_weights.stress > 0 or not self.training)
+
+    def forward(self, batch, create_graph: bool = False, model: nn.Module | None = None) -> dict:
+        model = model or self.model
+        return model(batch, compute_forces=True, compute_stress=self._needs_stress(batch), create_graph=create_graph)
+
+    # -- steps -------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        out = self(batch, create_graph=True)
+        loss, parts = total_loss(errors(batch, out), self.loss_weights)
+        if "aux_loss" in out:
+            loss = loss + out["aux_loss"]
+            parts["aux"] = out["aux_loss"].detach()
+        reg = regularization_losses(self.model)
+        if reg is not None:
+            loss = loss + reg
+            parts["reg"] = reg.detach()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step} "
+                f"(parts: { {k: float(v) for k, v in parts.items()} }); lower the learning rate or check the data"
+            )
+        size = batch.num_graphs
+        self.log("train/loss", loss.detach(), batch_size=size, prog_bar=True, on_step=True, on_epoch=True)
+        for key, value in parts.items():
+            self.log(f"train/loss_{key}", value, batch_size=size, on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    def _evaluate(self, batch, metrics: nn.ModuleDict, prefix: str) -> None:
+        with torch.enable_grad():
+            out = self(batch, model=self.eval_model)
+        errs = errors(batch, out)
+        loss, _ = total_loss(errs, self.loss_weights)
+        self.log(f"{prefix}/loss", loss.detach(), batch_size=batch.num_graphs, prog_bar=prefix == "val", sync_dist=True)
+        for key, (diff, w) in errs.items():
+            mask = w > 0
+            if bool(mask.any()):
+                d = diff.detach()[mask]
+                for m in ("rmse", "mae"):
+                    metrics[f"{key}_{m}"].update(d, torch.zeros_like(d))
+
+    def _log_metrics(self, metrics: nn.ModuleDict, prefix: str) -> None:
+        for name, metric in metrics.items():
+            if metric.update_called:
+                self.log(f"{prefix}/{name}", metric.compute(), sync_dist=False)
+            metric.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics(self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics(self.test_metrics, "test")
+
+    # -- optimisation ------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        cfg = dict(self.optimizer_cfg)
+        name = cfg.pop("name", "adam").lower()
+        classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+        if name not in classes:
+            raise ValueError(f"optimizer.name must be one of {', '.join(classes)}, got {name!r}")
+        optimizer = classes[name](self.model.parameters(), **cfg)
+        sched = dict(self.scheduler_cfg)
+        kind = str(sched.pop("name", "none")).lower()
+        if kind in ("none", "null", ""):
+            return optimizer
+        if kind == "cosine":
+            warmup = int(sched.get("warmup_steps", 0))
+            floor = float(sched.get("min_lr_ratio", 0.01))
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+
+            def factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / warmup
+                progress = min(1.0, (step - warmup) / max(1, total - warmup))
+                return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if kind == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=float(sched.get("factor", 0.5)), patience=int(sched.get("patience", 5))
+            )
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
+        raise ValueError(f"scheduler.name must be cosine, plateau or none, got {kind!r}")
+
+    # -- checkpoints -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from mlip_plugins.checkpoint import checkpoint_metadata
+
+        checkpoint["mlip_plugins"] = checkpoint_metadata(self.model)

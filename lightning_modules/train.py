@@ -1,0 +1,212 @@
+"""``mlip-train``: the Hydra app that assembles data, model, callbacks and a Lightning Trainer.
+
+    mlip-train                                   # quickstart on the embedded EMT dataset
+    mlip-train data=file data.path=train.xyz trainer.max_epochs=100
+    mlip-train model/descriptor=radial model.cutoff=6.0 'callbacks=[default,early_stopping]'
+    mlip-train trainer=ddp trainer.accelerator=cpu   # two processes (gloo)
+    mlip-train ckpt_path=runs/<date>/<time>/checkpoints/last.ckpt   # resume
+
+The run directory receives ``config.yaml`` (resolved), ``split.json``, ``checkpoints/``,
+``logs/``, ``metrics.json`` and ``parity.png``. Known input errors print one line and exit
+with status 2 (``debug=true`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_modules.datamodule import AtomsDataModule
+from mlip_plugins import registry
+from mlip_plugins.data.statistics import e0_from_mapping, energy_scale, fit_e0
+from mlip_plugins.data.structures import DataError
+from mlip_plugins.elements import UnknownElementError, to_atomic_numbers
+from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
+from mlip_plugins.models.builder import ConfigError, _plain, instantiate_plugin
+
+log = logging.getLogger("mlip_plugins.train")
+
+#: errors a user can fix from the message alone: reported in one line, no traceback
+USER_ERRORS = (DataError, ConfigError, registry.PluginError, UnknownElementError, FileNotFoundError, ValueError, FloatingPointError)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def apply_nep_in(cfg: DictConfig) -> DictConfig:
+    """Merge the keywords of a GPUMD nep.in (``nep_in=path``) into the config."""
+    if not cfg.get("nep_in"):
+        return cfg
+    from mlip_plugins.io.nep_in import nep_in_to_overrides
+
+    overrides = nep_in_to_overrides(cfg.nep_in)
+    merged = OmegaConf.merge(cfg, OmegaConf.create(overrides))
+    return merged
+
+
+def resolve_elements(cfg_elements: Any, datamodule: AtomsDataModule) -> list[int]:
+    """The model's element list; 'auto' takes the data's. Unknown data elements are an error
+    naming the file and frame."""
+    present = datamodule.elements()
+    if cfg_elements in (None, "auto"):
+        return present
+    known = set(to_atomic_numbers(list(cfg_elements)))
+    for graph in datamodule.train_graphs + datamodule.val_graphs + datamodule.test_graphs:
+        bad = sorted(set(graph.z.tolist()) - known)
+        if bad:
+            from ase.data import chemical_symbols
+
+            names = ", ".join(chemical_symbols[z] for z in bad)
+            raise UnknownElementError(
+                f"{graph.source.rsplit(':', 1)[0]}: frame {graph.source.rsplit(':', 1)[-1]}: field 'numbers': "
+                f"element {names} not in model.elements ({', '.join(chemical_symbols[z] for z in sorted(known))}); "
+                f"add it or use model.elements=auto"
+            )
+    return sorted(known)
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """Callbacks from ``cfg.callbacks``: each ``{_target_: ...}`` or ``{name: <registry name>, ...}``."""
+    callbacks = []
+    for key, spec in (cfg.get("callbacks") or {}).items():
+        if spec is None:
+            continue
+        if "_target_" in spec:
+            callbacks.append(hydra.utils.instantiate(spec))
+        else:
+            callbacks.append(instantiate_plugin("callbacks", spec, f"callbacks.{key}"))
+    if cfg.trainer.get("enable_progress_bar", True):
+        from lightning.pytorch.callbacks import TQDMProgressBar
+
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    return [hydra.utils.instantiate(spec) for spec in (cfg.get("logger") or {}).values() if spec is not None]
+
+
+def _module_class(cfg: DictConfig):
+    path = (cfg.get("module") or {}).get("cls", "lightning_modules.module.PotentialModule")
+    return registry._import_dotted(path)
+
+
+def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> None:
+    """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set."""
+    model = module.model
+    elements = model.atomic_numbers
+    if isinstance(e0_cfg, str):
+        if e0_cfg != "fit":
+            raise ConfigError(f"e0: expected 'fit' or a mapping element -> energy, got {e0_cfg!r}")
+        e0 = fit_e0(datamodule.train_graphs, elements)
+    else:
+        e0 = e0_from_mapping(_plain(e0_cfg), elements)
+    scale = energy_scale(datamodule.train_graphs, elements, e0)
+    with torch.no_grad():
+        for target in [model] + ([module.ema.module] if module.ema is not None else []):
+            target.e0.copy_(torch.as_tensor(e0, dtype=target.e0.dtype))
+            target.energy_scale.fill_(scale)
+
+
+def run_training(cfg: DictConfig) -> dict:
+    """Train as configured; returns run_dir, checkpoint paths and the final metrics."""
+    cfg = apply_nep_in(cfg)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype: expected float32 or float64, got {cfg.dtype!r}")
+    torch.set_default_dtype(DTYPES[cfg.dtype])
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    data_cfg = _plain(cfg.data)
+    split_file = run_dir / "split.json"
+    datamodule = AtomsDataModule(cutoff=float(cfg.model.cutoff), split_file=str(split_file), **data_cfg)
+    datamodule.setup("fit")
+    model_cfg = _plain(cfg.model)
+    model_cfg["elements"] = resolve_elements(model_cfg.get("elements"), datamodule)
+
+    module_cls = _module_class(cfg)
+    module = module_cls(
+        model=model_cfg, loss=_plain(cfg.loss), optimizer=_plain(cfg.optimizer),
+        scheduler=_plain(cfg.scheduler), ema=_plain(cfg.get("ema")),
+    )
+    if not cfg.get("ckpt_path"):
+        initialise_statistics(module, datamodule, cfg.e0)
+    if _rank_zero():
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        datamodule.save_split(split_file)
+        counts = module.model.parameter_counts()
+        log.info("model parameters: %s", counts)
+
+    trainer = L.Trainer(
+        **_plain(cfg.trainer),
+        callbacks=build_callbacks(cfg),
+        logger=build_loggers(cfg) or False,
+        default_root_dir=str(run_dir),
+        inference_mode=False,
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    checkpoint_dir = run_dir / "checkpoints"
+    result = {"run_dir": str(run_dir), "last_ckpt": str(checkpoint_dir / "last.ckpt"), "best_ckpt": str(checkpoint_dir / "best.ckpt")}
+    if trainer.global_rank != 0:
+        return result
+    potential = module.eval_model
+    graphs = datamodule.val_graphs or datamodule.train_graphs
+    pred = predict(potential, graphs, batch_size=datamodule.val_batch_size)
+    metrics = metrics_from_predictions(pred)
+    if datamodule.test_graphs:
+        test_metrics = metrics_from_predictions(predict(potential, datamodule.test_graphs, datamodule.val_batch_size))
+        metrics.update({f"test_{k}": v for k, v in test_metrics.items()})
+    metrics["parameters"] = module.model.parameter_counts()
+    parity_plot(pred, run_dir / "parity.png", title=f"validation ({len(graphs)} structures)")
+    write_json(metrics, run_dir / "metrics.json")
+    print(format_table(metrics, f"\nFinal validation errors ({len(graphs)} structures, {metrics['parameters']['total']} parameters)"))
+    if datamodule.test_graphs:
+        test_view = {k[5:]: v for k, v in metrics.items() if k.startswith("test_")}
+        print(format_table(test_view, f"Test errors ({len(datamodule.test_graphs)} structures)"))
+    print(f"run directory: {run_dir}")
+    result["metrics"] = metrics
+    return result
+
+
+def _clean_failed_run(run_dir: Path) -> None:
+    """Remove a run directory that holds no checkpoint, so no half-written run looks complete."""
+    if run_dir.exists() and not any((run_dir / "checkpoints").glob("*.ckpt")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+    elif run_dir.exists():
+        (run_dir / "FAILED").write_text("training stopped with an error; see the log\n")
+
+
+@hydra.main(version_base=None, config_path="pkg://mlip_plugins.conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    debug = bool(cfg.get("debug")) or os.environ.get("MLIP_DEBUG", "") not in ("", "0")
+    try:
+        run_training(cfg)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        _clean_failed_run(Path(cfg.run_dir))
+        print(f"mlip-train: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console entry point of ``mlip-train``."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

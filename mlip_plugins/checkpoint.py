@@ -1,0 +1,107 @@
+"""Save and load potentials without unpickling arbitrary objects.
+
+Two file kinds load into a ``Potential``:
+
+* a Lightning training checkpoint (``.ckpt``): the model config lives in
+  ``hyper_parameters['model']``, weights under ``state_dict['model.*']`` (or the EMA copy
+  ``ema.module.*`` when present);
+* an exported model (``.pt``, written by :func:`export_potential`): ``{'format',
+  'model_config', 'state_dict', 'metadata'}``.
+
+Both are read with ``torch.load(weights_only=True)``: only tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+import torch
+
+EXPORT_FORMAT = "mlip-plugins/potential-v1"
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("mlip-plugins")
+    except importlib_metadata.PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+def checkpoint_metadata(potential) -> dict:
+    """Provenance saved with every checkpoint: package version and the plugins the model uses."""
+    try:
+        from mlip_plugins.provenance import model_plugins
+
+        plugins = model_plugins(potential)
+    except ImportError:
+        plugins = []
+    return {"version": _version(), "plugins": plugins, "atomic_numbers": list(potential.atomic_numbers)}
+
+
+def _check_plugins(meta: dict | None) -> None:
+    if not meta or not meta.get("plugins"):
+        return
+    try:
+        from mlip_plugins.provenance import check_plugins_installed
+    except ImportError:
+        return
+    check_plugins_installed(meta["plugins"])
+
+
+def _load_raw(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - report corrupt or unsafe files clearly
+        raise ValueError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def split_checkpoint(raw: dict, path: str | os.PathLike = "<checkpoint>", use_ema: bool = True) -> tuple[dict, dict, dict | None]:
+    """(model config, model state dict, provenance metadata) from a loaded checkpoint dict."""
+    if raw.get("format") == EXPORT_FORMAT:
+        return raw["model_config"], raw["state_dict"], raw.get("metadata")
+    if "hyper_parameters" in raw and "state_dict" in raw:
+        config = raw["hyper_parameters"]["model"]
+        state = raw["state_dict"]
+        prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in state) else "model."
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        return config, weights, raw.get("mlip_plugins")
+    raise ValueError(f"{path}: neither a training checkpoint nor an exported mlip-plugins model")
+
+
+def load_potential(path: str | os.PathLike, map_location: str | torch.device = "cpu", use_ema: bool = True):
+    """A ``Potential`` from a training checkpoint or an exported model, in the saved dtype."""
+    from mlip_plugins.models.builder import build_potential
+
+    raw = _load_raw(path, map_location)
+    config, weights, meta = split_checkpoint(raw, path, use_ema)
+    _check_plugins(meta)
+    dtype = next((v.dtype for v in weights.values() if torch.is_floating_point(v)), torch.get_default_dtype())
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        potential = build_potential(config)
+    finally:
+        torch.set_default_dtype(previous)
+    potential.load_state_dict(weights, strict=True)
+    potential.eval()
+    return potential
+
+
+def export_potential(potential, path: str | os.PathLike) -> Path:
+    """Write a self-contained model file (config + weights + provenance), atomically."""
+    path = Path(path)
+    payload = {
+        "format": EXPORT_FORMAT,
+        "model_config": potential.model_config(),
+        "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
+        "metadata": checkpoint_metadata(potential),
+    }
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,105 @@
+"""Predict on a list of graphs, compute error metrics, print a table and draw parity plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch_geometric.loader import DataLoader
+
+
+def predict(potential, graphs: list, batch_size: int = 16, stress: bool = True) -> dict[str, np.ndarray]:
+    """Labels and predictions (energy per atom, force components, stress) for labelled entries."""
+    potential.eval()
+    dtype = potential.e0.dtype
+    device = potential.e0.device
+    collected: dict[str, list] = {k: [] for k in ("energy_pred", "energy_true", "forces_pred", "forces_true", "stress_pred", "stress_true", "natoms")}
+    for batch in DataLoader(graphs, batch_size=batch_size):
+        batch = batch.to(device)
+        batch.pos = batch.pos.to(dtype)
+        want_stress = stress and bool(batch.has_stress.any())
+        out = potential(batch, compute_forces=True, compute_stress=want_stress)
+        natoms = torch.bincount(batch.batch, minlength=batch.num_graphs)
+        has_e = batch.has_energy.view(-1)
+        collected["energy_pred"].append((out["energy"] / natoms).detach()[has_e].cpu().numpy())
+        collected["energy_true"].append((batch.energy.view(-1) / natoms)[has_e].cpu().numpy())
+        collected["natoms"].append(natoms[has_e].cpu().numpy())
+        atom_mask = batch.has_forces.view(-1)[batch.batch]
+        collected["forces_pred"].append(out["forces"].detach()[atom_mask].cpu().numpy().reshape(-1))
+        collected["forces_true"].append(batch.forces[atom_mask].cpu().numpy().reshape(-1))
+        if want_stress:
+            smask = batch.has_stress.view(-1)
+            collected["stress_pred"].append(out["stress"].detach()[smask].cpu().numpy().reshape(-1))
+            collected["stress_true"].append(batch.stress.view(-1, 3, 3)[smask].cpu().numpy().reshape(-1))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in collected.items()}
+
+
+def metrics_from_predictions(pred: dict[str, np.ndarray]) -> dict[str, float]:
+    """RMSE and MAE per target (energy per atom in eV/atom, forces eV/Å, stress eV/Å³)."""
+    result: dict[str, float] = {}
+    for key in ("energy", "forces", "stress"):
+        diff = pred[f"{key}_pred"] - pred[f"{key}_true"]
+        if diff.size:
+            result[f"{key}_rmse"] = float(np.sqrt(np.mean(diff**2)))
+            result[f"{key}_mae"] = float(np.mean(np.abs(diff)))
+            result[f"{key}_count"] = int(diff.size)
+    return result
+
+
+_LABELS = {
+    "energy": ("E/atom", "meV/atom", 1000.0),
+    "forces": ("F", "meV/Å", 1000.0),
+    "stress": ("stress", "meV/Å³", 1000.0),
+}
+
+
+def format_table(metrics: dict[str, float], title: str) -> str:
+    """A plain-text table of RMSE and MAE per target."""
+    lines = [title, f"{'quantity':<10} {'unit':<10} {'RMSE':>10} {'MAE':>10} {'n':>8}"]
+    for key, (label, unit, factor) in _LABELS.items():
+        if f"{key}_rmse" in metrics:
+            lines.append(
+                f"{label:<10} {unit:<10} {metrics[f'{key}_rmse'] * factor:>10.3f} "
+                f"{metrics[f'{key}_mae'] * factor:>10.3f} {metrics[f'{key}_count']:>8d}"
+            )
+    return "\n".join(lines)
+
+
+def parity_plot(pred: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> Path:
+    """Predicted vs reference energy per atom and force components, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("energy", "forces", "stress") if pred[f"{k}_true"].size]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        label, unit, _ = _LABELS[key]
+        true, guess = pred[f"{key}_true"], pred[f"{key}_pred"]
+        ax.scatter(true, guess, s=4, alpha=0.5)
+        lo, hi = float(min(true.min(), guess.min())), float(max(true.max(), guess.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        rmse = float(np.sqrt(np.mean((true - guess) ** 2)))
+        base_unit = unit.replace("meV", "eV")
+        ax.set_xlabel(f"reference {label} ({base_unit})")
+        ax.set_ylabel(f"predicted {label} ({base_unit})")
+        ax.set_title(f"{label}: RMSE {rmse * 1000:.2f} {unit}")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_json(data: dict, path: str | os.PathLike) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
