@@ -1,0 +1,84 @@
+"""``MLIPCalculator``: an ASE calculator for any mlip-plugins potential (or a GPUMD nep.txt)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from torch_geometric.data import Batch
+
+from mlip_plugins.data.structures import atoms_to_graph
+
+
+class MLIPCalculator(Calculator):
+    """Energy, free energy, per-atom energies, forces and stress from a ``Potential``.
+
+    The neighbour list is rebuilt with vesin at every call. Results use ASE units (eV, Å,
+    eV/Å³ for stress). If an ``uncertainty`` model is attached (see
+    :mod:`mlip_plugins.uncertainty`), ``energy_std`` and ``forces_std`` are added.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "charges"]
+
+    def __init__(self, potential, device: str = "cpu", dtype: torch.dtype | str | None = torch.float64,
+                 uncertainty=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        self.device = torch.device(device)
+        self.potential = potential.to(device=self.device, dtype=dtype) if dtype is not None else potential.to(self.device)
+        self.potential.eval()
+        self.dtype = self.potential.e0.dtype
+        self.uncertainty = uncertainty
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | str | None = torch.float64,
+                  **kwargs) -> "MLIPCalculator":
+        """Load a training checkpoint (.ckpt), an exported model (.pt) or a GPUMD nep.txt."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: model file not found")
+        if path.suffix == ".txt" or path.name.startswith("nep"):
+            from mlip_plugins.io.nep import load_nep_potential
+
+            potential = load_nep_potential(path)
+        else:
+            from mlip_plugins.checkpoint import load_potential
+
+            potential = load_potential(path, map_location=device)
+        return cls(potential, device=device, dtype=dtype, **kwargs)
+
+    def _graph(self, atoms) -> Batch:
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            graph = atoms_to_graph(atoms, self.potential.cutoff)
+        finally:
+            torch.set_default_dtype(previous)
+        charge = atoms.info.get("total_charge", atoms.info.get("charge"))
+        if charge is not None:
+            graph.total_charge = torch.tensor([float(charge)], dtype=self.dtype)
+        return Batch.from_data_list([graph]).to(self.device)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        batch = self._graph(self.atoms)
+        want_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        out = self.potential(batch, compute_forces=True, compute_stress=want_stress)
+        energy = float(out["energy"].detach().cpu()[0])
+        self.results["energy"] = energy
+        self.results["free_energy"] = energy
+        self.results["energies"] = out["atomic_energies"].detach().cpu().numpy().astype(np.float64)
+        self.results["forces"] = out["forces"].detach().cpu().numpy().astype(np.float64)
+        if want_stress:
+            s = out["stress"].detach().cpu().numpy()[0].astype(np.float64)
+            self.results["stress"] = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+        if "charges" in out:
+            self.results["charges"] = out["charges"].detach().cpu().numpy().astype(np.float64)
+        if self.uncertainty is not None:
+            std = self.uncertainty.predict_std(self.potential, batch)
+            self.results["energy_std"] = float(std["energy_std"].reshape(-1)[0])
+            self.results["forces_std"] = std["forces_std"].detach().cpu().numpy()
