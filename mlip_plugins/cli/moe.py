@@ -1,0 +1,81 @@
+"""``mlip-moe``: routing statistics and PCA plot of a trained MoE model.
+
+    mlip-moe MODEL [--data FILE | --default-data] [--out DIR] [--max-structures N]
+
+MODEL is anything :func:`mlip_plugins.checkpoint.load_potential` reads (a training
+checkpoint or an exported model). Element-wise routers need no data; global and feature
+routers are averaged over the structures of ``--data`` (any file ASE reads) or of the
+built-in seven-metal dataset (``--default-data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from torch import nn
+
+
+def load_model(path: str) -> nn.Module:
+    """The ``Potential`` stored at ``path`` (via the checkpoint module)."""
+    try:
+        from mlip_plugins.checkpoint import load_potential
+    except ImportError as exc:  # pragma: no cover - the checkpoint module ships with the package
+        raise SystemExit(f"mlip-moe: cannot load models: {exc}") from exc
+    return load_potential(path)
+
+
+def load_graphs(args: argparse.Namespace, cutoff: float) -> list:
+    """Graphs of ``--data`` or the default dataset (at most ``--max-structures``)."""
+    from mlip_plugins.data.structures import atoms_to_graph
+
+    if args.data:
+        from mlip_plugins.data.reading import read_structures
+
+        atoms_list = [s.atoms for s in read_structures(args.data, on_error="skip")]
+    elif args.default_data:
+        from mlip_plugins.data.default_dataset import load_default_dataset
+
+        atoms_list = load_default_dataset()
+    else:
+        return []
+    return [atoms_to_graph(atoms, cutoff) for atoms in atoms_list[: args.max_structures]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlip-moe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="checkpoint or exported model")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", help="structures for data-dependent routers (any ASE-readable file)")
+    source.add_argument("--default-data", action="store_true", help="use the built-in seven-metal dataset")
+    parser.add_argument("--out", default="moe_analysis", help="output directory (default: ./moe_analysis)")
+    parser.add_argument("--max-structures", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--no-plot", action="store_true", help="skip the PCA plot")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from mlip_plugins.routers.analysis import write_moe_analysis
+
+    args = build_parser().parse_args(argv)
+    model = load_model(args.model)
+    graphs = load_graphs(args, float(getattr(model, "cutoff", 5.0)))
+    summary = write_moe_analysis(model, args.out, graphs, args.batch_size, plot=not args.no_plot)
+    if not summary["layers"]:
+        print("mlip-moe: the model has no routed MoE layer (or its router needs --data)", file=sys.stderr)
+        return 1
+    for layer in summary["layers"]:
+        print(f"{layer['layer']}: {layer['router']} ({layer['source']}), {layer['num_experts']} experts, "
+              f"top-k {layer['top_k']}, {layer['num_shared']} shared")
+        for element in layer["elements"]:
+            print(f"  {element['symbol']:>3} (group {element['group']}): top experts {element['top_experts']}, "
+                  f"gates {json.dumps([round(g, 3) for g in element['mean_gate']])}")
+    print("wrote " + ", ".join(summary["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
