@@ -1,0 +1,91 @@
+"""Physics-only (untrained) ensemble charges of an ASE ``Atoms``.
+
+``ensemble_charges(atoms, total_charge=0, temperature=0.1)`` runs the ``ensemble`` charge model
+with no learned corrections: state energies from measured ionisation energies and electron
+affinities, lowered for charged states by the ion-pair stabilisation prior within ``cutoff``,
+weights from the grand-canonical ensemble with one chemical potential fixing the total charge.
+``ensemble_state_weights`` returns the full per-atom picture (weights, costs, a table and a plot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from mlip_plugins.data.structures import atoms_to_graph
+from mlip_plugins.graph import build_atomic_graph
+from mlip_plugins.latent.atomic_data import DEFAULT_STATE_CHARGES
+from mlip_plugins.latent.charge_model import EnsembleChargeModel
+from mlip_plugins.latent.report import StateWeights, state_weights_of
+
+
+def physics_model(
+    temperature: float = 0.1,
+    states: Sequence[int] = DEFAULT_STATE_CHARGES,
+    cutoff: float = 8.0,
+    switch_width: float = 3.0,
+    prior_scale: float = 1.0,
+) -> EnsembleChargeModel:
+    """The untrained ensemble charge model (one fixed temperature, no learned corrections)."""
+    return EnsembleChargeModel(
+        in_dim=0,
+        num_species=1,
+        states=states,
+        temperature=temperature,
+        temperature_range=(0.5 * temperature, 2.0 * temperature),
+        learn_temperature=False,
+        prior_scale=prior_scale,
+        prior_cutoff=cutoff,
+        prior_switch_width=switch_width,
+    )
+
+
+def _graph_of(atoms: Atoms, total_charge: float, cutoff: float):
+    data = atoms_to_graph(atoms, cutoff, labels={"total_charge": float(total_charge)})
+    data.pos = data.pos.to(torch.float64)
+    data.cell = data.cell.to(torch.float64)
+    species = torch.zeros(len(atoms), dtype=torch.long)
+    return build_atomic_graph(data, species)
+
+
+def ensemble_state_weights(
+    atoms: Atoms,
+    total_charge: float = 0.0,
+    temperature: float = 0.1,
+    states: Sequence[int] = DEFAULT_STATE_CHARGES,
+    cutoff: float = 8.0,
+    switch_width: float = 3.0,
+    prior_scale: float = 1.0,
+) -> StateWeights:
+    """Per-atom state weights, charges and their explanation for one structure (see ``report``)."""
+    model = physics_model(temperature, states, cutoff, switch_width, prior_scale)
+    graph = _graph_of(atoms, total_charge, cutoff)
+    with torch.no_grad():
+        output = model.ensemble(torch.zeros(len(atoms), 0, dtype=torch.float64), graph)
+    return state_weights_of(output, graph, 0, prior_scale=prior_scale)
+
+
+def ensemble_charges(
+    atoms: Atoms,
+    total_charge: float = 0.0,
+    temperature: float = 0.1,
+    states: Sequence[int] = DEFAULT_STATE_CHARGES,
+    cutoff: float = 8.0,
+    switch_width: float = 3.0,
+    prior_scale: float = 1.0,
+) -> np.ndarray:
+    """Physics-only ensemble charges (e) of ``atoms``; they sum to ``total_charge`` exactly.
+
+    Args:
+        atoms: any ASE structure (periodic or not), elements H..Rn.
+        total_charge: the structure's total charge (e).
+        temperature: electronic temperature (eV); smaller = sharper ionic/covalent switching.
+        states: state charges per atom, a subset of (2, 1, 0, -1) containing 0.
+        cutoff: range (Å) of the ion-pair stabilisation prior; beyond it atoms stay neutral.
+        switch_width: width (Å) of the smooth switch-off ending at ``cutoff``.
+        prior_scale: strength of the prior (0: free atoms, i.e. no charge transfer).
+    """
+    return ensemble_state_weights(atoms, total_charge, temperature, states, cutoff, switch_width, prior_scale).charges
