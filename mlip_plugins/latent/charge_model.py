@@ -1,8 +1,8 @@
 """The ``ensemble`` charge model: atomic-state ensemble charges with chemical-potential equalisation.
 
 Plugin of group ``mlip_plugins.charge_models``: ``EnsembleChargeModel(in_dim, num_species, **cfg)``,
-``forward(features [N, D], graph) -> charges [N]`` whose per-structure sums equal
-``graph.total_charge`` exactly. State energies per atom (eV, relative to the neutral atom):
+``forward(features [N, D], graph) -> {"charges": [N], "state_weights": [N, K], "ensemble_energy": [N]}``
+whose charges sum per structure to ``graph.total_charge`` exactly. State energies per atom (eV, relative to the neutral atom):
 
     E_ik = E_k^ref(Z_i)             measured IP / EA (:mod:`mlip_plugins.latent.atomic_data`)
          - q_k^2 S_i                ion-pair stabilisation prior (:mod:`.ion_pair_prior`)
@@ -60,6 +60,12 @@ class EnsembleOutput:
         return self.result.free_energy(self.reference_energies + self.corrections)
 
 
+def _conformance_spec(ref: str, config: dict) -> dict:
+    descriptor = {"name": "radial", "n_max": 4, "basis_size": 5}
+    return {"model": {"name": "electrostatic", "descriptor": descriptor, "readout": {"name": "linear"},
+                      "charges": {"name": ref, **config}, "solver": {"name": "ewald"}}}
+
+
 class EnsembleChargeModel(nn.Module):
     """Charges from atomic-state ensembles (cation / neutral / anion ...) and one mu per structure.
 
@@ -75,11 +81,17 @@ class EnsembleChargeModel(nn.Module):
         hidden: hidden widths of the per-element correction MLP.
         activation: its activation.
         prior_scale: multiplier of the ion-pair stabilisation prior (0 switches it off).
-        prior_cutoff: distance (Å) beyond which the prior vanishes; clamped to ``cutoff``.
+        prior_cutoff: distance (Å) beyond which the prior vanishes; clamped to ``cutoff``. It must
+            not exceed the cutoff of the graph's neighbour list (the prior would be truncated
+            there): pass ``cutoff`` where the caller knows it.
         prior_switch_width: width (Å) of the smooth switch ending at ``prior_cutoff``.
         cutoff: the graph's cutoff, if the caller knows it (the prior never reaches beyond it).
         max_solver_steps, newton_steps: chemical-potential solver settings (see ``solve_ensemble``).
     """
+
+    conformance_elements = ("Na", "Cl")
+    conformance_config = {"prior_cutoff": 4.0, "temperature": 0.12}
+    conformance_energy_spec = classmethod(lambda cls, ref, config: _conformance_spec(ref, config))
 
     def __init__(
         self,
@@ -92,7 +104,7 @@ class EnsembleChargeModel(nn.Module):
         hidden: Sequence[int] = (32,),
         activation_name: str = "silu",
         prior_scale: float = 1.0,
-        prior_cutoff: float = 5.0,
+        prior_cutoff: float = 4.0,
         prior_switch_width: float = 1.0,
         cutoff: float | None = None,
         max_solver_steps: int = 200,
@@ -203,9 +215,18 @@ class EnsembleChargeModel(nn.Module):
         )
         return EnsembleOutput(result=result, reference_energies=reference, stabilisation=stabilisation, corrections=corrections)
 
-    def forward(self, features: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
-        """[N] charges (dtype of ``features``/positions) with exact per-structure totals."""
-        return self.ensemble(features, graph).charges.to(graph.pos.dtype)
+    def forward(self, features: torch.Tensor, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        """``charges`` [N] with exact per-structure totals, plus ``state_weights`` [N, K] (the
+        latent embedding) and ``ensemble_energy`` [N] (eV) as extras, in the dtype of positions.
+        The ``electrostatic`` energy model passes the extras up to the Potential's output; the
+        ``ensemble_electrostatic`` model also feeds the weights to its readout and adds the energy."""
+        output = self.ensemble(features, graph)
+        dtype = graph.pos.dtype
+        return {
+            "charges": output.charges.to(dtype),
+            "state_weights": output.weights.to(dtype),
+            "ensemble_energy": output.energy().to(dtype),
+        }
 
     def extra_repr(self) -> str:
         return (

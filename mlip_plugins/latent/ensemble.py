@@ -80,8 +80,9 @@ def _occupations(energies, state_charges, mask, temperature, mu_atom):
 def _charge_and_slope(energies, state_charges, mask, temperature, mu_atom):
     weights = _occupations(energies, state_charges, mask, temperature, mu_atom)
     q = (weights * state_charges).sum(-1)
-    q2 = (weights * state_charges * state_charges).sum(-1)
-    slope = -(q2 - q * q) / temperature  # dq_i / dmu
+    # Var_i(q) as sum_k d_ik (q_k - q_i)^2: no cancellation when one state dominates
+    variance = (weights * (state_charges - q.unsqueeze(-1)) ** 2).sum(-1)
+    slope = -variance / temperature  # dq_i / dmu
     return weights, q, slope
 
 
@@ -168,12 +169,17 @@ def solve_ensemble(
         mu = _root_of_total_charge(
             energies.detach(), qk, mask, temperature.detach(), batch, total_charge, num_graphs, max_steps, tolerance
         )
-    tiny = torch.finfo(torch.float64).tiny * 1e10
+    # Recorded Newton steps on C(mu, theta) - C(mu0, theta0): the subtracted constant (the
+    # solver's residual, ~1e-12) keeps the value at mu0 exactly, so a nearly flat C (every atom
+    # frozen in one state) cannot throw mu away, while the derivatives are those of the root.
+    tiny = 1e-100  # floor of |dC/dmu|: below it every charge is frozen to ~1e-100 and d(1/x) stays finite
+    offset = None
     for _ in range(newton_steps):
         _, q, slope = _charge_and_slope(energies, qk, mask, temperature, mu[batch])
         residual = _segment_sum(q, batch, num_graphs) - total_charge
+        offset = residual.detach() if offset is None else offset
         derivative = _segment_sum(slope, batch, num_graphs).clamp(max=-tiny)
-        mu = mu - residual / derivative
+        mu = mu - (residual - offset) / derivative
     weights = _occupations(energies, qk, mask, temperature, mu[batch])
     charges = (weights * qk).sum(-1)
     return EnsembleResult(
