@@ -1,0 +1,120 @@
+"""``mlip-export <model> --format nep|pt -o <file>``: write a trained model for other codes.
+
+    mlip-export runs/.../checkpoints/best.ckpt --format nep -o nep.txt   # GPUMD / calorine / LAMMPS (NEP_CPU)
+    mlip-export runs/.../checkpoints/best.ckpt -o model.pt               # self-contained mlip-plugins model
+
+``<model>`` is a training checkpoint (.ckpt; its EMA weights if it has them, ``--no-ema``
+for the raw ones), an exported model (.pt) or a GPUMD nep.txt. The format defaults from the
+output name (``*.txt`` or ``nep*`` -> nep, else pt). A nep.txt needs a model whose energy
+tree is a single NEP model (``{model: {name: nep}}``); E0 and the energy scale are folded in
+exactly. After writing a nep.txt the file is read back and evaluated on a test structure
+(and by calorine's CPUNEP when installed); the largest differences are printed.
+Errors print one line and exit with status 2; nothing is written over an existing file on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mlip-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="training checkpoint (.ckpt), exported model (.pt) or GPUMD nep.txt")
+    parser.add_argument("-o", "--output", required=True, help="output file")
+    parser.add_argument("--format", choices=["nep", "pt"], default=None, help="output format (default: from the output name)")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights of a checkpoint, not its EMA average")
+    parser.add_argument("--no-check", action="store_true", help="skip reading the written nep.txt back")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def load_any(path: str | os.PathLike, use_ema: bool = True):
+    """A Potential from a checkpoint, an exported model or a nep.txt (float64 for nep.txt)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: model file not found")
+    if path.suffix == ".txt" or path.name.startswith("nep"):
+        from mlip_plugins.io.nep import load_nep_potential
+
+        return load_nep_potential(path)
+    from mlip_plugins.checkpoint import load_potential
+
+    return load_potential(path, use_ema=use_ema)
+
+
+def _test_structure(symbols: list[str], spacing: float):
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=spacing * 2**0.5, cubic=True).repeat((2, 2, 2))
+    atoms.set_chemical_symbols([symbols[k % len(symbols)] for k in range(len(atoms))])
+    atoms.rattle(0.05, seed=0)
+    return atoms
+
+
+def check_nep_file(potential, path: Path) -> dict[str, float]:
+    """Max |dE|/atom and |dF| between ``potential`` and the written file (ours, and calorine's)."""
+    from ase.data import chemical_symbols
+
+    from mlip_plugins.calculator import MLIPCalculator
+
+    symbols = [chemical_symbols[z] for z in potential.atomic_numbers]
+    atoms = _test_structure(symbols, spacing=2.6)
+    reference = atoms.copy()
+    reference.calc = MLIPCalculator(potential, dtype=torch.float64)
+    e_ref, f_ref = reference.get_potential_energy(), reference.get_forces()
+    checks = {}
+    readers = {"mlip-plugins": lambda: MLIPCalculator.from_file(path)}
+    try:
+        from calorine.calculators import CPUNEP
+
+        readers["calorine"] = lambda: CPUNEP(str(path))
+    except ImportError:
+        pass
+    for name, make in readers.items():
+        other = atoms.copy()
+        other.calc = make()
+        checks[f"{name}_dE_per_atom"] = abs(other.get_potential_energy() - e_ref) / len(atoms)
+        checks[f"{name}_dF_max"] = float(np.abs(other.get_forces() - f_ref).max())
+    return checks
+
+
+def run(args: argparse.Namespace) -> Path:
+    output = Path(args.output)
+    fmt = args.format or ("nep" if output.suffix == ".txt" or output.name.startswith("nep") else "pt")
+    potential = load_any(args.model, use_ema=not args.no_ema)
+    if fmt == "nep":
+        from mlip_plugins.io.nep import write_nep
+
+        path = write_nep(potential, output)
+        print(f"wrote {path} (GPUMD nep.txt, elements {', '.join(potential.element_map.symbols)})")
+        if not args.no_check:
+            for key, value in check_nep_file(potential, path).items():
+                print(f"  check {key}: {value:.3e}")
+        return path
+    from mlip_plugins.checkpoint import export_potential
+
+    path = export_potential(potential, output)
+    print(f"wrote {path} (mlip-plugins model)")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point of ``mlip-export``."""
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"mlip-export: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
