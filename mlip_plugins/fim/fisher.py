@@ -296,7 +296,7 @@ def compute_jacobian(
     potential: nn.Module,
     graphs: Sequence,
     weights: FisherWeights | dict | None = None,
-    max_atoms: int = 128,
+    max_atoms: int = 1,
     mode: str = "auto",
 ) -> Jacobian:
     """The Jacobian of the weighted residuals of ``graphs`` w.r.t. all trainable parameters.
@@ -304,6 +304,9 @@ def compute_jacobian(
     Runs in the model's dtype (pass a :func:`float64_copy` for analysis).
 
     Args:
+        max_atoms: structures are evaluated in chunks of at most this many atoms; the
+            default (1) gives one structure per chunk, the cheapest, since the rows of a
+            structure depend on its graph only and a backward pass costs the whole chunk.
         mode: ``"rows"`` (one reverse pass per observable), ``"columns"`` (one extra backward
             pass per parameter) or ``"auto"`` (the fewer passes, chosen per chunk).
     """

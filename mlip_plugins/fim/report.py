@@ -280,7 +280,7 @@ def analyse(
     top_k: int = 20,
     max_exact_params: int = 20000,
     max_exact_entries: int = 150_000_000,
-    max_atoms: int = 128,
+    max_atoms: int | None = None,
     seed: int = 0,
     copy: bool = True,
 ) -> FisherReport:
@@ -293,6 +293,8 @@ def analyse(
         sloppy_threshold: a direction is sloppy when λ/λ_max is below this.
         n_modes: number of stiffest/sloppiest modes described (and used for ``stiff_share``).
         top_k: eigenpairs computed by the matrix-free method.
+        max_atoms: chunk size in atoms (default: one structure per chunk for the exact
+            Jacobian, 128 atoms for the matrix-free products).
         copy: analyse a float64 copy (default); False uses the model as given.
     """
     start = time.perf_counter()
@@ -309,11 +311,11 @@ def analyse(
         raise ValueError("the model has no trainable parameters")
     if method == "exact":
         index, lam, V, metrics, stiff_vectors, top_vectors, sloppy_cols, diagonal, M = _exact(
-            model, graphs, weights, sloppy_threshold, n_modes, max_atoms)
+            model, graphs, weights, sloppy_threshold, n_modes, max_atoms or 1)
         n_sloppy = metrics["n_sloppy"]
     else:
         index, lam, V, metrics, stiff_vectors, top_vectors, sloppy_cols, diagonal, M, complete = _matrix_free(
-            model, graphs, weights, sloppy_threshold, n_modes, max_atoms, top_k, seed)
+            model, graphs, weights, sloppy_threshold, n_modes, max_atoms or 128, top_k, seed)
         n_sloppy = metrics["n_sloppy"] if complete else None
     metrics["n_unconstrained"] = int((diagonal <= float(diagonal.max()) * EPS64).sum()) if diagonal.numel() and float(diagonal.max()) > 0 else P
     terms, term_codes = index.term_index()
