@@ -26,6 +26,15 @@ ELEMENTS = ["Cu", "Au"]
 
 
 @pytest.fixture(autouse=True)
+def _single_thread():
+    """One intra-op thread: on a busy shared CPU, thread oversubscription costs 10x."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
 def _float64():
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

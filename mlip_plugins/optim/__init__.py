@@ -1,0 +1,1 @@
+"""Gradient-free optimisers (SNES, GPUMD's evolution strategy for NEP)."""
