@@ -106,7 +106,8 @@ def compute_jacobian_values(model, graphs, weights):
 
     from mlip_plugins.fim.fisher import weighted_observables
 
-    return weighted_observables(model, Batch.from_data_list(graphs), weights).values.detach()
+    # one structure per chunk, the row order of compute_jacobian
+    return torch.cat([weighted_observables(model, Batch.from_data_list([g]), weights).values.detach() for g in graphs])
 
 
 def test_linear_single_term_fim_equals_design_matrix_gram():
