@@ -181,3 +181,20 @@ def test_float32_module_converts_to_float64(key):
     out64 = features_of(descriptor.double(), atoms)
     assert out64.dtype == torch.float64
     torch.testing.assert_close(out64.float(), out32, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["angular", "eam", "message_passing_angular"])
+def test_torch_compile_fullgraph_matches_eager(key):
+    descriptor = make_descriptor(CONFIGS[key])
+    data = Batch.from_data_list([atoms_to_graph(periodic_structure(), descriptor.cutoff)])
+    species = ElementMap(ELEMENTS)(data.z)
+
+    def features(pos):
+        return descriptor(build_atomic_graph(data, species, pos=pos))
+
+    pos = data.pos.clone().requires_grad_(True)
+    compiled = torch.compile(features, backend="aot_eager", fullgraph=True)
+    eager_out, compiled_out = features(pos), compiled(pos)
+    torch.testing.assert_close(compiled_out, eager_out)
+    torch.testing.assert_close(torch.autograd.grad(compiled_out.sum(), pos)[0], torch.autograd.grad(eager_out.sum(), pos)[0])
