@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.resources
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -90,11 +91,16 @@ def config_packages() -> dict[str, list[tuple[str, list[str]]]]:
     return packages
 
 
-def _configs_named(name: str, packages: list[tuple[str, list[str]]]) -> list[str]:
+#: where a group's configs live in the tree (files there are preferred over same-named presets)
+GROUP_CONFIG_DIRS = {"descriptors": "model/descriptor/", "readouts": "model/readout/", "callbacks": "callbacks/"}
+
+
+def _configs_named(name: str, group: str, packages: list[tuple[str, list[str]]]) -> list[str]:
     stem = name.lower()
-    return [
-        path for _, files in packages for path in files if path.rsplit("/", 1)[-1].rsplit(".", 1)[0].lower() == stem
-    ]
+    named = [path for _, files in packages for path in files if path.rsplit("/", 1)[-1].rsplit(".", 1)[0].lower() == stem]
+    folder = GROUP_CONFIG_DIRS.get(group)
+    in_folder = [path for path in named if folder and path.startswith(folder)]
+    return in_folder or named
 
 
 def list_plugins(groups: Sequence[str] | None = None) -> list[PluginRow]:
@@ -108,7 +114,7 @@ def list_plugins(groups: Sequence[str] | None = None) -> list[PluginRow]:
             if group == CONFIG_GROUP:
                 config = next((files for module, files in own if module == _config_module(info)), [])
             else:
-                config = _configs_named(info.name, own)
+                config = _configs_named(info.name, group, own)
             rows.append(PluginRow(group, info.name, info.distribution, info.version, info.value, config, conflict))
     return rows
 
@@ -198,7 +204,7 @@ def format_check(results: list[CheckResult]) -> str:
     lines = []
     for r in results:
         status = "ok  " if r.ok else "FAIL"
-        detail = f" {r.message}" if r.message else ""
+        detail = f" {' '.join(r.message.split())}" if r.message else ""  # one line per plugin
         lines.append(f"{status} {r.group}/{r.name} [{r.distribution} {r.version}]{detail}")
     failed = sum(not r.ok for r in results)
     lines.append(f"{len(results)} checked, {failed} failed")
@@ -219,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `mlip-plugins | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     groups = args.group or list(registry.GROUPS)
     if args.command == "check":

@@ -133,10 +133,12 @@ def conformance_params(
         for plugin in members:
             label = plugin if isinstance(plugin, str) else getattr(plugin, "__qualname__", str(plugin))
             try:
-                names = checks_for(_cached_case(group, plugin))
+                case = _cached_case(group, plugin)
+                names, slow = checks_for(case), bool(getattr(case.cls, "conformance_slow", False))
             except Exception:  # noqa: BLE001 - reported by the contract case
-                names = ["contract"]
-            params += [pytest.param(group, plugin, check, id=f"{group}/{label}/{check}") for check in names]
+                names, slow = ["contract"], False
+            marks = [pytest.mark.slow] if slow else []
+            params += [pytest.param(group, plugin, check, id=f"{group}/{label}/{check}", marks=marks) for check in names]
     return params
 
 

@@ -44,8 +44,8 @@ def _assert_close(actual, expected, atol: float, what: str) -> None:
         )
 
 
-def _energy_tol(energies) -> float:
-    return 1e-9 * max(1.0, float(np.max(np.abs(energies))))
+def _energy_tol(energies, rtol: float = 1e-9) -> float:
+    return rtol * max(1.0, float(np.max(np.abs(energies))))
 
 
 def _needs_energy_model(case: PluginCase) -> None:
@@ -154,6 +154,49 @@ def _callback_contract(case: PluginCase) -> None:
     callback.load_state_dict(copy.deepcopy(callback.state_dict()))
 
 
+def _random_charges(n: int, total: float = 0.0) -> torch.Tensor:
+    q = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(n))
+    return q - q.mean() + total / n
+
+
+def _long_range_contract(case: PluginCase) -> None:
+    solver = case.instantiate(torch.float64, cutoff=case.cutoff)
+    for atoms in case.structures():
+        graph = case.graph(atoms)
+        charges = _random_charges(len(atoms))
+        out = solver(graph, charges)
+        if not isinstance(out, dict) or "potentials" not in out or "energy" not in out:
+            raise AssertionError(f"{case}: forward(graph, charges) must return a dict with 'potentials' [N] and 'energy' [B]")
+        phi, energy = out["potentials"], out["energy"]
+        if tuple(phi.shape) != (len(atoms),) or tuple(energy.shape) != (1,):
+            raise AssertionError(f"{case}: potentials {tuple(phi.shape)} / energy {tuple(energy.shape)} != [N] / [B]")
+        if phi.dtype != torch.float64 or not torch.isfinite(phi).all():
+            raise AssertionError(f"{case}: potentials must be finite float64 for float64 inputs")
+        half_q_phi = float(0.5 * (charges * phi).sum())
+        _assert_close(energy.detach()[0], half_q_phi, 1e-10 * max(1.0, abs(half_q_phi)), f"{case}: energy != 1/2 sum_i q_i phi_i")
+
+
+def _charge_model_contract(case: PluginCase) -> None:
+    in_dim = 6
+    model = case.instantiate(torch.float64, in_dim=in_dim, num_species=len(case.elements))
+    for total in (0.0, 1.0):
+        batch_atoms = case.structures()
+        for atoms in batch_atoms:  # reference charges (for models that read them) with the requested total
+            atoms.set_initial_charges(atoms.get_initial_charges() + total / len(atoms))
+        batch = st.to_batch(batch_atoms, case.cutoff)
+        from mlip_plugins.elements import ElementMap
+        from mlip_plugins.graph import build_atomic_graph
+
+        graph = build_atomic_graph(batch, ElementMap(list(case.elements))(batch.z), pos=batch.pos)
+        features = torch.randn(graph.num_atoms, in_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        out = model(features, graph)
+        charges = out["charges"] if isinstance(out, dict) else out
+        if tuple(charges.shape) != (graph.num_atoms,):
+            raise AssertionError(f"{case}: charges shape {tuple(charges.shape)} != [N] = [{graph.num_atoms}]")
+        sums = torch.zeros(graph.num_graphs, dtype=torch.float64).index_add(0, graph.batch, charges.detach())
+        _assert_close(sums, np.full(graph.num_graphs, total), 1e-9, f"{case}: charges must sum to each structure's total_charge ({total})")
+
+
 def _module_contract(case: PluginCase) -> None:
     if not (isinstance(case.cls, type) and issubclass(case.cls, torch.nn.Module)) and not callable(case.cls):
         raise AssertionError(f"{case}: {case.ref} is neither an nn.Module class nor a factory")
@@ -167,8 +210,8 @@ GROUP_CONTRACTS: dict[str, Callable[[PluginCase], None]] = {
     "routers": _router_contract,
     "energy_models": _energy_model_contract,
     "callbacks": _callback_contract,
-    "long_range": _module_contract,
-    "charge_models": _module_contract,
+    "long_range": _long_range_contract,
+    "charge_models": _charge_model_contract,
 }
 
 
@@ -252,12 +295,12 @@ def _check_symmetry(case: PluginCase, transform, what: str, map_forces, map_rows
     for atoms in case.structures():
         other = transform(atoms)
         a, b = case.evaluate([atoms]), case.evaluate([other])
-        _assert_close(b["energy"], a["energy"], _energy_tol(a["energy"]), f"{case}: energy under {what} of {atoms.get_chemical_formula()}")
-        _assert_close(b["forces"], map_forces(a["forces"]), 1e-9 * scale_of(a["forces"]) + 1e-12, f"{case}: forces under {what}")
+        _assert_close(b["energy"], a["energy"], _energy_tol(a["energy"], case.rtol), f"{case}: energy under {what} of {atoms.get_chemical_formula()}")
+        _assert_close(b["forces"], map_forces(a["forces"]), case.rtol * scale_of(a["forces"]) + 1e-12, f"{case}: forces under {what}")
         if descriptor is not None:
             fa = _features(descriptor, case.graph(atoms)).detach().numpy()
             fb = _features(descriptor, case.graph(other)).detach().numpy()
-            _assert_close(fb, map_rows(fa), 1e-9 * scale_of(fa) + 1e-12, f"{case}: features under {what}")
+            _assert_close(fb, map_rows(fa), case.rtol * scale_of(fa) + 1e-12, f"{case}: features under {what}")
 
 
 def check_rotation(case: PluginCase) -> None:
@@ -315,8 +358,8 @@ def check_batch(case: PluginCase) -> None:
     for k, atoms in enumerate(structures):
         alone = case.evaluate([atoms])
         n = len(atoms)
-        _assert_close(together["energy"][k], alone["energy"][0], _energy_tol(alone["energy"]), f"{case}: energy of structure {k} in a batch vs alone")
-        _assert_close(together["forces"][start:start + n], alone["forces"], 1e-9 * scale_of(alone["forces"]) + 1e-12, f"{case}: forces of structure {k} in a batch vs alone")
+        _assert_close(together["energy"][k], alone["energy"][0], _energy_tol(alone["energy"], case.rtol), f"{case}: energy of structure {k} in a batch vs alone")
+        _assert_close(together["forces"][start:start + n], alone["forces"], case.rtol * scale_of(alone["forces"]) + 1e-12, f"{case}: forces of structure {k} in a batch vs alone")
         start += n
 
 
@@ -473,5 +516,9 @@ def run_check(case: PluginCase, check: str) -> None:
     try:
         with default_dtype(torch.float64):
             CHECKS[check](case)
+    except (AssertionError, CheckSkipped):
+        raise
+    except Exception as exc:  # the plugin raised: report it as this check's failure, with the cause chained
+        raise AssertionError(f"{case}: check {check!r} raised {type(exc).__name__}: {exc}") from exc
     finally:
         torch.set_num_threads(threads)

@@ -22,7 +22,14 @@ Class attributes a plugin may declare (all optional):
     (see :mod:`mlip_plugins.models.builder`) that uses the plugin; ``ref`` is a dotted path
     that resolves to the class;
 ``supports_compile: bool``
-    ``True`` adds a ``torch.compile`` check.
+    ``True`` adds a ``torch.compile`` check;
+``conformance_rtol: float``
+    relative tolerance of the symmetry and batch checks (default 1e-9); an approximate method
+    (a mesh solver) sets it to its accuracy. Finite-difference checks are unaffected: forces
+    must be the exact derivative of whatever energy the plugin computes;
+``conformance_slow: bool``
+    ``True`` marks the plugin's parametrized checks ``slow`` (excluded from a default test run);
+    prefer a cheaper ``conformance_config`` where one exists.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,8 +67,20 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def dotted_path(cls: Any) -> str:
-    """``module:QualName``, which the registry resolves in any group."""
-    return f"{cls.__module__}:{cls.__qualname__}"
+    """A dotted path the registry resolves to ``cls`` in any group.
+
+    ``module:QualName`` where that imports back to ``cls``; otherwise (a class defined inside a
+    test function) an alias attribute of this module, so local classes can be checked too.
+    """
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    try:
+        if registry._import_dotted(path) is cls:
+            return path
+    except registry.PluginError:
+        pass
+    alias = f"_local_plugin_{id(cls)}"
+    setattr(sys.modules[__name__], alias, cls)
+    return f"{__name__}:{alias}"
 
 
 def default_energy_spec(group: str, ref: str, config: Mapping[str, Any]) -> dict | None:
@@ -75,6 +95,12 @@ def default_energy_spec(group: str, ref: str, config: Mapping[str, Any]) -> dict
         return {"descriptor": dict(SMALL_DESCRIPTOR), "readout": moe, "name": "under_test"}
     if group == "energy_models":
         return {"model": {"name": ref, **config}}
+    if group in ("long_range", "charge_models"):
+        # the electrostatic energy model: local term + charges + Coulomb energy from a solver
+        model = {"name": "electrostatic", "descriptor": dict(SMALL_DESCRIPTOR), "readout": {"name": "linear"},
+                 "charges": {"name": "latent"}, "solver": {"name": "ewald"}}
+        model["solver" if group == "long_range" else "charges"] = {"name": ref, **config}
+        return {"model": model}
     return None
 
 
@@ -89,6 +115,7 @@ class PluginCase:
     skip: dict = field(default_factory=dict)
     elements: tuple = DEFAULT_ELEMENTS
     cutoff: float = DEFAULT_CUTOFF
+    rtol: float = 1e-9
     seed: int = 0
 
     def __str__(self) -> str:
@@ -219,6 +246,7 @@ def plugin_case(
         skip=merged_skip,
         elements=tuple(elements or getattr(cls, "conformance_elements", DEFAULT_ELEMENTS)),
         cutoff=cutoff,
+        rtol=float(getattr(cls, "conformance_rtol", 1e-9)),
     )
 
 

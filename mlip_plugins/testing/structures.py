@@ -18,6 +18,13 @@ from torch_geometric.data import Batch
 from mlip_plugins.data.structures import atoms_to_graph
 
 
+def with_charges(atoms: Atoms, seed: int) -> Atoms:
+    """Give ``atoms`` neutral reference charges (for plugins that read charges from the data)."""
+    q = np.random.default_rng(seed).uniform(-0.8, 0.8, size=len(atoms))
+    atoms.set_initial_charges(q - q.mean())
+    return atoms
+
+
 def periodic_alloy(elements: Sequence[str], seed: int = 0) -> Atoms:
     """4 atoms in a rattled, sheared fcc cell (a = 3.6 Å): triclinic, images within the cutoff."""
     rng = np.random.default_rng(seed)
@@ -27,7 +34,7 @@ def periodic_alloy(elements: Sequence[str], seed: int = 0) -> Atoms:
     symbols = [elements[k % len(elements)] for k in range(4)]
     atoms = Atoms(symbols, scaled_positions=scaled, cell=cell, pbc=True)
     atoms.positions += rng.normal(scale=0.1, size=(4, 3))
-    return atoms
+    return with_charges(atoms, seed)
 
 
 def small_periodic(elements: Sequence[str], seed: int = 1) -> Atoms:
@@ -36,7 +43,7 @@ def small_periodic(elements: Sequence[str], seed: int = 1) -> Atoms:
     cell = np.array([[2.9, 0.1, 0.0], [0.2, 2.8, 0.1], [0.0, 0.3, 3.0]])
     atoms = Atoms([elements[0], elements[-1]], scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=cell, pbc=True)
     atoms.positions += rng.normal(scale=0.05, size=(2, 3))
-    return atoms
+    return with_charges(atoms, seed)
 
 
 def cluster(elements: Sequence[str], seed: int = 2) -> Atoms:
@@ -45,7 +52,7 @@ def cluster(elements: Sequence[str], seed: int = 2) -> Atoms:
     positions = np.array([[0.0, 0.0, 0.0], [2.4, 0.0, 0.0], [1.2, 2.1, 0.0], [1.2, 0.7, 2.0], [3.4, 2.0, 1.3]])
     positions += rng.normal(scale=0.08, size=positions.shape)
     symbols = [elements[k % len(elements)] for k in (0, 1, 0, 1, 1)]
-    return Atoms(symbols, positions=positions, pbc=False)
+    return with_charges(Atoms(symbols, positions=positions, pbc=False), seed)
 
 
 def standard_structures(elements: Sequence[str], periodic: bool = True) -> list[Atoms]:
@@ -65,7 +72,7 @@ def leaving_atom_path(elements: Sequence[str]) -> tuple[Atoms, np.ndarray, np.nd
     direction = np.array([0.15, 0.25, 1.0])
     direction /= np.linalg.norm(direction)
     symbols = [elements[0], elements[-1], elements[0], elements[-1]]
-    atoms = Atoms(symbols, positions=np.vstack([fixed, start]), pbc=False)
+    atoms = with_charges(Atoms(symbols, positions=np.vstack([fixed, start]), pbc=False), 3)
     return atoms, start, direction
 
 
@@ -95,12 +102,15 @@ def to_batch(structures: Sequence[Atoms], cutoff: float, dtype: torch.dtype = to
     """One PyG batch of ``structures`` (graphs built with vesin at ``cutoff``) in ``dtype``."""
     graphs = []
     for atoms in structures:
-        data = atoms_to_graph(atoms, cutoff)
+        charges = atoms.get_initial_charges()
+        data = atoms_to_graph(atoms, cutoff, {"charges": charges, "total_charge": float(charges.sum())})
         # from the float64 source, not a cast of the default-dtype tensors (no float32 rounding)
         data.pos = torch.tensor(atoms.positions, dtype=dtype)
         data.cell = data.cell.to(torch.float64).to(dtype) if not atoms.pbc.any() else torch.tensor(
             atoms.cell.array, dtype=dtype
         ).view(1, 3, 3)
+        data.charges = torch.tensor(charges, dtype=dtype)
+        data.total_charge = torch.tensor([float(charges.sum())], dtype=dtype)
         graphs.append(data)
     return Batch.from_data_list(graphs)
 
