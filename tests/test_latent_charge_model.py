@@ -80,7 +80,7 @@ def test_random_model_forces_match_finite_differences_and_totals_are_exact(float
         for sign in (1, -1):
             shifted = atoms.copy()
             shifted.positions[i, c] += sign * h
-            energies.append(float(potential(batch_of([shifted], [1.0]), compute_forces=False)["energy"][0]))
+            energies.append(float(potential(batch_of([shifted], [1.0]), compute_forces=False)["energy"][0].detach()))
         numeric = -(energies[0] - energies[1]) / (2 * h)
         assert float(out["forces"][i, c]) == pytest.approx(numeric, abs=1e-6, rel=1e-6)
 

@@ -10,7 +10,7 @@ for the ``ensemble`` charge-model plugin, ``qeq.py`` for the quadratic reference
 from mlip_plugins.latent.atomic_data import state_table
 from mlip_plugins.latent.charge_model import EnsembleChargeModel, EnsembleOutput
 from mlip_plugins.latent.ensemble import EnsembleResult, InfeasibleChargeError, solve_ensemble
-from mlip_plugins.latent.physics_charges import ensemble_charges, ensemble_state_weights, physics_model
+from mlip_plugins.latent.physics_charges import ensemble_charges, ensemble_charges_many, ensemble_state_weights, physics_model
 from mlip_plugins.latent.qeq import qeq_charges, qeq_charges_of_atoms
 from mlip_plugins.latent.report import StateWeights
 
@@ -21,6 +21,7 @@ __all__ = [
     "InfeasibleChargeError",
     "StateWeights",
     "ensemble_charges",
+    "ensemble_charges_many",
     "ensemble_state_weights",
     "physics_model",
     "qeq_charges",

@@ -5,7 +5,7 @@ Plugin of group ``mlip_plugins.charge_models``: ``EnsembleChargeModel(in_dim, nu
 whose charges sum per structure to ``graph.total_charge`` exactly. State energies per atom (eV, relative to the neutral atom):
 
     E_ik = E_k^ref(Z_i)             measured IP / EA (:mod:`mlip_plugins.latent.atomic_data`)
-         - q_k^2 S_i                ion-pair stabilisation prior (:mod:`.ion_pair_prior`)
+         - q_k^2 S_i^(sign q_k)     ion-pair stabilisation prior (:mod:`.ion_pair_prior`)
          + Delta_k(x_i) - Delta_k(0) learned, environment-dependent correction (per element MLP
                                     of the descriptor features x_i, zero for an isolated atom)
 
@@ -30,7 +30,14 @@ import torch
 from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
-from mlip_plugins.latent.atomic_data import ATOMIC_STATE_DATA, DEFAULT_STATE_CHARGES, STATE_NAMES, check_state_charges, state_table
+from mlip_plugins.latent.atomic_data import (
+    ATOMIC_STATE_DATA,
+    DEFAULT_STATE_CHARGES,
+    STATE_NAMES,
+    check_state_charges,
+    mulliken_electronegativity,
+    state_table,
+)
 from mlip_plugins.latent.ensemble import EnsembleResult, solve_ensemble
 from mlip_plugins.latent.ion_pair_prior import ion_pair_stabilisation
 from mlip_plugins.models.readout import PerElementLinear, activation
@@ -44,7 +51,7 @@ class EnsembleOutput:
 
     result: EnsembleResult
     reference_energies: torch.Tensor  # [N, K] measured free-atom state energies
-    stabilisation: torch.Tensor  # [N] ion-pair prior S_i (eV)
+    stabilisation: torch.Tensor  # [N, 2] ion-pair prior (S_i^+, S_i^-) in eV, times the prior scale
     corrections: torch.Tensor  # [N, K] learned environment corrections (eV)
 
     @property
@@ -85,6 +92,8 @@ class EnsembleChargeModel(nn.Module):
             not exceed the cutoff of the graph's neighbour list (the prior would be truncated
             there): pass ``cutoff`` where the caller knows it.
         prior_switch_width: width (Å) of the smooth switch ending at ``prior_cutoff``.
+        prior_electronegativity_width: width (eV) of the soft step that decides which neighbour
+            stabilises a cation (a more electronegative one) or an anion (a less electronegative one).
         cutoff: the graph's cutoff, if the caller knows it (the prior never reaches beyond it).
         max_solver_steps, newton_steps: chemical-potential solver settings (see ``solve_ensemble``).
     """
@@ -106,6 +115,7 @@ class EnsembleChargeModel(nn.Module):
         prior_scale: float = 1.0,
         prior_cutoff: float = 4.0,
         prior_switch_width: float = 1.0,
+        prior_electronegativity_width: float = 1.0,
         cutoff: float | None = None,
         max_solver_steps: int = 200,
         newton_steps: int = 2,
@@ -133,12 +143,15 @@ class EnsembleChargeModel(nn.Module):
         self.prior_scale = float(prior_scale)
         self.prior_cutoff = float(prior_cutoff) if cutoff is None else min(float(prior_cutoff), float(cutoff))
         self.prior_switch_width = min(float(prior_switch_width), self.prior_cutoff)
+        self.prior_electronegativity_width = float(prior_electronegativity_width)
         self.max_solver_steps = int(max_solver_steps)
         self.newton_steps = int(newton_steps)
         energies, mask = state_table(range(1, MAX_Z + 1), self.state_charges)
         # row 0 (Z = 0) is a placeholder so the table is indexed by atomic number
         self.register_buffer("reference_table", torch.cat([torch.zeros(1, len(self.state_charges), dtype=torch.float64), energies]), persistent=False)
         self.register_buffer("mask_table", torch.cat([torch.zeros(1, len(self.state_charges), dtype=torch.bool), mask]), persistent=False)
+        chi = [0.0] + [mulliken_electronegativity(z) for z in range(1, MAX_Z + 1)]
+        self.register_buffer("electronegativity_table", torch.tensor(chi, dtype=torch.float64), persistent=False)
         self.charged_states = [k for k, q in enumerate(self.state_charges) if q != 0]
         if self.in_dim > 0:
             widths = [self.in_dim, *[int(h) for h in hidden], len(self.charged_states)]
@@ -195,13 +208,22 @@ class EnsembleChargeModel(nn.Module):
         mask = self.mask_table[z]
         charges_k = torch.tensor(self.state_charges, dtype=torch.float64, device=z.device)
         if self.prior_scale != 0.0:
-            stabilisation = ion_pair_stabilisation(
-                graph.edge_index, graph.edge_len, z, graph.num_atoms, self.prior_cutoff, self.prior_switch_width
+            stabilisation = self.prior_scale * ion_pair_stabilisation(
+                graph.edge_index,
+                graph.edge_len,
+                z,
+                self.electronegativity_table[z],
+                graph.num_atoms,
+                self.prior_cutoff,
+                self.prior_switch_width,
+                self.prior_electronegativity_width,
             )
         else:
-            stabilisation = torch.zeros(graph.num_atoms, dtype=torch.float64, device=z.device)
+            stabilisation = torch.zeros(graph.num_atoms, 2, dtype=torch.float64, device=z.device)
         corrections = self.corrections(features, graph.species)
-        energies = reference - self.prior_scale * stabilisation.unsqueeze(-1) * charges_k**2 + corrections
+        # cations (q_k > 0) take S^+, anions S^-; the neutral state gets q_k^2 = 0
+        per_state = torch.where(charges_k > 0, stabilisation[:, :1], stabilisation[:, 1:])
+        energies = reference - per_state * charges_k**2 + corrections
         result = solve_ensemble(
             energies,
             charges_k,

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from ase import Atoms
+from torch_geometric.data import Batch
 
 from mlip_plugins.data.structures import atoms_to_graph
 from mlip_plugins.graph import build_atomic_graph
@@ -43,12 +44,13 @@ def physics_model(
     )
 
 
-def _graph_of(atoms: Atoms, total_charge: float, cutoff: float):
-    data = atoms_to_graph(atoms, cutoff, labels={"total_charge": float(total_charge)})
-    data.pos = data.pos.to(torch.float64)
-    data.cell = data.cell.to(torch.float64)
-    species = torch.zeros(len(atoms), dtype=torch.long)
-    return build_atomic_graph(data, species)
+def _graph_of(structures: Sequence[Atoms], total_charges: Sequence[float], cutoff: float):
+    data = [atoms_to_graph(a, cutoff, labels={"total_charge": float(q)}) for a, q in zip(structures, total_charges)]
+    batch = Batch.from_data_list(data)
+    batch.pos = batch.pos.to(torch.float64)
+    batch.cell = batch.cell.to(torch.float64)
+    species = torch.zeros(batch.num_nodes, dtype=torch.long)
+    return build_atomic_graph(batch, species)
 
 
 def ensemble_state_weights(
@@ -62,10 +64,10 @@ def ensemble_state_weights(
 ) -> StateWeights:
     """Per-atom state weights, charges and their explanation for one structure (see ``report``)."""
     model = physics_model(temperature, states, cutoff, switch_width, prior_scale)
-    graph = _graph_of(atoms, total_charge, cutoff)
+    graph = _graph_of([atoms], [total_charge], cutoff)
     with torch.no_grad():
         output = model.ensemble(torch.zeros(len(atoms), 0, dtype=torch.float64), graph)
-    return state_weights_of(output, graph, 0, prior_scale=prior_scale)
+    return state_weights_of(output, graph, 0)
 
 
 def ensemble_charges(
@@ -89,3 +91,22 @@ def ensemble_charges(
         prior_scale: strength of the prior (0: free atoms, i.e. no charge transfer).
     """
     return ensemble_state_weights(atoms, total_charge, temperature, states, cutoff, switch_width, prior_scale).charges
+
+
+def ensemble_charges_many(
+    structures: Sequence[Atoms],
+    total_charges: Sequence[float] | None = None,
+    temperature: float = 0.1,
+    states: Sequence[int] = DEFAULT_STATE_CHARGES,
+    cutoff: float = 8.0,
+    switch_width: float = 3.0,
+    prior_scale: float = 1.0,
+) -> list[np.ndarray]:
+    """:func:`ensemble_charges` of many structures in one batched solve (one mu per structure)."""
+    totals = [0.0] * len(structures) if total_charges is None else list(total_charges)
+    model = physics_model(temperature, states, cutoff, switch_width, prior_scale)
+    graph = _graph_of(structures, totals, cutoff)
+    with torch.no_grad():
+        charges = model.ensemble(torch.zeros(graph.num_atoms, 0, dtype=torch.float64), graph).charges.numpy()
+    batch = graph.batch.numpy()
+    return [charges[batch == k] for k in range(len(structures))]

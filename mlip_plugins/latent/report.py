@@ -29,7 +29,7 @@ class StateWeights:
     weights: np.ndarray  # [N, K]
     charges: np.ndarray  # [N]
     reference_energies: np.ndarray  # [N, K]
-    stabilisation: np.ndarray  # [N]
+    stabilisation: np.ndarray  # [N, 2] ion-pair prior (S^+ for cations, S^- for anions), eV
     corrections: np.ndarray  # [N, K]
     mask: np.ndarray  # [N, K]
     temperature: np.ndarray  # [N]
@@ -42,8 +42,9 @@ class StateWeights:
 
     @property
     def state_energies(self) -> np.ndarray:
-        """[N, K] E_ik = reference - q_k^2 S_i + correction (the prior scale is folded into S_i)."""
-        return self.reference_energies - self.stabilisation[:, None] * self.state_charges[None, :] ** 2 + self.corrections
+        """[N, K] E_ik = reference - q_k^2 S_i^(sign q_k) + correction (prior scale folded into S)."""
+        per_state = np.where(self.state_charges[None, :] > 0, self.stabilisation[:, :1], self.stabilisation[:, 1:])
+        return self.reference_energies - per_state * self.state_charges[None, :] ** 2 + self.corrections
 
     @property
     def grand_costs(self) -> np.ndarray:
@@ -55,14 +56,14 @@ class StateWeights:
     def table(self) -> str:
         """A plain-text table: charge, weights and grand-potential costs per atom."""
         names = self.state_names
-        head = ["atom", "q (e)"] + [f"w[{n}]" for n in names] + [f"cost[{n}] eV" for n in names] + ["S_i eV", "T eV"]
+        head = ["atom", "q (e)"] + [f"w[{n}]" for n in names] + [f"cost[{n}] eV" for n in names] + ["S+ eV", "S- eV", "T eV"]
         rows = []
         costs = self.grand_costs
         for i, symbol in enumerate(self.symbols):
             row = [f"{i}:{symbol}", f"{self.charges[i]:+.4f}"]
             row += [f"{w:.4f}" if m else "-" for w, m in zip(self.weights[i], self.mask[i])]
             row += [f"{c:.3f}" if m else "-" for c, m in zip(costs[i], self.mask[i])]
-            row += [f"{self.stabilisation[i]:.3f}", f"{self.temperature[i]:.3f}"]
+            row += [f"{self.stabilisation[i, 0]:.3f}", f"{self.stabilisation[i, 1]:.3f}", f"{self.temperature[i]:.3f}"]
             rows.append(row)
         widths = [max(len(h), *(len(r[c]) for r in rows)) for c, h in enumerate(head)]
         lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
@@ -70,7 +71,7 @@ class StateWeights:
         lines.append(
             f"mu = {self.chemical_potential:.4f} eV; total charge {self.charges.sum():+.6f} e "
             f"(target {self.total_charge:+g}); cost = E_k + mu q_k - min, weight ~ exp(-cost / T); "
-            f"E_k = measured state energy - q_k^2 S_i (ion-pair prior) + learned correction"
+            f"E_k = measured state energy - q_k^2 S(+ for cations, - for anions: ion-pair prior) + learned correction"
         )
         return "\n".join(lines)
 
@@ -109,7 +110,7 @@ class StateWeights:
         return path
 
 
-def state_weights_of(output, graph, structure: int = 0, prior_scale: float = 1.0) -> StateWeights:
+def state_weights_of(output, graph, structure: int = 0) -> StateWeights:
     """Extract structure ``structure`` of a batch from an :class:`~mlip_plugins.latent.charge_model.EnsembleOutput`."""
     select = (graph.batch == structure).nonzero().view(-1)
 
@@ -123,7 +124,7 @@ def state_weights_of(output, graph, structure: int = 0, prior_scale: float = 1.0
         weights=arr(result.weights[select]),
         charges=arr(result.charges[select]),
         reference_energies=arr(output.reference_energies[select]),
-        stabilisation=arr(output.stabilisation[select]) * prior_scale,
+        stabilisation=arr(output.stabilisation[select]),
         corrections=arr(output.corrections[select]),
         mask=result.mask[select].cpu().numpy(),
         temperature=arr(result.temperature[select]),
