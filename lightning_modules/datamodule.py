@@ -47,9 +47,13 @@ class EpochSeededSampler(Sampler[int]):
 
 
 def load_graph_file(path: str, cutoff: float, keys: LabelKeys, file_format: str | None = None,
-                    on_error: str = "raise", use_cache: bool = True) -> list:
-    """Read ``path`` and build its graphs, through the on-disk cache when enabled."""
-    settings = {"keys": vars(keys), "format": file_format, "on_error": on_error}
+                    on_error: str = "raise", use_cache: bool = True, require_energy: bool = True) -> list:
+    """Read ``path`` and build its graphs, through the on-disk cache when enabled.
+
+    ``require_energy``: a frame without the energy key is an error (forces and stress may
+    be missing: partial labels); set False to train some frames on forces only.
+    """
+    settings = {"keys": vars(keys), "format": file_format, "on_error": on_error, "require_energy": require_energy}
     cached = None
     if use_cache and os.path.exists(path):
         cached = cache_dir() / f"graphs_{cache_key(path, cutoff, settings)}.pt"
@@ -58,7 +62,7 @@ def load_graph_file(path: str, cutoff: float, keys: LabelKeys, file_format: str 
                 return load_graphs(cached)
             except Exception:  # noqa: BLE001 - a corrupt cache is rebuilt, never trusted
                 cached.unlink(missing_ok=True)
-    structures = read_structures(path, keys, file_format=file_format, on_error=on_error)
+    structures = read_structures(path, keys, file_format=file_format, on_error=on_error, require_energy=require_energy)
     graphs = build_graphs(structures, cutoff)
     if cached is not None:
         save_graphs(graphs, cached)
@@ -97,6 +101,7 @@ class AtomsDataModule(L.LightningDataModule):
         split_file: str | None = None,
         cache: bool = True,
         shuffle_seed: int = 0,
+        require_energy: bool = True,
     ):
         super().__init__()
         self.cutoff = float(cutoff)
@@ -114,6 +119,7 @@ class AtomsDataModule(L.LightningDataModule):
         self.split_file = split_file
         self.use_cache = bool(cache)
         self.shuffle_seed = int(shuffle_seed)
+        self.require_energy = bool(require_energy)
         self.train_graphs: list = []
         self.val_graphs: list = []
         self.test_graphs: list = []
@@ -122,7 +128,7 @@ class AtomsDataModule(L.LightningDataModule):
 
     # -- loading -----------------------------------------------------------------------
     def _load(self, path: str) -> list:
-        return load_graph_file(path, self.cutoff, self.keys, self.file_format, self.on_error, self.use_cache)
+        return load_graph_file(path, self.cutoff, self.keys, self.file_format, self.on_error, self.use_cache, self.require_energy)
 
     def _fraction_split(self, n: int) -> dict[str, list[int]]:
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:

@@ -150,10 +150,16 @@ def run_training(cfg: DictConfig) -> dict:
         counts = module.model.parameter_counts()
         log.info("model parameters: %s", counts)
 
+    loggers = build_loggers(cfg)
+    callbacks = build_callbacks(cfg)
+    if not loggers:  # a learning-rate monitor needs a logger; without one it has nothing to do
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = L.Trainer(
         **_plain(cfg.trainer),
-        callbacks=build_callbacks(cfg),
-        logger=build_loggers(cfg) or False,
+        callbacks=callbacks,
+        logger=loggers or False,
         default_root_dir=str(run_dir),
         inference_mode=False,
     )

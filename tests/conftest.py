@@ -1,0 +1,64 @@
+"""Shared fixtures: an isolated cache, float64 scope, small structures and a tiny dataset."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+# One intra-op thread: on small CPU machines multi-threaded scatter kernels stall on
+# contention (tiny tensors), and tests should not depend on the core count.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Generated datasets and graph caches go to a per-session folder, never ~/.cache."""
+    path = tmp_path_factory.mktemp("mlip_cache")
+    previous = os.environ.get("MLIP_PLUGINS_CACHE")
+    os.environ["MLIP_PLUGINS_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("MLIP_PLUGINS_CACHE", None)
+    else:
+        os.environ["MLIP_PLUGINS_CACHE"] = previous
+
+
+@pytest.fixture
+def float64():
+    """Run a test with float64 as the default dtype, restoring the previous default."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def alloy():
+    """A rattled, strained 32-atom Cu/Au fcc cell (triclinic after the strain)."""
+    from ase.build import bulk
+
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 2))
+    rng = np.random.default_rng(3)
+    symbols = atoms.get_chemical_symbols()
+    for k in rng.choice(len(atoms), 10, replace=False):
+        symbols[k] = "Au"
+    atoms.set_chemical_symbols(symbols)
+    atoms.set_cell(atoms.cell.array @ (np.eye(3) + [[0.02, 0.03, 0.0], [0.0, -0.01, 0.02], [0.01, 0.0, 0.015]]), scale_atoms=True)
+    atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+    return atoms
+
+
+@pytest.fixture(scope="session")
+def tiny_xyz(tmp_path_factory):
+    """A small labelled extxyz (EMT metals) for end-to-end runs."""
+    from ase.io import write
+
+    from mlip_plugins.data.default_dataset import generate_default_dataset
+
+    path = tmp_path_factory.mktemp("data") / "tiny.xyz"
+    write(path, generate_default_dataset(n_structures=24, seed=1), format="extxyz")
+    return path
