@@ -162,3 +162,16 @@ def test_default_dataset_is_deterministic_and_multi_element():
     kinds = {a.info["config_type"] for a in first}
     assert kinds == {"pure_bulk", "alloy_bulk", "vacancy", "surface", "md"}
     assert all(a.calc.results["forces"].shape == (len(a), 3) for a in first)
+
+
+def test_ase_db_input(tmp_path):
+    from ase.db import connect
+
+    path = tmp_path / "set.db"
+    with connect(path) as db:
+        for k in range(3):
+            atoms = _labelled(bulk("Cu", "fcc", a=3.6 + 0.01 * k, cubic=True), -3.0 - k, np.full((4, 3), 0.01 * k))
+            db.write(atoms)
+    structures = read_structures(path)
+    assert [s.labels["energy"] for s in structures] == [-3.0, -4.0, -5.0]
+    np.testing.assert_allclose(structures[2].labels["forces"], 0.02)
