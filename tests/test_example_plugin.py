@@ -1,8 +1,8 @@
 """The example third-party package, pip-installed: seen by the registry and ``mlip-plugins``, its
 YAML joins the config groups, and ``mlip-train`` trains with it chosen on the command line.
 
-The package is installed once, editable and without dependencies, into the running
-environment (skipped when that install is already there, so the test is idempotent and fast).
+The package is installed once, without dependencies, into the running environment (skipped
+when the installed copy already matches the source, so the test is idempotent and fast).
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import site
+import shutil
 import subprocess
 import sys
-import sysconfig
+import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -27,29 +27,41 @@ EXAMPLE = ROOT / "examples" / "mlip-plugin-example"
 DISTRIBUTION = "mlip-plugin-example"
 
 
-def _installed_from_example() -> bool:
+def _installed_copy_is_current() -> bool:
+    """The installed distribution has the example's version, entry points and file contents."""
     try:
-        direct_url = metadata.distribution(DISTRIBUTION).read_text("direct_url.json")
+        dist = metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return False
-    info = json.loads(direct_url or "{}")
-    return info.get("url") == EXAMPLE.as_uri() and info.get("dir_info", {}).get("editable", False)
+    project = tomllib.loads((EXAMPLE / "pyproject.toml").read_text())["project"]
+    declared = {(group, name, value) for group, members in project["entry-points"].items() for name, value in members.items()}
+    if dist.version != project["version"] or {(e.group, e.name, e.value) for e in dist.entry_points} != declared:
+        return False
+    for source in sorted((EXAMPLE / "mlip_plugin_example").rglob("*")):
+        if source.suffix in (".py", ".yaml"):
+            installed = Path(dist.locate_file(source.relative_to(EXAMPLE).as_posix()))
+            if not installed.is_file() or installed.read_bytes() != source.read_bytes():
+                return False
+    return True
 
 
 @pytest.fixture(scope="module")
 def example_installed() -> str:
-    """Install examples/mlip-plugin-example (editable, --no-deps) unless it already is; its version."""
-    if not _installed_from_example():
+    """Install examples/mlip-plugin-example (a copy, --no-deps) unless that copy is current; its version.
+
+    A copy rather than an editable install: the environment may outlive this checkout (CI runs
+    in a fresh clone), and a copy never points at a folder that is gone.
+    """
+    if not _installed_copy_is_current():
         done = subprocess.run(
             [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-             "-c", str(ROOT / "constraints.txt"), "-e", str(EXAMPLE)],
+             "-c", str(ROOT / "constraints.txt"), str(EXAMPLE)],
             capture_output=True, text=True, timeout=300,
         )
         assert done.returncode == 0, done.stderr[-3000:]
-        # an editable install is activated by a .pth file, read at start-up: read it now
-        site.addsitedir(sysconfig.get_paths()["purelib"])
         importlib.invalidate_caches()
-    assert _installed_from_example()
+        shutil.rmtree(EXAMPLE / "build", ignore_errors=True)
+    assert _installed_copy_is_current()
     return metadata.version(DISTRIBUTION)
 
 

@@ -239,10 +239,11 @@ def check_float32(case: PluginCase) -> None:
     """The plugin builds and runs in float32 (the training default) and agrees with float64."""
     _needs_energy_model(case)
     reference = case.evaluate(case.structures())
-    model32 = case.build_potential(torch.float32)
-    model32.load_state_dict(case.potential.state_dict())
-    batch = st.to_batch(case.structures(), model32.cutoff, torch.float32)
-    out = model32(batch, compute_forces=True)
+    with default_dtype(torch.float32):  # as in training with dtype=float32
+        model32 = case.build_potential(torch.float32)
+        model32.load_state_dict(case.potential.state_dict())
+        batch = st.to_batch(case.structures(), model32.cutoff, torch.float32)
+        out = model32(batch, compute_forces=True)
     for key in ("energy", "forces"):
         if out[key].dtype != torch.float32:
             raise AssertionError(f"{case}: output {key!r} is {out[key].dtype} in a float32 model")
