@@ -1,0 +1,113 @@
+"""A compact trainer for the design loop: Adam on an energy + force (+ stress) loss, no Lightning.
+
+The adaptive design trains many small candidates; a plain loop over pre-built batches keeps
+each trial fast and deterministic. The loss is the one ``mlip-train`` uses (mean squared
+error of energy per atom, force components and stress, each with its weight); E0 and the
+energy scale are set from the training set as ``mlip-train`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from mlip_plugins.data.statistics import energy_scale, fit_e0
+
+
+@dataclass
+class TrainSettings:
+    """Settings of :func:`train_potential`.
+
+    Attributes:
+        epochs: passes over the training set.
+        lr: initial Adam learning rate (cosine decay to ``lr * min_lr_ratio``).
+        batch_size: structures per step.
+        energy, forces, stress: loss weights (stress needs stress labels).
+        max_seconds: stop early after this wall time (the epoch in progress is finished).
+        seed: shuffling and initialisation seed.
+    """
+
+    epochs: int = 30
+    lr: float = 0.01
+    min_lr_ratio: float = 0.02
+    batch_size: int = 16
+    energy: float = 1.0
+    forces: float = 10.0
+    stress: float = 0.0
+    max_seconds: float | None = None
+    seed: int = 0
+    clip: float = 10.0
+
+
+def initialise_statistics(potential: nn.Module, graphs: Sequence) -> None:
+    """Least-squares E0 per element and the energy scale, as ``mlip-train`` sets them."""
+    elements = potential.atomic_numbers
+    e0 = fit_e0(graphs, elements)
+    scale = energy_scale(graphs, elements, e0)
+    with torch.no_grad():
+        potential.e0.copy_(torch.as_tensor(e0, dtype=potential.e0.dtype))
+        potential.energy_scale.fill_(scale)
+
+
+def batch_loss(potential: nn.Module, batch, settings: TrainSettings, create_graph: bool = True) -> torch.Tensor:
+    """Weighted MSE of energy per atom, force components and (optionally) stress."""
+    want_stress = settings.stress > 0 and bool(batch.has_stress.any())
+    out = potential(batch, compute_forces=True, compute_stress=want_stress, create_graph=create_graph)
+    dtype = out["energy"].dtype
+    natoms = torch.bincount(batch.batch, minlength=batch.num_graphs).to(dtype)
+    weight = batch.weight.view(-1).to(dtype)
+    has_e = batch.has_energy.view(-1).to(dtype) * weight
+    e_err = (out["energy"] - batch.energy.view(-1).to(dtype)) / natoms
+    loss = settings.energy * (has_e * e_err.pow(2)).sum() / has_e.sum().clamp(min=1e-12)
+    atom_w = (batch.has_forces.view(-1).to(dtype) * weight)[batch.batch]
+    f_err = (out["forces"] - batch.forces.to(dtype)).pow(2).sum(1)
+    loss = loss + settings.forces * (atom_w * f_err).sum() / (3 * atom_w.sum()).clamp(min=1e-12)
+    if want_stress:
+        s_w = batch.has_stress.view(-1).to(dtype) * weight
+        s_err = (out["stress"] - batch.stress.view(-1, 3, 3).to(dtype)).pow(2).sum((1, 2))
+        loss = loss + settings.stress * (s_w * s_err).sum() / (9 * s_w.sum()).clamp(min=1e-12)
+    return loss
+
+
+def train_potential(potential: nn.Module, graphs: Sequence, settings: TrainSettings | None = None) -> dict:
+    """Fit ``potential`` in place on ``graphs``; returns the loss history and wall time."""
+    settings = settings or TrainSettings()
+    initialise_statistics(potential, graphs)
+    potential.train()
+    generator = torch.Generator().manual_seed(settings.seed)
+    params = [p for p in potential.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    steps_per_epoch = max(1, math.ceil(len(graphs) / settings.batch_size))
+    total = settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: settings.min_lr_ratio + (1 - settings.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    )
+    start = time.perf_counter()
+    history = []
+    for epoch in range(settings.epochs):
+        order = torch.randperm(len(graphs), generator=generator).tolist()
+        running, count = 0.0, 0
+        for first in range(0, len(order), settings.batch_size):
+            batch = Batch.from_data_list([graphs[i] for i in order[first : first + settings.batch_size]])
+            optimizer.zero_grad(set_to_none=True)
+            loss = batch_loss(potential, batch, settings)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss at epoch {epoch}; lower the learning rate")
+            loss.backward()
+            if settings.clip:
+                torch.nn.utils.clip_grad_norm_(params, settings.clip)
+            optimizer.step()
+            scheduler.step()
+            running += float(loss.detach()) * batch.num_graphs
+            count += batch.num_graphs
+        history.append(running / max(count, 1))
+        if settings.max_seconds is not None and time.perf_counter() - start > settings.max_seconds:
+            break
+    potential.eval()
+    return {"loss_history": history, "epochs_run": len(history), "seconds": time.perf_counter() - start}
