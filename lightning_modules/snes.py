@@ -122,7 +122,9 @@ class SNESModule(PotentialModule):
             offset += n
 
     def configure_optimizers(self):
-        return None
+        # A no-op optimiser (lr 0, no gradients): stepping it advances Lightning's global step,
+        # so trainer.max_steps counts generations as in GPUMD.
+        return torch.optim.SGD(self.model.parameters(), lr=0.0)
 
     def regularization_of_groups(self, vector: torch.Tensor) -> torch.Tensor:
         """NEP's L1/L2 term of each group's variables ([G]; the last group over all variables)."""
@@ -185,6 +187,7 @@ class SNESModule(PotentialModule):
             self.snes_sigma.copy_(snes.sigma)
             self.snes_generation += 1
         self._set_parameters(samples[best])
+        self.optimizers().step()  # no-op; counts the generation as a training step
         loss = fitness[best, -1].detach()
         self.log("train/loss", loss, batch_size=batch.num_graphs, prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/sigma_mean", self.snes_sigma.mean(), batch_size=batch.num_graphs, on_step=False, on_epoch=True)
