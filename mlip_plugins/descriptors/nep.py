@@ -120,6 +120,21 @@ def q1111_from_moments(s1: torch.Tensor) -> torch.Tensor:
     return C5B * square * square
 
 
+def neighbor_slots(center: torch.Tensor, num_atoms: int) -> tuple[torch.Tensor, int]:
+    """Position of each edge among its centre's edges, and the largest neighbour count.
+
+    (center[e], slot[e]) indexes a padded [num_atoms, width] per-atom neighbour table.
+    """
+    if center.numel() == 0:
+        return center.clone(), 1
+    order = torch.argsort(center, stable=True)
+    counts = torch.bincount(center, minlength=num_atoms)
+    start = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(center)
+    slot[order] = torch.arange(center.numel(), device=center.device) - start[center[order]]
+    return slot, max(int(counts.max()), 1)
+
+
 class NEPDescriptor(nn.Module):
     """GPUMD's NEP4 descriptor (see the module docstring), without the ``q_scaler``.
 
@@ -202,24 +217,25 @@ class NEPDescriptor(nn.Module):
         return scale * (2.0 * torch.rand(shape, generator=generator, dtype=dtype) - 1.0)
 
     # -- pieces ------------------------------------------------------------------------------
-    def _radial_functions(self, r: torch.Tensor, pair: torch.Tensor, coefficients: torch.Tensor, rc: torch.Tensor, basis_size: int) -> torch.Tensor:
-        """g_n(r) = sum_k c[pair, n, k] f_k(r): [E, n_max + 1]."""
-        basis = chebyshev_radial_basis(r, rc, basis_size)  # [E, K+1]
-        flat = coefficients.flatten(0, 1)  # [S*S, n+1, K+1]
-        if flat.shape[0] <= 16:
-            # one dense product against every pair's coefficients, then pick the edge's pair
-            every = basis @ flat.permute(2, 0, 1).reshape(basis_size + 1, -1)  # [E, S*S*(n+1)]
-            every = every.view(r.shape[0], flat.shape[0], flat.shape[1])
-            return every.gather(1, pair.view(-1, 1, 1).expand(-1, 1, flat.shape[1])).squeeze(1)
-        return torch.einsum("ek,enk->en", basis, flat[pair])
+    # g_n(r_ij) = sum_k c[t_i, t_j, n, k] f_k(r_ij) is never formed per edge: the basis is summed
+    # per (atom, neighbour element) first, and each atom's coefficients c[t_i] are applied to
+    # those sums (radial) or to the angular moments of those sums, which keeps the per-edge
+    # work at K+1 numbers whatever the number of elements.
+    def _atom_coefficients(self, coefficients: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """c[t_i] arranged as [N, S (K+1), n+1] for every atom i."""
+        c = coefficients[species]  # [N, S, n+1, K+1]
+        return c.transpose(2, 3).reshape(species.shape[0], -1, coefficients.shape[2])
 
     def radial(self, graph: AtomicGraph) -> torch.Tensor:
         """Radial features q_n: [N, n_max^R + 1]."""
         src, dst = graph.edge_index[0], graph.edge_index[1]
-        pair = graph.species[dst] * self.num_species + graph.species[src]
+        s = self.num_species
+        pair = graph.species[dst] * s + graph.species[src]
         rc = self.pair_cutoff_radial.to(graph.edge_len.dtype)[pair]
-        g = self._radial_functions(graph.edge_len, pair, self.c_radial, rc, self.basis_size_radial)
-        return g.new_zeros(graph.num_atoms, g.shape[1]).index_add(0, dst, g)
+        basis = chebyshev_radial_basis(graph.edge_len, rc, self.basis_size_radial)  # [E, K+1]
+        sums = basis.new_zeros(graph.num_atoms * s, basis.shape[1]).index_add(0, dst * s + graph.species[src], basis)
+        sums = sums.view(graph.num_atoms, 1, -1)  # [N, 1, S (K+1)]
+        return torch.bmm(sums, self._atom_coefficients(self.c_radial, graph.species)).squeeze(1)
 
     def angular(self, graph: AtomicGraph) -> torch.Tensor:
         """Angular features [N, (n_max^A + 1) * blocks], blocks ordered l = 1..l_max, q222, q1111."""
@@ -227,24 +243,36 @@ class NEPDescriptor(nn.Module):
         if self.num_angular_blocks == 0:
             return graph.edge_len.new_zeros(n_atoms, 0)
         src, dst = graph.edge_index[0], graph.edge_index[1]
-        pair = graph.species[dst] * self.num_species + graph.species[src]
+        s = self.num_species
+        pair = graph.species[dst] * s + graph.species[src]
         rc = self.pair_cutoff_angular.to(graph.edge_len.dtype)[pair]
         keep = (graph.edge_len < rc).nonzero().view(-1)
-        r, vec, pair, rc, dst = graph.edge_len[keep], graph.edge_vec[keep], pair[keep], rc[keep], dst[keep]
-        g = self._radial_functions(r, pair, self.c_angular, rc, self.basis_size_angular)  # [Ea, nA+1]
+        r, vec, rc, dst, neighbor = graph.edge_len[keep], graph.edge_vec[keep], rc[keep], dst[keep], graph.species[src[keep]]
+        basis = chebyshev_radial_basis(r, rc, self.basis_size_angular)  # [Ea, K+1]
         unit = vec / r.unsqueeze(-1)
-        n_rad = g.shape[1]
+        columns = []
+        if self.l_max > 0:
+            columns.append(real_spherical_harmonics(unit, self.l_max)[:, 1:])  # l = 1..l_max
+        if self.has_q222 or self.has_q1111:
+            columns.append(cartesian_moments_l12(unit))
+        angular = torch.cat(columns, dim=1)  # [Ea, M]
+        # moments A[i, n, m] = sum_j g_n(r_ij) Y_m(r_ij) = sum_{t,k} c[t_i, t, n, k] F[i, t, k, m] with
+        # F[i, t, k, m] = sum_{j of element t} f_k(r_ij) Y_m(r_ij): batched products over each
+        # atom's padded neighbour slots (no per-edge outer products, no large scatters)
+        slot, width = neighbor_slots(dst, n_atoms)
+        k1 = basis.shape[1]
+        f_pad = basis.new_zeros(n_atoms, width, s, k1).index_put((dst, slot, neighbor), basis)
+        y_pad = angular.new_zeros(n_atoms, width, angular.shape[1]).index_put((dst, slot), angular)
+        per_type = torch.bmm(f_pad.view(n_atoms, width, s * k1).transpose(1, 2), y_pad)  # [N, S (K+1), M]
+        coefficients = self._atom_coefficients(self.c_angular, graph.species)  # [N, S (K+1), nA+1]
+        moments = torch.bmm(coefficients.transpose(1, 2), per_type)  # [N, nA+1, M]
         blocks = []
         if self.l_max > 0:
-            harmonics = real_spherical_harmonics(unit, self.l_max)[:, 1:]  # l = 1..l_max
-            moments = g.new_zeros(n_atoms, n_rad, harmonics.shape[1])
-            moments = moments.index_add(0, dst, g.unsqueeze(-1) * harmonics.unsqueeze(1))
-            squares = moments * moments
+            squares = moments[..., : self.l_max * (self.l_max + 2)] ** 2
             for l in range(1, self.l_max + 1):
                 blocks.append(squares[..., l * l - 1 : (l + 1) * (l + 1) - 1].sum(-1))
         if self.has_q222 or self.has_q1111:
-            cartesian = cartesian_moments_l12(unit)
-            s = g.new_zeros(n_atoms, n_rad, 8).index_add(0, dst, g.unsqueeze(-1) * cartesian.unsqueeze(1))
+            s = moments[..., self.l_max * (self.l_max + 2) :]
             if self.has_q222:
                 blocks.append(q222_from_moments(s[..., 3:8]))
             if self.has_q1111:
