@@ -196,3 +196,18 @@ def test_parameter_index_groups_by_term():
     assert torch.bincount(codes).tolist() == [counts["x"], counts["y"]]
     assert all(g.split("/")[0] in ("x", "y") for g in index.groups)
     assert index.coordinate_name(0).startswith("x/descriptor.pair_coefficients.coefficients[")
+
+
+def test_diverse_probe_covers_every_element_pair():
+    from mlip_plugins.fim.probe import _pairs, select_probe
+
+    graphs = toy_graphs(5, seed=3)[:4]  # periodic Cu/Au alloys
+    pure = []
+    for symbol in ("Cu", "Au", "Cu"):
+        atoms = bulk(symbol, "fcc", a=3.8, cubic=True)
+        pure.append(atoms_to_graph(atoms, CUTOFF, {}))
+    pool = pure + graphs
+    chosen = select_probe(pool, 2, "diverse")
+    everything = set().union(*(_pairs(g) for g in pool))
+    assert set().union(*(_pairs(g) for g in chosen)) == everything
+    assert select_probe(pool, 2, "first") == pool[:2]

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 
 from mlip_plugins.fim.fisher import FisherWeights
+from mlip_plugins.fim.probe import select_probe
 from mlip_plugins.fim.report import FisherReport, analyse
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ class FisherCallback(L.Callback):
         use_eval_model: analyse the weights used for validation and export (the EMA copy when
             the module keeps one) instead of the raw training weights.
         output_subdir: folder of the run directory that receives the files.
+        probe_selection: ``first`` (the first ``probe_size`` training structures) or
+            ``diverse`` (cover every element pair first, see :mod:`mlip_plugins.fim.probe`).
     """
 
     def __init__(
@@ -61,6 +64,7 @@ class FisherCallback(L.Callback):
         plots: bool = True,
         use_eval_model: bool = True,
         output_subdir: str = "fisher",
+        probe_selection: str = "first",
     ):
         super().__init__()
         if every_n_epochs < 0 or probe_size < 1:
@@ -77,13 +81,14 @@ class FisherCallback(L.Callback):
         self.plots = bool(plots)
         self.use_eval_model = bool(use_eval_model)
         self.output_subdir = output_subdir
+        self.probe_selection = probe_selection
         self.history: list[dict] = []
         self.last_report: FisherReport | None = None
         self._last_epoch: int | None = None
 
     # -- helpers -----------------------------------------------------------------------
     def probe_graphs(self, trainer: L.Trainer) -> list:
-        """The first ``probe_size`` training graphs (``trainer.datamodule.train_graphs``)."""
+        """``probe_size`` training graphs (``trainer.datamodule.train_graphs``), see ``probe_selection``."""
         datamodule = getattr(trainer, "datamodule", None)
         graphs = getattr(datamodule, "train_graphs", None)
         if graphs is None:
@@ -92,7 +97,7 @@ class FisherCallback(L.Callback):
             graphs = list(dataset) if dataset is not None else None
         if not graphs:
             raise RuntimeError("fisher callback: no training graphs found (needs trainer.datamodule.train_graphs)")
-        return list(graphs[: self.probe_size])
+        return select_probe(list(graphs), self.probe_size, self.probe_selection)
 
     def output_dir(self, trainer: L.Trainer) -> Path:
         return Path(trainer.default_root_dir) / self.output_subdir

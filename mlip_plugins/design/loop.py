@@ -40,6 +40,7 @@ from mlip_plugins.design.space import (
     propose_moves,
 )
 from mlip_plugins.design.training import TrainSettings, train_potential
+from mlip_plugins.fim.probe import select_probe
 from mlip_plugins.fim.report import analyse
 from mlip_plugins.models import build_potential
 
@@ -55,6 +56,7 @@ class DesignSettings:
         budget: number of trained candidates, the start included.
         max_minutes: stop starting new trials after this wall time.
         probe_size: training structures in the Fisher probe set.
+        probe_selection: ``diverse`` (cover every element pair first) or ``first``.
         fisher_weights: residual weights of the Fisher analysis.
         sloppy_threshold: relative eigenvalue below which a direction is sloppy.
         eos_reference: ASE calculator name for the EOS property (``emt``), or None.
@@ -68,6 +70,7 @@ class DesignSettings:
     max_minutes: float | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
     probe_size: int = 16
+    probe_selection: str = "diverse"
     fisher_weights: dict = field(default_factory=lambda: {"energy": 1.0, "forces": 1.0, "stress": 1.0})
     sloppy_threshold: float = 1e-6
     fisher_method: str = "auto"
@@ -139,7 +142,7 @@ class AdaptiveDesign:
         self.settings = settings or DesignSettings()
         self.log = log
         self.blocks: dict[str, Block] = available_blocks(self.settings.blocks, self.cutoff)
-        self.probe = self.train_graphs[: self.settings.probe_size]
+        self.probe = select_probe(self.train_graphs, self.settings.probe_size, self.settings.probe_selection)
         self.trials: list[Trial] = []
         self.reports: dict[int, dict] = {}
         self._moves: dict[int, list[Move]] = {}
@@ -282,7 +285,8 @@ class AdaptiveDesign:
             "best": asdict(best), "pareto": [t.id for t in self.pareto_front()],
             "trials": [asdict(t) for t in self.trials],
             "settings": {"budget": self.settings.budget, "train": asdict(self.settings.train),
-                         "probe_size": self.settings.probe_size, "fisher_weights": self.settings.fisher_weights,
+                         "probe_size": self.settings.probe_size,
+                         "probe_selection": self.settings.probe_selection, "fisher_weights": self.settings.fisher_weights,
                          "sloppy_threshold": self.settings.sloppy_threshold, "eos_reference": self.settings.eos_reference,
                          "score_properties": list(self.settings.score_properties), "tolerance": self.settings.tolerance,
                          "blocks": list(self.blocks), "limits": asdict(self.settings.limits)},
