@@ -1,0 +1,136 @@
+"""The ``electrostatic`` energy model: short-range local energy + Coulomb energy of charges.
+
+    E_i = E_i^short(x_i [, f_i^ext]) + [short_range child]_i + 1/2 q_i phi_i
+
+* x = descriptor(graph): local features (any ``mlip_plugins.descriptors`` plugin);
+* q = charge_model(x, graph): charges with exact structure totals (``mlip_plugins.charge_models``);
+* phi = solver.potentials(graph, q): the Coulomb potential of all charges and periodic images
+  (``mlip_plugins.long_range``: ewald / pme / p3m / direct). The solver's real-space part runs
+  on the model's neighbour list, the rest in k space, so E = E_short + E_long is range
+  separated and forces and stress follow from autograd through the Potential;
+* f^ext (optional ``exterior``): exterior potentials of the charges and of latent feature
+  charges, appended to x for the readout (see :mod:`.exterior`);
+* an optional ``short_range`` energy spec (any energy tree, built with ``build_child``) is added.
+
+Returns ``{"energy": [N], "charges": [N], "electrostatic_energy": [N], **charge-model extras}``.
+
+Config (``model.energy``)::
+
+    model:
+      name: electrostatic
+      descriptor: {name: radial, n_max: 8, basis_size: 8}
+      readout: {name: mlp, hidden: [32, 32]}
+      charges: {name: latent, hidden: [16]}
+      solver: {name: ewald, accuracy: 1.0e-4}   # cutoff defaults to the model cutoff
+      exterior: {channels: 4, exclusion_radius: 4.0}   # or null
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.long_range.exterior import ExteriorPotentialFeatures
+from mlip_plugins.models.composition import split_output
+
+
+def _split_charges(output) -> tuple[torch.Tensor, dict]:
+    if isinstance(output, Mapping):
+        extras = {k: v for k, v in output.items() if k != "charges"}
+        return output["charges"], extras
+    return output, {}
+
+
+class ElectrostaticModel(nn.Module):
+    """Local model + charges + long-range solver (+ exterior features); see the module docstring."""
+
+    def __init__(
+        self,
+        num_species: int,
+        cutoff: float,
+        descriptor: Mapping,
+        charges: Mapping | None = None,
+        solver: Mapping | None = None,
+        readout: Mapping | None = None,
+        exterior: Mapping | None = None,
+        short_range: Mapping | None = None,
+        build_child: Callable | None = None,
+        name: str = "electrostatic",
+    ):
+        super().__init__()
+        from mlip_plugins.models.builder import ConfigError, instantiate_plugin
+
+        self.name = name
+        self.descriptor = instantiate_plugin("descriptors", descriptor, f"{name}.descriptor", num_species=num_species, cutoff=cutoff)
+        dim = int(self.descriptor.dim)
+        self.charge_model = instantiate_plugin(
+            "charge_models", dict(charges or {"name": "latent"}), f"{name}.charges", in_dim=dim, num_species=num_species
+        )
+        self.solver = instantiate_plugin("long_range", dict(solver or {"name": "ewald"}), f"{name}.solver", cutoff=cutoff)
+        self.exterior = None
+        if exterior:
+            exterior = dict(exterior)
+            exterior.setdefault("exclusion_radius", cutoff)
+            if float(exterior["exclusion_radius"]) > cutoff + 1e-12:
+                raise ConfigError(f"{name}.exterior: exclusion_radius {exterior['exclusion_radius']} exceeds the model cutoff {cutoff}")
+            self.exterior = ExteriorPotentialFeatures(in_dim=dim, num_species=num_species, **exterior)
+        readout_in = dim + (self.exterior.dim if self.exterior is not None else 0)
+        self.readout = instantiate_plugin(
+            "readouts", dict(readout or {"name": "mlp"}), f"{name}.readout", in_dim=readout_in, num_species=num_species
+        )
+        self.short_range = None
+        if short_range is not None:
+            if build_child is None:
+                raise ConfigError(f"{name}.short_range: needs the model builder (build_child)")
+            self.short_range = build_child(short_range)
+        self._model_cutoff = float(cutoff)
+
+    @property
+    def cutoff(self) -> float:
+        parts = [float(self.descriptor.cutoff)]
+        if self.solver.cutoff is not None:
+            parts.append(float(self.solver.cutoff))
+        if self.exterior is not None:
+            parts.append(self.exterior.exclusion_radius)
+        if self.short_range is not None:
+            parts.append(float(self.short_range.cutoff))
+        return max(parts)
+
+    def parameter_counts(self) -> dict[str, int]:
+        def count(module: nn.Module | None) -> int:
+            return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+        counts = {
+            f"{self.name}.short": count(self.descriptor) + count(self.readout),
+            f"{self.name}.charges": count(self.charge_model),
+            f"{self.name}.exterior": count(self.exterior),
+        }
+        if self.short_range is not None:
+            counts.update(self.short_range.parameter_counts() if hasattr(self.short_range, "parameter_counts") else {"short_range": count(self.short_range)})
+        return counts
+
+    def forward(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        features = self.descriptor(graph)
+        charges, extras = _split_charges(self.charge_model(features, graph))
+        if self.exterior is not None:
+            channels = torch.cat([charges.unsqueeze(-1), self.exterior.feature_charges(features, graph, charges)], dim=1)
+            radii = [None] + [self.exterior.exclusion_radius] * self.exterior.dim
+            phi_all = self.solver.potentials(graph, channels, exclusion_radius=radii, exclusion_degree=self.exterior.exclusion_degree)
+            phi = phi_all[:, 0]
+            features = torch.cat([features, phi_all[:, 1:] / self.solver.prefactor], dim=1)
+        else:
+            phi = self.solver.potentials(graph, charges)
+        short, short_extras = split_output(self.readout(features, graph))
+        electrostatic = 0.5 * charges * phi
+        energy = short + electrostatic
+        if self.short_range is not None:
+            child, child_extras = split_output(self.short_range(graph))
+            energy = energy + child
+            short_extras = {**child_extras, **short_extras}
+        out = {**short_extras, **extras, "energy": energy, "charges": charges, "electrostatic_energy": electrostatic}
+        if "aux_loss" in short_extras and "aux_loss" in extras:
+            out["aux_loss"] = short_extras["aux_loss"] + extras["aux_loss"]
+        return out
