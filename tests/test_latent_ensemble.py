@@ -131,7 +131,7 @@ def _max_step(values: np.ndarray) -> float:
     return float(np.abs(np.diff(values, axis=0)).max())
 
 
-@pytest.mark.parametrize(("pair", "start", "stop"), [("LiH", 2.6, 3.8), ("NaCl", 5.4, 7.0)])
+@pytest.mark.parametrize(("pair", "start", "stop"), [("LiH", 1.7, 2.9), ("NaCl", 5.2, 7.2)])
 def test_charges_and_forces_are_continuous_along_the_dissociation_curve(pair, start, stop):
     """Across the ionic/covalent switch, halving the step halves the largest change between
     neighbouring points of q(R) and F(R) (a jump would not shrink)."""
@@ -202,3 +202,15 @@ def test_state_weights_report_and_plot(tmp_path):
     assert weights.most_ionic() in (0, 1)
     path = weights.plot(tmp_path / "nacl.png")
     assert path.stat().st_size > 1000
+
+
+def test_separated_fragments_do_not_exchange_charge():
+    """The ion-pair prior counts only bound ion pairs, so a covalent molecule is not turned into a
+    cheap acceptor that a distant ionic cluster fills through the common chemical potential."""
+    square = Atoms("NaClNaCl", positions=[[0, 0, 0], [2.5, 0, 0], [2.5, 2.5, 0], [0, 2.5, 0]])
+    for name in ("H2O", "CH3OH", "NH3"):
+        partner = molecule(name)
+        partner.positions += [15.0, 0.0, 0.0]
+        charges = ensemble_charges(square + partner)
+        assert abs(charges[:4].sum()) < 0.01, name
+        assert charges[0] > 0.9  # the cluster itself stays ionic

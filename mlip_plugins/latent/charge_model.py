@@ -35,7 +35,8 @@ from mlip_plugins.latent.atomic_data import (
     DEFAULT_STATE_CHARGES,
     STATE_NAMES,
     check_state_charges,
-    mulliken_electronegativity,
+    electron_affinity,
+    ionisation_energy,
     state_table,
 )
 from mlip_plugins.latent.ensemble import EnsembleResult, solve_ensemble
@@ -80,11 +81,16 @@ class EnsembleChargeModel(nn.Module):
         in_dim: feature dimension D of the descriptor (0: physics-only, no learned corrections).
         num_species: number of elements of the model (per-element temperature and corrections).
         states: state charges q_k = Z - N_k; any distinct subset of (2, 1, 0, -1) containing 0.
-        temperature: initial electronic temperature (eV).
-        temperature_range: (min, max) the learned temperature is confined to (eV). The upper
+        temperature: initial electronic temperature of an isolated atom, T_i^0 (eV).
+        temperature_range: (min, max) the learned T_i^0 is confined to (eV). The upper
             bound keeps dissociated atoms neutral: the residual charge of a dissociated pair is
             about exp(-(IP_A - EA_B) / (2T)) (NaCl: 6e-3 e at T = 0.15 eV).
-        learn_temperature: make the per-element temperature a trainable parameter.
+        learn_temperature: make the per-element temperatures (T^0 and alpha) trainable.
+        coupling_temperature: initial alpha (dimensionless) of the environment part of the
+            temperature, T_i = T_i^0 + alpha_{Z_i} C_i with C_i = S_i^+ + S_i^- the ion-pair
+            coupling of the prior (eV). Bonded atoms mix their states (fractional charges, the
+            strongly interacting regime of Valone and Atlas) while an isolated atom keeps T^0;
+            it also keeps the weights of condensed phases off saturation, so they can learn.
         hidden: hidden widths of the per-element correction MLP.
         activation: its activation.
         prior_scale: multiplier of the ion-pair stabilisation prior (0 switches it off).
@@ -92,8 +98,8 @@ class EnsembleChargeModel(nn.Module):
             not exceed the cutoff of the graph's neighbour list (the prior would be truncated
             there): pass ``cutoff`` where the caller knows it.
         prior_switch_width: width (Å) of the smooth switch ending at ``prior_cutoff``.
-        prior_electronegativity_width: width (eV) of the soft step that decides which neighbour
-            stabilises a cation (a more electronegative one) or an anion (a less electronegative one).
+        prior_pair_width: width (eV) of the soft step that decides whether a neighbour's ion pair
+            is bound (Coulomb energy above IP - EA) and so stabilises the ion.
         cutoff: the graph's cutoff, if the caller knows it (the prior never reaches beyond it).
         max_solver_steps, newton_steps: chemical-potential solver settings (see ``solve_ensemble``).
     """
@@ -110,12 +116,13 @@ class EnsembleChargeModel(nn.Module):
         temperature: float = 0.1,
         temperature_range: Sequence[float] = (0.02, 0.15),
         learn_temperature: bool = True,
+        coupling_temperature: float = 0.1,
         hidden: Sequence[int] = (32,),
         activation_name: str = "silu",
         prior_scale: float = 1.0,
         prior_cutoff: float = 4.0,
         prior_switch_width: float = 1.0,
-        prior_electronegativity_width: float = 1.0,
+        prior_pair_width: float = 1.0,
         cutoff: float | None = None,
         max_solver_steps: int = 200,
         newton_steps: int = 2,
@@ -136,22 +143,32 @@ class EnsembleChargeModel(nn.Module):
         self.t_min, self.t_max = t_min, t_max
         fraction = (float(temperature) - t_min) / (t_max - t_min)
         raw = torch.full((self.num_species,), math.log(fraction / (1.0 - fraction)), dtype=torch.float64)
+        if coupling_temperature < 0:
+            raise ValueError(f"coupling_temperature must be >= 0, got {coupling_temperature}")
+        # alpha = softplus(raw); a zero alpha is kept exactly zero (no environment temperature)
+        self.use_coupling_temperature = coupling_temperature > 0
+        alpha = max(float(coupling_temperature), 1e-12)
+        alpha_raw = torch.full((self.num_species,), alpha + math.log(-math.expm1(-alpha)), dtype=torch.float64)
         if learn_temperature:
             self.temperature_raw = nn.Parameter(raw)
+            self.coupling_raw = nn.Parameter(alpha_raw)
         else:
             self.register_buffer("temperature_raw", raw)
+            self.register_buffer("coupling_raw", alpha_raw)
         self.prior_scale = float(prior_scale)
         self.prior_cutoff = float(prior_cutoff) if cutoff is None else min(float(prior_cutoff), float(cutoff))
         self.prior_switch_width = min(float(prior_switch_width), self.prior_cutoff)
-        self.prior_electronegativity_width = float(prior_electronegativity_width)
+        self.prior_pair_width = float(prior_pair_width)
         self.max_solver_steps = int(max_solver_steps)
         self.newton_steps = int(newton_steps)
         energies, mask = state_table(range(1, MAX_Z + 1), self.state_charges)
         # row 0 (Z = 0) is a placeholder so the table is indexed by atomic number
         self.register_buffer("reference_table", torch.cat([torch.zeros(1, len(self.state_charges), dtype=torch.float64), energies]), persistent=False)
         self.register_buffer("mask_table", torch.cat([torch.zeros(1, len(self.state_charges), dtype=torch.bool), mask]), persistent=False)
-        chi = [0.0] + [mulliken_electronegativity(z) for z in range(1, MAX_Z + 1)]
-        self.register_buffer("electronegativity_table", torch.tensor(chi, dtype=torch.float64), persistent=False)
+        ip = [0.0] + [ionisation_energy(z) for z in range(1, MAX_Z + 1)]
+        ea = [0.0] + [electron_affinity(z) for z in range(1, MAX_Z + 1)]
+        self.register_buffer("ionisation_table", torch.tensor(ip, dtype=torch.float64), persistent=False)
+        self.register_buffer("affinity_table", torch.tensor(ea, dtype=torch.float64), persistent=False)
         self.charged_states = [k for k, q in enumerate(self.state_charges) if q != 0]
         if self.in_dim > 0:
             widths = [self.in_dim, *[int(h) for h in hidden], len(self.charged_states)]
@@ -168,10 +185,14 @@ class EnsembleChargeModel(nn.Module):
     def state_names(self) -> list[str]:
         return [STATE_NAMES[q] for q in self.state_charges]
 
-    def temperature(self, species: torch.Tensor) -> torch.Tensor:
-        """[N] electronic temperature of each atom (eV)."""
+    def temperature(self, species: torch.Tensor, coupling: torch.Tensor | None = None) -> torch.Tensor:
+        """[N] electronic temperature T_i = T^0_{s_i} + alpha_{s_i} C_i of each atom (eV)."""
         t = self.t_min + (self.t_max - self.t_min) * torch.sigmoid(self.temperature_raw.to(torch.float64))
-        return t[species]
+        t = t[species]
+        if coupling is not None and self.use_coupling_temperature:
+            alpha = nn.functional.softplus(self.coupling_raw.to(torch.float64))
+            t = t + alpha[species] * coupling
+        return t
 
     def _mlp(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         for k, layer in enumerate(self.correction_layers):
@@ -212,11 +233,12 @@ class EnsembleChargeModel(nn.Module):
                 graph.edge_index,
                 graph.edge_len,
                 z,
-                self.electronegativity_table[z],
+                self.ionisation_table[z],
+                self.affinity_table[z],
                 graph.num_atoms,
                 self.prior_cutoff,
                 self.prior_switch_width,
-                self.prior_electronegativity_width,
+                self.prior_pair_width,
             )
         else:
             stabilisation = torch.zeros(graph.num_atoms, 2, dtype=torch.float64, device=z.device)
@@ -228,7 +250,7 @@ class EnsembleChargeModel(nn.Module):
             energies,
             charges_k,
             mask,
-            self.temperature(graph.species),
+            self.temperature(graph.species, stabilisation.sum(-1) / self.prior_scale if self.prior_scale != 0.0 else None),
             graph.batch,
             graph.total_charge,
             graph.num_graphs,
