@@ -147,8 +147,12 @@ class NEPDescriptor(nn.Module):
         l_max: ``l_3b`` or ``[l_3b, 0|2, 0|1]`` as in nep.in (3-body up to 8, 4-body, 5-body).
         typewise_cutoffs: optional ``[[rc_R, rc_A], ...]`` per element (model order); a pair
             of elements uses the mean of their cutoffs, as GPUMD does.
-        init_scale: c ~ 0.1 N(0,1) + U(-0.5, 0.5) (GNEP) when ``"gnep"``, else U(-s, s).
+        init: c ~ 0.1 N(0,1) + U(-0.5, 0.5) (GNEP) when ``"gnep"``, else U(-init, init).
+        seed: seed of the initial coefficients.
     """
+
+    #: a small configuration for the conformance kit (mlip_plugins.testing)
+    conformance_config = {"cutoff_angular": 3.5, "n_max": [2, 2], "basis_size": [3, 3], "l_max": [3, 2, 1]}
 
     def __init__(
         self,

@@ -179,6 +179,10 @@ class NEPModel(nn.Module):
         seed: seed of the initial parameters (GNEP's initialisation).
     """
 
+    #: a small configuration for the conformance kit (mlip_plugins.testing)
+    conformance_config = {"cutoff_angular": 3.5, "n_max": [2, 2], "basis_size": [3, 3], "l_max": [3, 2, 1], "neuron": 4,
+                          "zbl": {"inner": 0.8, "outer": 1.6}}
+
     def __init__(
         self,
         num_species: int,
