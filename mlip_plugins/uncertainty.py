@@ -112,10 +112,10 @@ class FisherUncertainty:
         variances = dict(noise or {})
         for code, kind in enumerate(_KIND_NAMES):
             rows = jac.kinds == code
-            if kind not in variances and bool(rows.any()):
+            if kind not in variances and bool(rows.any()):  # mean squared (weighted) residual
                 variances[kind] = max(float(jac.residuals[rows].pow(2).mean()), 1e-12)
         inv_sigma = torch.tensor([1.0 / math.sqrt(variances.get(k, 1.0)) for k in _KIND_NAMES], dtype=torch.float64)
-        J = jac.matrix.to(torch.float64) * inv_sigma[jac.kinds].unsqueeze(1)
+        J = jac.matrix.to(torch.float64).cpu() * inv_sigma[jac.kinds.cpu()].unsqueeze(1)
         M, P = J.shape
         if P <= M:
             lam, V = torch.linalg.eigh(J.T @ J)
@@ -139,7 +139,7 @@ class FisherUncertainty:
 
     def variance_of_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """[M] g C gᵀ for output gradients ``rows`` [M, P]."""
-        rows = rows.to(torch.float64)
+        rows = rows.to(device=self.eigenvectors.device, dtype=torch.float64)
         projections = rows @ self.eigenvectors  # [M, r]
         captured = projections.pow(2)
         stiff = (captured / (self.eigenvalues + self.alpha)).sum(1)
@@ -160,7 +160,8 @@ class FisherUncertainty:
         weights = FisherWeights(energy=1.0, forces=1.0, stress=1.0 if stress else 0.0, labelled_only=False)
         jac = compute_jacobian(model, graphs, weights, max_atoms=max_atoms)
         self._check_layout(jac.index)
-        var = self.variance_of_rows(jac.matrix)
+        var = self.variance_of_rows(jac.matrix).cpu()
+        jac.kinds, jac.structure = jac.kinds.cpu(), jac.structure.cpu()
         natoms = torch.tensor([int(g.num_nodes) for g in graphs], dtype=torch.float64)
         energy_rows = jac.kinds == 0
         per_atom = torch.zeros(len(graphs), dtype=torch.float64)
@@ -191,13 +192,13 @@ class FisherUncertainty:
         for graph in graphs:
             std = self.predict_std(model, graph)
             with torch.enable_grad():
-                out = model(Batch.from_data_list([graph]), compute_forces=True)
+                out = model(Batch.from_data_list([graph]).to(model.e0.device), compute_forces=True)
             n = int(graph.num_nodes)
             if bool(getattr(graph, "has_energy", torch.tensor([True])).item()):
                 energy_err.append(abs(float(out["energy"][0].detach()) - float(graph.energy.view(-1)[0])) / n)
                 energy_std.append(float(std["energy_per_atom_std"][0]))
             if bool(getattr(graph, "has_forces", torch.tensor([True])).item()):
-                diff = (out["forces"].detach() - graph.forces.to(torch.float64)).norm(dim=1)
+                diff = (out["forces"].detach().cpu() - graph.forces.to(torch.float64)).norm(dim=1)
                 force_err.append(diff.numpy())
                 force_std.append(std["forces_std_atom"].numpy())
         cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0)  # noqa: E731

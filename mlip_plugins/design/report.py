@@ -75,7 +75,7 @@ def pareto_plot(design: AdaptiveDesign, path: Path) -> Path:
     panels = [("score", "score (error / start error)", lambda t: t.score),
               ("forces_rmse", "force RMSE (meV/Å)", lambda t: 1000 * t.errors.get("forces_rmse", math.nan)),
               ("energy_rmse", "energy RMSE (meV/atom)", lambda t: 1000 * t.errors.get("energy_rmse", math.nan))]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
     front = sorted(design.pareto_front(), key=lambda t: t.n_params)
     try:
         best = design.best()
@@ -98,12 +98,12 @@ def pareto_plot(design: AdaptiveDesign, path: Path) -> Path:
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="upper right")
+    axes[0].legend(fontsize=7, loc="best", framealpha=0.6)
     if scatter is not None:
         fig.colorbar(scatter, ax=axes, label="sloppy directions / parameters", shrink=0.85)
     fig.suptitle("Adaptive design: candidates (numbers = trial id)", fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
