@@ -94,14 +94,14 @@ def physics_part(out: Path) -> dict:
         table[f"{pair} {label}"] = values
         print(f"{pair:6s} {label:20s}" + "".join(f"{v:9.4f}" for v in values))
 
-    # one structure, two fragments 15 Å apart: an ionic Na2Cl2 square and a Li-H pair at 3.0 Å
+    # one structure, two fragments 15 Å apart: an ionic Na2Cl2 square and a Li-H pair at 2.15 Å
     # (half-way through its ionic/covalent switch); one chemical potential for both
     square = [[0, 0, 0], [2.5, 0, 0], [2.5, 2.5, 0], [0, 2.5, 0]]
-    fragments = Atoms("NaClNaClLiH", positions=square + [[15.0, 0, 0], [18.0, 0, 0]])
+    fragments = Atoms("NaClNaClLiH", positions=square + [[15.0, 0, 0], [17.15, 0, 0]])
     weights = ensemble_state_weights(fragments)
-    print("\nState weights of Na2Cl2 + Li...H (3.0 Å), one structure (physics only, T = 0.1 eV):")
+    print("\nState weights of Na2Cl2 + Li...H (2.15 Å), one structure (physics only, T = 0.1 eV):")
     print(weights.table())
-    weights.plot(out / "state_weights.png", title="Na2Cl2 + LiH (3.0 Å): atomic-state weights (physics only)")
+    weights.plot(out / "state_weights.png", title="Na2Cl2 + LiH (2.15 Å): atomic-state weights (physics only)")
     return {"dimer_charges": table, "cluster_charges": weights.charges.tolist()}
 
 

@@ -135,3 +135,17 @@ def test_unknown_option_and_element_are_reported():
         EnsembleChargeModel(in_dim=4, num_species=1, colour="red")
     with pytest.raises(ValueError, match="strictly inside"):
         EnsembleChargeModel(in_dim=4, num_species=1, temperature=0.5)
+
+
+def test_hydra_presets_build():
+    """``model=ensemble`` and ``model=long_range model/charges=ensemble`` compose and build."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    with initialize_config_module(config_module="mlip_plugins.conf", version_base=None):
+        for overrides, node in ((["model=ensemble"], "ensemble_electrostatic"), (["model=long_range", "model/charges=ensemble"], "electrostatic")):
+            cfg = OmegaConf.to_container(compose(config_name="train", overrides=overrides).model, resolve=True)
+            cfg["elements"] = ["Na", "Cl"]
+            potential = build_potential(cfg)
+            assert type(potential.energy_model).__name__.lower().startswith(node.split("_")[0])
+            assert isinstance(potential.energy_model.charge_model, EnsembleChargeModel)
