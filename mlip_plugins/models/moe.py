@@ -199,7 +199,7 @@ class MoEMLP(nn.Module):
         gates = self.router(x, graph)
         return RouterOutput(gates, gates)
 
-    def _use_grouped(self, gates: torch.Tensor) -> bool:
+    def _use_grouped(self) -> bool:
         if self.dispatch != "auto":
             return self.dispatch == "grouped"
         return self.top_k is not None
@@ -210,7 +210,7 @@ class MoEMLP(nn.Module):
             y = self._nonlinear(x, None, None) if self.kind == "nonlinear" else self._linear(x, None, None)
             return MoEOutput(y, None, None, x.new_zeros(()))
         gates, probs = self._route(x, graph)
-        dispatch = make_dispatch(gates) if self._use_grouped(gates) else None
+        dispatch = make_dispatch(gates) if self._use_grouped() else None
         y = self._nonlinear(x, gates, dispatch) if self.kind == "nonlinear" else self._linear(x, gates, dispatch)
         return MoEOutput(y, gates, probs, load_balancing_loss(gates, probs))
 
@@ -314,7 +314,8 @@ class MergedElementMLP(nn.Module):
     Built from stacked active experts ``weights[l]`` [S, A, d_l, d_l+1] with coefficients
     [S, A]. Stored as: first layer concatenated over the A experts ([S, D, A*H]), middle
     layers block-wise ([S, A, H, H']), last layer concatenated with the coefficients folded
-    in ([S, A*H, O], bias summed). Atoms are grouped by element, one dense product per layer.
+    in ([S, A*H, O], bias summed). Atoms are grouped by element into a padded [S, capacity, D]
+    batch, so each layer is one batched matrix product for all elements.
     """
 
     def __init__(self, weights: list[torch.Tensor], biases: list[torch.Tensor], coefs: torch.Tensor, activation_name: str = "silu"):
@@ -336,25 +337,30 @@ class MergedElementMLP(nn.Module):
         self.mid_w = nn.ParameterList(nn.Parameter(w.clone()) for w in weights[1:-1])
         self.mid_b = nn.ParameterList(nn.Parameter(b.clone()) for b in biases[1:-1])
 
-    def _element(self, x: torch.Tensor, s: int) -> torch.Tensor:
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """All elements at once on padded per-element rows: x [S, C, D] -> [S, C, O]."""
         if self.first_w is None:
-            return torch.addmm(self.last_b[s], x, self.last_w[s])
-        h = self.act(torch.addmm(self.first_b[s], x, self.first_w[s]))
+            return torch.baddbmm(self.last_b.unsqueeze(1), x, self.last_w)
+        h = self.act(torch.baddbmm(self.first_b.unsqueeze(1), x, self.first_w))  # [S, C, A*H]
         if len(self.mid_w):
-            n = h.shape[0]
-            h = h.view(n, self.num_active, -1).transpose(0, 1)  # [A, n, H]
+            s, c, a = h.shape[0], h.shape[1], self.num_active
+            h = h.view(s, c, a, -1).transpose(1, 2).reshape(s * a, c, -1)  # [S*A, C, H]
             for w, b in zip(self.mid_w, self.mid_b):
-                h = self.act(torch.baddbmm(b[s].unsqueeze(1), h, w[s]))
-            h = h.transpose(0, 1).reshape(n, -1)
-        return torch.addmm(self.last_b[s], h, self.last_w[s])
+                h = self.act(torch.baddbmm(b.reshape(s * a, 1, -1), h, w.reshape(s * a, w.shape[-2], w.shape[-1])))
+            h = h.view(s, a, c, -1).transpose(1, 2).reshape(s, c, -1)  # [S, C, A*H']
+        return torch.baddbmm(self.last_b.unsqueeze(1), h, self.last_w)
 
     def forward(self, x: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
+        # group atoms by element into a padded [S, capacity, D] batch: one batched product per layer
         species = graph.species
-        out = x.new_zeros(x.shape[0], self.last_w.shape[-1])
-        for s in range(self.num_species):
-            index = (species == s).nonzero().view(-1)
-            out = out.index_copy(0, index, self._element(x.index_select(0, index), s))
-        return out
+        order = torch.argsort(species, stable=True)
+        sorted_species = species[order]
+        counts = torch.bincount(species, minlength=self.num_species)
+        slot = torch.arange(species.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[sorted_species]
+        capacity = int(counts.max()) if species.numel() else 0
+        grouped = x.new_zeros(self.num_species, capacity, x.shape[-1]).index_put((sorted_species, slot), x.index_select(0, order))
+        y = self._grouped(grouped)[sorted_species, slot]
+        return y.new_zeros(x.shape[0], y.shape[-1]).index_copy(0, order, y)
 
 
 class MoEReadout(nn.Module):
