@@ -31,7 +31,6 @@ skip a check that does not apply are listed in :mod:`mlip_plugins.testing.harnes
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -108,9 +107,15 @@ def check_callback(cls: Any, config: Mapping[str, Any] | None = None, **kwargs: 
     return check_plugin("callbacks", cls, config, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
-def _cached_case(group: str, plugin: Any) -> PluginCase:
-    return plugin_case(group, plugin)
+_CASES: dict[tuple, PluginCase] = {}
+
+
+def _cached_case(group: str, plugin: Any, **overrides: Any) -> PluginCase:
+    """One PluginCase per (group, plugin, overrides), so its test model is built once."""
+    key = (group, plugin, repr(sorted(overrides.items())))
+    if key not in _CASES:
+        _CASES[key] = plugin_case(group, plugin, **overrides)
+    return _CASES[key]
 
 
 def conformance_params(
@@ -142,11 +147,14 @@ def conformance_params(
     return params
 
 
-def run_conformance(group: str, plugin: Any, check: str) -> None:
-    """Run one check in a pytest test: ``AssertionError`` on failure, ``pytest.skip`` if not applicable."""
+def run_conformance(group: str, plugin: Any, check: str, **overrides: Any) -> None:
+    """Run one check in a pytest test: ``AssertionError`` on failure, ``pytest.skip`` if not applicable.
+
+    ``overrides`` (``config``, ``skip``, ``elements``, ``rtol``) go to :func:`plugin_case`.
+    """
     import pytest
 
-    case = _cached_case(group, plugin)
+    case = _cached_case(group, plugin, **overrides)
     try:
         run_check(case, check)
     except CheckSkipped as why:

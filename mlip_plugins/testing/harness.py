@@ -217,11 +217,13 @@ def plugin_case(
     config: Mapping[str, Any] | None = None,
     skip: Mapping[str, str] | Sequence[str] | None = None,
     elements: Sequence[str] | None = None,
+    rtol: float | None = None,
 ) -> PluginCase:
     """A :class:`PluginCase` for a class, or a registered name / dotted path, in ``group``.
 
     ``config`` and ``skip`` add to (and override) the class's ``conformance_config`` and
-    ``conformance_skip``.
+    ``conformance_skip``; ``elements`` and ``rtol`` replace ``conformance_elements`` and
+    ``conformance_rtol``.
     """
     group = group if group in registry.GROUPS else next((k for k, v in registry.GROUPS.items() if v == group), group)
     if group not in registry.GROUPS:
@@ -246,7 +248,7 @@ def plugin_case(
         skip=merged_skip,
         elements=tuple(elements or getattr(cls, "conformance_elements", DEFAULT_ELEMENTS)),
         cutoff=cutoff,
-        rtol=float(getattr(cls, "conformance_rtol", 1e-9)),
+        rtol=float(rtol if rtol is not None else getattr(cls, "conformance_rtol", 1e-9)),
     )
 
 
