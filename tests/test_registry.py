@@ -142,8 +142,9 @@ def test_search_path_plugin_only_extends_the_mlip_train_config_tree(fake_site):
     ours.append("main", "pkg://mlip_plugins.conf")
     MlipPluginsSearchPathPlugin().manipulate_search_path(ours)
     paths = [(e.provider, e.path) for e in ours.get_path()]
-    assert paths[-1] == ("mlip-plugins:fake-configs", "pkg://fake_cfg.conf")
-    assert paths.index(("main", "pkg://mlip_plugins.conf")) < len(paths) - 1  # the core tree keeps priority
+    added = paths.index(("mlip-plugins:fake-configs", "pkg://fake_cfg.conf"))
+    assert paths.index(("main", "pkg://mlip_plugins.conf")) < added  # the core tree keeps priority
+    assert all(provider.startswith("mlip-plugins:") for provider, _ in paths[2:])
 
     theirs = ConfigSearchPathImpl()
     theirs.append("main", "pkg://another_app.conf")
