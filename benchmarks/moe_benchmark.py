@@ -18,7 +18,9 @@ and the forces by the chain rule. This is checked against the Potential's autogr
 training. Test errors (80/20 split) and throughputs are measured on the full ``Potential``
 (energy + forces); throughputs are the best of interleaved rounds (the machine is shared).
 
-    python benchmarks/moe_benchmark.py [--epochs 120] [--seeds 1] [--out outputs/moe_benchmark]
+    python benchmarks/moe_benchmark.py [--epochs 120] [--seeds 3] [--out outputs/moe_benchmark]
+
+With --seeds > 1 the errors are the mean ± standard deviation over training seeds.
 """
 
 from __future__ import annotations
@@ -201,6 +203,16 @@ def time_readout(potential, inputs: list[tuple[torch.Tensor, object]]) -> list[f
     return [_elapsed(lambda: readout(features, graph)) for features, graph in inputs]
 
 
+def summarise(readout, potential, errors: list, train_seconds: float) -> dict:
+    """Sizes and test errors (mean and standard deviation over seeds) of one variant."""
+    active, router, total = readout_sizes(potential)
+    errors = np.asarray(errors)
+    return {"readout": readout, "active_params": active, "router_params": router, "total_params": total,
+            "energy_mae_mev_atom": float(errors[:, 0].mean()), "energy_mae_std": float(errors[:, 0].std()),
+            "force_mae_mev_A": float(errors[:, 1].mean()), "force_mae_std": float(errors[:, 1].std()),
+            "train_seconds": train_seconds, "errors_per_seed": errors.tolist()}
+
+
 def readout_sizes(potential) -> tuple[int, int, int]:
     """(active expert parameters per atom, router parameters, total readout parameters)."""
     readout = potential.energy_model.readout
@@ -286,28 +298,27 @@ def main(argv=None) -> dict:
 
     results: dict[str, dict] = {}
     models: dict[str, torch.nn.Module] = {}
+    merged_label = MERGED_OF.replace("nonlinear", "nonlinear, merged")
+    merged_errors: list = []
     for label, readout in VARIANTS:
         errors, seconds = [], 0.0
         for seed in range(args.seeds):
             potential = make_potential(readout, seed, e0, scale)
             seconds += train(potential, train_data, args.epochs, args.lr, args.force_weight, seed)
             errors.append(test_errors(potential, test_batches))
+            if label == MERGED_OF:  # the same trained weights, merged per element
+                merged = copy.deepcopy(potential)
+                assert merge_moe(merged) == 1
+                merged_errors.append(test_errors(merged, test_batches))
+                if seed == 0:
+                    models[merged_label] = merged
             if seed == 0:
                 models[label] = potential
-        active, router, total = readout_sizes(models[label])
-        e_mae, f_mae = np.mean(errors, axis=0)
-        results[label] = {"readout": readout, "active_params": active, "router_params": router, "total_params": total, "energy_mae_mev_atom": float(e_mae),
-                          "force_mae_mev_A": float(f_mae), "train_seconds": seconds / args.seeds, "errors_per_seed": errors}
-        print(f"  trained {label}: E {e_mae:.2f} meV/atom, F {f_mae:.1f} meV/Å ({seconds / args.seeds:.0f} s)")
-
-    merged = copy.deepcopy(models[MERGED_OF])
-    assert merge_moe(merged) == 1
-    merged_label = MERGED_OF.replace("nonlinear", "nonlinear, merged")
-    e_mae, f_mae = test_errors(merged, test_batches)
-    active, router, total = readout_sizes(merged)
-    results[merged_label] = {"readout": "merge_moe of " + MERGED_OF, "active_params": active, "router_params": router,
-                             "total_params": total, "energy_mae_mev_atom": e_mae, "force_mae_mev_A": f_mae, "train_seconds": 0.0}
-    models[merged_label] = merged
+        results[label] = summarise(readout, models[label], errors, seconds / args.seeds)
+        print(f"  trained {label}: E {results[label]['energy_mae_mev_atom']:.2f} meV/atom, "
+              f"F {results[label]['force_mae_mev_A']:.1f} meV/Å ({seconds / args.seeds:.0f} s)")
+    results[merged_label] = summarise("merge_moe of " + MERGED_OF, models[merged_label], merged_errors, 0.0)
+    results = {label: results[label] for label in [*(v[0] for v in VARIANTS), merged_label]}
 
     # per batch, the fastest of interleaved rounds (the machine is shared), summed over batches
     inputs = {label: readout_inputs(potential, timing_data) for label, potential in models.items()}
@@ -323,14 +334,18 @@ def main(argv=None) -> dict:
         results[label]["atoms_per_s_readout"] = all_atoms / float(np.sum(best_readout[label]))
 
     per_element = VARIANTS[1][0]
-    header = ("| model | active expert / router / total readout params | E MAE (meV/atom) | F MAE (meV/Å) | ratio E, F vs dense | "
+
+    def spread(r: dict, key: str) -> str:
+        return f" ± {r[key + '_mae_std']:.1f}" if args.seeds > 1 else ""
+
+    header = (f"| model | active expert / router / total readout params | E MAE (meV/atom){' ± std' if args.seeds > 1 else ''} | F MAE (meV/Å) | ratio E, F vs dense | "
               "atoms/s E+F (full model) | atoms/s readout only | readout speed vs dense, vs per-element mlp |")
     lines = [header, "|" + "---|" * 8]
     ref, ref_pe = results[baseline], results[per_element]
     for label, r in results.items():
         lines.append(
-            f"| {label} | {r['active_params']} / {r['router_params']} / {r['total_params']} | {r['energy_mae_mev_atom']:.2f} | "
-            f"{r['force_mae_mev_A']:.1f} | {r['energy_mae_mev_atom'] / ref['energy_mae_mev_atom']:.2f}, "
+            f"| {label} | {r['active_params']} / {r['router_params']} / {r['total_params']} | {r['energy_mae_mev_atom']:.1f}{spread(r, 'energy')} | "
+            f"{r['force_mae_mev_A']:.1f}{spread(r, 'force')} | {r['energy_mae_mev_atom'] / ref['energy_mae_mev_atom']:.2f}, "
             f"{r['force_mae_mev_A'] / ref['force_mae_mev_A']:.2f} | {r['atoms_per_s_full']:.0f} | {r['atoms_per_s_readout']:.0f} | "
             f"{r['atoms_per_s_readout'] / ref['atoms_per_s_readout']:.2f}, {r['atoms_per_s_readout'] / ref_pe['atoms_per_s_readout']:.2f} |"
         )
