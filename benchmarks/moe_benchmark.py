@@ -16,7 +16,9 @@ Chebyshev basis of every edge, summed per neighbour element, and its radial deri
 computed once; each step applies the descriptor's own pair coefficients to them, the readout,
 and the forces by the chain rule. This is checked against the Potential's autograd energies and forces before
 training. Test errors (80/20 split) and throughputs are measured on the full ``Potential``
-(energy + forces); throughputs are the best of interleaved rounds (the machine is shared).
+(energy + forces). Throughputs use one torch thread and count this thread's CPU time (wall
+clock is meaningless on a machine shared by many processes; ``--wall-clock`` to override), the
+fastest of interleaved rounds for each batch.
 
     python benchmarks/moe_benchmark.py [--epochs 120] [--seeds 3] [--out outputs/moe_benchmark]
 
