@@ -131,6 +131,14 @@ class FisherUncertainty:
         return cls(lam[kept].clone(), V[:, kept].clone(), alpha, variances, jac.index.names,
                    jac.index.shapes, info=info)
 
+    def with_ridge(self, ridge: float) -> "FisherUncertainty":
+        """A copy with prior precision α = ``ridge``·λ_max (the eigenpairs are reused, so a
+        ridge well below the fitted one keeps its accuracy only if fitted with small ``keep``)."""
+        alpha = max(ridge * float(self.info.get("lambda_max", 1.0)), 1e-300)
+        info = {**self.info, "ridge": ridge}
+        return FisherUncertainty(self.eigenvalues, self.eigenvectors, alpha, self.noise, self.names, self.shapes,
+                                 scale=dict(self.scale), info=info)
+
     # -- prediction --------------------------------------------------------------------
     def _check_layout(self, index: ParameterIndex) -> None:
         if index.names != self.names or [tuple(s) for s in index.shapes] != self.shapes:

@@ -89,6 +89,10 @@ def test_linear_model_matches_closed_form_covariance():
     expected = torch.einsum("mp,pq,mq->m", forces, cov, forces).sqrt().view(-1, 3)
     torch.testing.assert_close(std["forces_std"][4:], expected, rtol=1e-6, atol=1e-12)
     assert std["forces_std_atom"].shape == (8,) and std["energy_per_atom_std"].shape == (2,)
+    # a stronger prior (larger ridge) can only shrink the predicted variance
+    tighter = unc.with_ridge(1e-2).predict_std(potential, test[0])
+    assert tighter["energy_std"][0] < std["energy_std"][0]
+    assert unc.with_ridge(1e-6).alpha == pytest.approx(unc.alpha)
 
 
 def test_save_load_roundtrip_and_layout_check(tmp_path):
