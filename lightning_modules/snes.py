@@ -32,7 +32,7 @@ from lightning_modules.module import PotentialModule
 from mlip_plugins.models.nep_model import NEPModel
 from mlip_plugins.optim.snes import SNES
 
-SNES_KEYS = {"name", "population", "sigma0", "eta_sigma", "per_element_ranking", "init", "seed", "lr"}
+SNES_KEYS = {"name", "population", "sigma0", "eta_sigma", "per_element_ranking", "init", "seed", "lr", "weight_decay"}
 
 
 def parameter_groups(potential: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor, int]:
@@ -91,7 +91,7 @@ class SNESModule(PotentialModule):
         cfg = dict(self.optimizer_cfg)
         unknown = set(cfg) - SNES_KEYS
         if unknown:
-            raise ValueError(f"optimizer: unknown SNES settings {sorted(unknown)} (known: {', '.join(sorted(SNES_KEYS - {'lr'}))})")
+            raise ValueError(f"optimizer: unknown SNES settings {sorted(unknown)} (known: {', '.join(sorted(SNES_KEYS - {'lr', 'weight_decay'}))})")
         self.population = int(cfg.get("population", 50))
         self.sigma0 = float(cfg.get("sigma0", 0.1))
         self.per_element_ranking = bool(cfg.get("per_element_ranking", True))

@@ -234,14 +234,20 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
             else:
                 log.warning("%s: %s ignored: it is an SNES setting and the optimizer is %s", where(values[keyword][0]),
                             keyword, optimizer_name or "not SNES")
-    if "start_lr" in values:
-        start = numbers("start_lr", float, (1,))[0]
-        _set(overrides, "optimizer.lr", start)
-        if "stop_lr" in values:
-            _set(overrides, "scheduler.min_lr_ratio", numbers("stop_lr", float, (1,))[0] / start)
-    if "weight_decay" in values:
-        _set(overrides, "optimizer.name", "adamw")
-        _set(overrides, "optimizer.weight_decay", numbers("weight_decay", float, (1,))[0])
+    gradient_keywords = [k for k in ("start_lr", "stop_lr", "weight_decay") if k in values]
+    if optimizer_name == "snes":
+        for keyword in gradient_keywords:
+            log.warning("%s: %s ignored: it is a gradient-training (GNEP) setting and the optimizer is SNES",
+                        where(values[keyword][0]), keyword)
+    else:
+        if "start_lr" in values:
+            start = numbers("start_lr", float, (1,))[0]
+            _set(overrides, "optimizer.lr", start)
+            if "stop_lr" in values:
+                _set(overrides, "scheduler.min_lr_ratio", numbers("stop_lr", float, (1,))[0] / start)
+        if "weight_decay" in values:
+            _set(overrides, "optimizer.name", "adamw")
+            _set(overrides, "optimizer.weight_decay", numbers("weight_decay", float, (1,))[0])
 
     known = set(IGNORED) | set(UNSUPPORTED) | {
         "type", "version", "cutoff", "n_max", "basis_size", "l_max", "neuron", "zbl", "use_typewise_cutoff_zbl",
