@@ -340,7 +340,8 @@ def main(argv=None) -> dict:
     def spread(r: dict, key: str) -> str:
         return f" ± {r[key + '_mae_std']:.1f}" if args.seeds > 1 else ""
 
-    header = (f"| model | active expert / router / total readout params | E MAE (meV/atom){' ± std' if args.seeds > 1 else ''} | F MAE (meV/Å) | ratio E, F vs dense | "
+    pm = " ± std" if args.seeds > 1 else ""
+    header = (f"| model | active expert / router / total readout params | E MAE (meV/atom){pm} | F MAE (meV/Å){pm} | ratio E, F vs dense | "
               "atoms/s E+F (full model) | atoms/s readout only | readout speed vs dense, vs per-element mlp |")
     lines = [header, "|" + "---|" * 8]
     ref, ref_pe = results[baseline], results[per_element]
