@@ -1,13 +1,23 @@
-"""Read labelled structures from any file ASE reads (extxyz first, ASE .db), with clear errors."""
+"""Read labelled structures from any file ASE reads (extxyz first, ASE .db), with clear errors.
+
+(Extended) XYZ files are split into frames by their atom-count lines before ASE parses each
+frame, so an error names the frame *and the line*, the columns of every atom line are checked
+against the frame's ``Properties``, and with ``on_error="skip"`` reading resumes at the next
+frame after a malformed one (ASE's own reader cannot continue past a parse error).
+"""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from ase import Atoms
+from ase.data import atomic_numbers
 from ase.io import iread
+from ase.io.extxyz import read_xyz
 
 from mlip_plugins.data.structures import DataError, LabelKeys, check_geometry, extract_labels
 
@@ -21,6 +31,118 @@ class LabelledStructure:
     atoms: Atoms
     labels: dict
     source: str
+
+
+XYZ_SUFFIXES = (".xyz", ".extxyz")
+
+
+def _is_bare_count(line: str) -> bool:
+    return line.strip().isdigit()
+
+
+def _columns_declared(comment: str) -> tuple[int, str] | None:
+    """Columns per atom line that the comment's ``Properties`` declares, or None if absent."""
+    if "properties=" not in comment.lower():
+        return None
+    from ase.io.extxyz import key_val_str_to_dict
+
+    try:
+        info = key_val_str_to_dict(comment)
+    except Exception:  # noqa: BLE001 - ASE reports a broken comment line when it parses the frame
+        return None
+    properties = next((v for k, v in info.items() if k.lower() == "properties"), None)
+    if not isinstance(properties, str):
+        return None
+    fields = properties.split(":")
+    if len(fields) % 3 or not all(f.isdigit() for f in fields[2::3]):
+        raise ValueError(f"Properties={properties!r} is not a list of name:type:count triples")
+    return sum(int(f) for f in fields[2::3]), properties
+
+
+def _xyz_frames(path: str) -> Iterator[tuple[int, int, str | Exception]]:
+    """(frame index, line number of its count line, frame text or the error) for each frame.
+
+    A count line that is not an integer is an error for that frame; reading resumes at the
+    next line that is a bare integer (the next frame's count line).
+    """
+    with open(path, encoding="utf-8") as handle:
+        lines = iter(enumerate(handle, start=1))
+        frame = 0
+        pending = next(lines, None)
+        while pending is not None:
+            number, header = pending
+            if not header.strip():  # blank lines between frames (or at the end)
+                pending = next(lines, None)
+                continue
+            if not _is_bare_count(header):
+                yield frame, number, ValueError(f"line {number}: expected the atom count of a frame, got {header.strip()[:60]!r}")
+                frame += 1
+                pending = next(lines, None)
+                while pending is not None and not _is_bare_count(pending[1]):
+                    pending = next(lines, None)
+                continue
+            count = int(header)
+            body = [header]
+            for _ in range(count + 1):
+                item = next(lines, None)
+                if item is None:
+                    break
+                body.append(item[1])
+            pending = next(lines, None)
+            if len(body) < count + 2:
+                yield frame, number, ValueError(f"line {number}: truncated, the frame declares {count} atoms but the file ends "
+                                                f"after {max(len(body) - 2, 0)}")
+                return
+            try:
+                declared = _columns_declared(body[1])
+            except ValueError as exc:
+                yield frame, number, ValueError(f"line {number + 1}: {exc}")
+                frame += 1
+                continue
+            error = None
+            species_first = declared is None or declared[1].lower().startswith("species:s:")
+            for offset, line in enumerate(body[2:]):
+                columns = line.split()
+                if declared is not None and len(columns) != declared[0]:
+                    error = ValueError(f"line {number + 2 + offset} (atom {offset}): {len(columns)} columns, but "
+                                       f"Properties={declared[1]} declares {declared[0]}")
+                    break
+                if species_first and columns and columns[0].capitalize() not in atomic_numbers and not columns[0].isdigit():
+                    error = ValueError(f"line {number + 2 + offset} (atom {offset}): unknown element {columns[0][:20]!r}")
+                    break
+            yield frame, number, error or "".join(body)
+            frame += 1
+
+
+def _frames(path: str, index: str, file_format: str | None) -> Iterator[tuple[int, str, Atoms | Exception, bool]]:
+    """(frame, where in the file, Atoms or the parse error, whether reading goes on after an error)."""
+    fmt = (file_format or "").lower()
+    if index == ":" and (fmt in ("extxyz", "xyz") or (not fmt and path.lower().endswith(XYZ_SUFFIXES))):
+        frame = 0
+        try:
+            for frame, line, chunk in _xyz_frames(path):
+                if isinstance(chunk, Exception):  # the message names the line
+                    yield frame, "", chunk, True
+                    continue
+                try:
+                    yield frame, "", next(read_xyz(io.StringIO(chunk), index=0)), True
+                except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed input
+                    yield frame, f" (lines {line}-{line + chunk.count(chr(10)) - 1})", exc, True
+        except UnicodeDecodeError as exc:
+            yield frame, "", ValueError(f"not a text file ({exc})"), False
+        return
+    reader = iread(path, index=index, format=file_format)
+    frame = 0
+    while True:
+        try:
+            atoms = next(reader)
+        except StopIteration:
+            return
+        except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed input
+            yield frame, "", exc, False  # ASE's reader cannot continue past an unparsable frame
+            return
+        yield frame, "", atoms, True
+        frame += 1
 
 
 def read_structures(
@@ -49,21 +171,17 @@ def read_structures(
         raise DataError(f"{path}: file is empty")
     structures: list[LabelledStructure] = []
     skipped: list[str] = []
-    frame = 0
-    reader = iread(path, index=index, format=file_format)
-    while True:
+    frames = 0
+    for frame, lines, atoms, can_continue in _frames(path, index, file_format):
         where = f"{path}: frame {frame}"
-        try:
-            atoms = next(reader)
-        except StopIteration:
-            break
-        except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed input
-            message = f"{where}: cannot parse ({type(exc).__name__}: {exc})"
-            if on_error == "skip":  # the reader cannot continue past an unparsable frame
-                skipped.append(message)
-                log.warning("%s; stopping at the unreadable frame", message)
-                break
-            raise DataError(message) from exc
+        frames = frame + 1
+        if isinstance(atoms, Exception):
+            message = f"{where}{lines}: cannot parse ({type(atoms).__name__}: {atoms})"
+            if on_error == "raise":
+                raise DataError(message) from atoms
+            skipped.append(message)
+            log.warning("skipping %s%s", message, "" if can_continue else "; stopping at the unreadable frame")
+            continue
         try:
             check_geometry(atoms, where)
             labels = extract_labels(atoms, keys, where, require_energy=require_energy)
@@ -74,9 +192,8 @@ def read_structures(
             log.warning("skipping %s", exc)
         else:
             structures.append(LabelledStructure(atoms, labels, f"{path}:{frame}"))
-        frame += 1
     if skipped:
-        log.warning("%s: skipped %d bad frame(s) of %d", path, len(skipped), frame)
+        log.warning("%s: skipped %d bad frame(s) of %d", path, len(skipped), frames)
     if not structures:
         raise DataError(f"{path}: no usable structures ({len(skipped)} bad frame(s))")
     return structures

@@ -60,6 +60,21 @@ def _as_stress_matrix(value, where: str) -> np.ndarray:
     raise DataError(f"{where}: expected 6 or 9 components, got {arr.size}")
 
 
+#: magnitudes no physical structure reaches (eV, Å, e): a value beyond them is a corrupt file
+#: or wrong units. All-electron total energies of the heaviest elements are ~1e6 eV/atom.
+ABSURD = {"energy per atom": 1e7, "forces": 1e5, "stress": 1e5, "positions": 1e6, "cell": 1e6, "charges": 1e3}
+
+
+def _check_magnitude(array, what: str, where: str, unit: str) -> None:
+    """Reject values beyond ``ABSURD[what]`` with the first offending index."""
+    values = np.abs(np.asarray(array, dtype=np.float64))
+    limit = ABSURD[what]
+    if values.size and float(values.max()) > limit:
+        at = f" at index {int(np.argmax(values.reshape(len(values), -1).max(axis=1)))}" if values.size > 1 else ""
+        raise DataError(f"{where}: |{what}| = {float(values.max()):.3g} {unit}{at} exceeds {limit:.0e} "
+                        f"(a corrupt value or wrong units)")
+
+
 def _check_finite(array: np.ndarray, where: str) -> None:
     if not np.all(np.isfinite(array)):
         bad = np.argwhere(~np.isfinite(np.asarray(array).reshape(len(array), -1)))[0][0] if np.ndim(array) else 0
@@ -77,6 +92,7 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
         except (TypeError, ValueError, IndexError) as exc:
             raise DataError(f"{where}: field {keys.energy!r}: not a number ({energy!r})") from exc
         _check_finite(np.array([labels["energy"]]), f"{where}: field {keys.energy!r}")
+        _check_magnitude(np.array([labels["energy"] / max(n, 1)]), "energy per atom", f"{where}: field {keys.energy!r}", "eV")
     elif require_energy:
         raise DataError(f"{where}: field {keys.energy!r}: missing (no such key in info, arrays or calculator results)")
     forces = _lookup(atoms, keys.forces)
@@ -85,11 +101,13 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
         if forces.shape != (n, 3):
             raise DataError(f"{where}: field {keys.forces!r}: shape {forces.shape}, expected ({n}, 3)")
         _check_finite(forces, f"{where}: field {keys.forces!r}")
+        _check_magnitude(forces, "forces", f"{where}: field {keys.forces!r}", "eV/Å")
         labels["forces"] = forces
     stress = _lookup(atoms, keys.stress)
     if stress is not None:
         labels["stress"] = _as_stress_matrix(stress, f"{where}: field {keys.stress!r}")
         _check_finite(labels["stress"], f"{where}: field {keys.stress!r}")
+        _check_magnitude(labels["stress"], "stress", f"{where}: field {keys.stress!r}", "eV/Å³")
     else:
         virial = _lookup(atoms, keys.virial)
         if virial is not None:
@@ -98,12 +116,14 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
                 raise DataError(f"{where}: field {keys.virial!r}: a virial needs a cell with non-zero volume")
             labels["stress"] = -_as_stress_matrix(virial, f"{where}: field {keys.virial!r}") / volume
             _check_finite(labels["stress"], f"{where}: field {keys.virial!r}")
+            _check_magnitude(labels["stress"], "stress", f"{where}: field {keys.virial!r} (as stress)", "eV/Å³")
     charges = _lookup(atoms, keys.charges)
     if charges is not None:
         charges = np.asarray(charges, dtype=np.float64).reshape(-1)
         if charges.shape != (n,):
             raise DataError(f"{where}: field {keys.charges!r}: {charges.size} values for {n} atoms")
         _check_finite(charges, f"{where}: field {keys.charges!r}")
+        _check_magnitude(charges, "charges", f"{where}: field {keys.charges!r}", "e")
         labels["charges"] = charges
     total_charge = _lookup(atoms, keys.total_charge)
     if total_charge is not None:
@@ -124,17 +144,23 @@ def check_geometry(atoms: Atoms, where: str, min_distance: float = 0.1) -> None:
         raise DataError(f"{where}: field 'positions': structure has no atoms")
     positions = atoms.get_positions()
     _check_finite(positions, f"{where}: field 'positions'")
+    _check_magnitude(positions, "positions", f"{where}: field 'positions'", "Å")
     pbc = np.asarray(atoms.pbc, dtype=bool)
     cell = atoms.cell.array
     _check_finite(cell, f"{where}: field 'cell'")
+    _check_magnitude(cell, "cell", f"{where}: field 'cell'", "Å")
     if pbc.any():
         lengths = np.linalg.norm(cell, axis=1)
         if np.any(lengths[pbc] < 1e-8) or abs(np.linalg.det(cell)) < 1e-8:
             raise DataError(f"{where}: field 'cell': zero-volume cell with periodic boundaries {pbc.tolist()}")
     if len(atoms) > 1:
-        edge_index, shifts = neighbor_list(positions, cell, pbc, min_distance)
-        if edge_index.shape[1] > 0:
-            j, i = edge_index[:, 0]
+        # search within 1.5 Å and filter: a cell list with a 0.1 Å cutoff has ~1e6 bins per
+        # 1000 Å^3 (tens of ms per structure), one with 1.5 Å a few hundred
+        edge_index, shifts = neighbor_list(positions, cell, pbc, max(min_distance, 1.5))
+        distances = np.linalg.norm(positions[edge_index[0]] - positions[edge_index[1]] + shifts @ cell, axis=1)
+        close = np.flatnonzero(distances < min_distance)
+        if close.size:
+            j, i = edge_index[:, close[0]]
             raise DataError(
                 f"{where}: field 'positions': atoms {i} and {j} are closer than {min_distance} Å "
                 f"(duplicate atoms?)"
