@@ -9,10 +9,13 @@ Two file kinds load into a ``Potential``:
   'model_config', 'state_dict', 'metadata'}``.
 
 Both are read with ``torch.load(weights_only=True)``: only tensors and plain containers.
+The model config inside may only name registered plugins: a dotted path would import and
+call arbitrary code, so it needs ``trusted=True`` (or ``MLIP_PLUGINS_TRUST_MODEL_FILES=1``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -20,6 +23,7 @@ from pathlib import Path
 import torch
 
 EXPORT_FORMAT = "mlip-plugins/potential-v1"
+TRUST_ENV = "MLIP_PLUGINS_TRUST_MODEL_FILES"
 
 
 def _version() -> str:
@@ -73,18 +77,32 @@ def split_checkpoint(raw: dict, path: str | os.PathLike = "<checkpoint>", use_em
     raise ValueError(f"{path}: neither a training checkpoint nor an exported mlip-plugins model")
 
 
-def load_potential(path: str | os.PathLike, map_location: str | torch.device = "cpu", use_ema: bool = True):
-    """A ``Potential`` from a training checkpoint or an exported model, in the saved dtype."""
+def load_potential(path: str | os.PathLike, map_location: str | torch.device = "cpu", use_ema: bool = True,
+                   trusted: bool | None = None):
+    """A ``Potential`` from a training checkpoint or an exported model, in the saved dtype.
+
+    ``trusted`` (default: ``MLIP_PLUGINS_TRUST_MODEL_FILES`` set to 1) allows plugins named by
+    dotted path in the file; otherwise only registered plugins are built (no arbitrary code).
+    """
+    from mlip_plugins import registry
     from mlip_plugins.models.builder import build_potential
 
     raw = _load_raw(path, map_location)
     config, weights, meta = split_checkpoint(raw, path, use_ema)
-    _check_plugins(meta)
+    if trusted is None:
+        trusted = os.environ.get(TRUST_ENV, "") not in ("", "0")
+    if not trusted:  # provenance records of unregistered classes would import their modules
+        unregistered = [r.get("target") or r.get("name") for r in (meta or {}).get("plugins") or [] if not r.get("group")]
+        if unregistered:
+            raise registry.PluginError(f"{path}: uses unregistered classes {unregistered}; load it with trusted=True "
+                                       f"(or {TRUST_ENV}=1) only if you trust where it comes from")
     dtype = next((v.dtype for v in weights.values() if torch.is_floating_point(v)), torch.get_default_dtype())
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        potential = build_potential(config)
+        with registry.registered_only(str(path)) if not trusted else contextlib.nullcontext():
+            _check_plugins(meta)
+            potential = build_potential(config)
     finally:
         torch.set_default_dtype(previous)
     potential.load_state_dict(weights, strict=True)

@@ -12,6 +12,8 @@ Set ``MLIP_PLUGINS_DISABLE_AUTOLOAD=1`` to ignore every plugin that is not part 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import difflib
 import importlib
 import os
@@ -39,6 +41,25 @@ GROUPS: dict[str, str] = {
 
 class PluginError(LookupError):
     """A plugin could not be found, is ambiguous, or failed to import."""
+
+
+#: set (to the file being loaded) while a model is built from a file: dotted paths are refused
+_REGISTERED_ONLY: contextvars.ContextVar[str | None] = contextvars.ContextVar("mlip_plugins_registered_only", default=None)
+
+
+@contextlib.contextmanager
+def registered_only(source: str):
+    """Within the block, :func:`resolve` refuses dotted paths (only registered plugins resolve).
+
+    A dotted path imports any installed module and calls any object in it with the keys of
+    the spec (``{name: "os:system", command: "..."}`` runs a shell command), so a model file
+    from elsewhere must not choose one. ``source`` names the file in the error.
+    """
+    token = _REGISTERED_ONLY.set(str(source))
+    try:
+        yield
+    finally:
+        _REGISTERED_ONLY.reset(token)
 
 
 @dataclass(frozen=True)
@@ -148,6 +169,13 @@ def resolve(group: str, name: str) -> Any:
     if not isinstance(name, str) or not name:
         raise PluginError(f"plugin name must be a non-empty string, got {name!r}")
     if ":" in name or ("." in name and name not in available(group)):
+        source = _REGISTERED_ONLY.get()
+        if source is not None:
+            raise PluginError(
+                f"{source}: plugin {name!r} is a dotted path, which would import and call arbitrary code; a model "
+                f"file may only name registered plugins (mlip-plugins list). Load it with trusted=True (or "
+                f"MLIP_PLUGINS_TRUST_MODEL_FILES=1) only if you trust where it comes from"
+            )
         return _import_dotted(name)
     return plugin_info(group, name).load()
 
