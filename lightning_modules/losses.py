@@ -27,8 +27,8 @@ def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
     raise ValueError(f"loss.kind must be 'mse' or 'huber', got {kind!r}")
 
 
-def _weighted_mean(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    total = weights.sum()
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
+    total = weights.sum() if total is None else total
     return (values * weights).sum() / torch.clamp(total, min=1e-12)
 
 
@@ -53,15 +53,22 @@ def errors(batch, out: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return result
 
 
-def total_loss(errs: dict, weights: LossWeights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Sum of weighted mean pointwise losses; also returns each term for logging."""
+def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Sum of weighted mean pointwise losses; also returns each term for logging.
+
+    ``denominators`` (per target) replace the local weight totals of the means: under DDP,
+    the global total divided by the number of processes, so that the gradient average over
+    processes equals the gradient of the mean over the global batch (see
+    ``PotentialModule.training_step``).
+    """
     parts = {}
     loss = None
     for key, (diff, w) in errs.items():
         coefficient = getattr(weights, key, 0.0)
         if coefficient == 0.0:
             continue
-        term = _weighted_mean(_pointwise(diff, weights.kind, weights.huber_delta), w.to(diff.dtype))
+        total = None if denominators is None else denominators[key]
+        term = _weighted_mean(_pointwise(diff, weights.kind, weights.huber_delta), w.to(diff.dtype), total)
         parts[key] = term.detach()
         loss = coefficient * term if loss is None else loss + coefficient * term
     if loss is None:

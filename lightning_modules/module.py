@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
@@ -52,7 +53,17 @@ class PotentialModule(L.LightningModule):
         scheduler: ``{name: cosine|plateau|none, warmup_steps, min_lr_ratio, factor, patience}``.
         ema: ``{decay: 0.99}`` to keep an exponential moving average used for validation
             and export, or None.
+        nan_policy: what a non-finite loss or gradient does: ``"raise"`` stops the run with a
+            ``FloatingPointError`` naming the epoch, step and loss parts; ``"skip"`` drops the
+            step (no optimizer update, so the weights never become NaN) with a warning and a
+            count (``train/skipped_steps``); ``MAX_CONSECUTIVE_SKIPS`` in a row still raise.
+
+    Under DDP the loss means use the *global* label counts (one all-reduce of a few numbers
+    per step), so the averaged gradient equals that of one process on the global batch,
+    whatever the number of atoms on each process.
     """
+
+    MAX_CONSECUTIVE_SKIPS = 10
 
     def __init__(
         self,
@@ -61,12 +72,19 @@ class PotentialModule(L.LightningModule):
         optimizer: Mapping | None = None,
         scheduler: Mapping | None = None,
         ema: Mapping | None = None,
+        nan_policy: str = "raise",
     ):
         super().__init__()
+        if nan_policy not in ("raise", "skip"):
+            raise ValueError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}")
         self.save_hyperparameters(
             {"model": _plain(model), "loss": _plain(loss or {}), "optimizer": _plain(optimizer or {}),
-             "scheduler": _plain(scheduler or {}), "ema": _plain(ema)}
+             "scheduler": _plain(scheduler or {}), "ema": _plain(ema), "nan_policy": nan_policy}
         )
+        self.nan_policy = nan_policy
+        self.skipped_steps = 0
+        self._consecutive_skips = 0
+        self._skip_this_step = False
         self.model = build_potential(model)
         self.loss_weights = LossWeights(**(_plain(loss) or {}))
         self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
@@ -94,9 +112,29 @@ class PotentialModule(L.LightningModule):
         return model(batch, compute_forces=True, compute_stress=self._needs_stress(batch), create_graph=create_graph)
 
     # -- steps -------------------------------------------------------------------------
+    def _global_denominators(self, errs: dict) -> dict | None:
+        """Per-target label totals summed over DDP processes, divided by their number."""
+        world = int(getattr(self.trainer, "world_size", 1)) if self._trainer is not None else 1
+        if world <= 1:
+            return None
+        local = torch.stack([w.detach().sum().to(torch.float64) for _, w in errs.values()])
+        total = self.trainer.strategy.reduce(local, reduce_op="sum")
+        return {key: (value / world).to(w.dtype) for (key, (_, w)), value in zip(errs.items(), total)}
+
+    def _non_finite(self, message: str) -> None:
+        """Raise (nan_policy=raise) or count a skipped step and warn (nan_policy=skip)."""
+        if self.nan_policy == "raise":
+            raise FloatingPointError(f"{message}; lower the learning rate or check the data (or set nan_policy=skip)")
+        self.skipped_steps += 1
+        self._consecutive_skips += 1
+        if self._consecutive_skips > self.MAX_CONSECUTIVE_SKIPS:
+            raise FloatingPointError(f"{message}; {self._consecutive_skips} consecutive steps skipped, stopping")
+        rank_zero_warn(f"{message}: step skipped (nan_policy=skip, {self.skipped_steps} skipped so far)")
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = self(batch, create_graph=True)
-        loss, parts = total_loss(errors(batch, out), self.loss_weights)
+        errs = errors(batch, out)
+        loss, parts = total_loss(errs, self.loss_weights, self._global_denominators(errs))
         if "aux_loss" in out:
             loss = loss + out["aux_loss"]
             parts["aux"] = out["aux_loss"].detach()
@@ -105,15 +143,33 @@ class PotentialModule(L.LightningModule):
             loss = loss + reg
             parts["reg"] = reg.detach()
         if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step} "
-                f"(parts: { {k: float(v) for k, v in parts.items()} }); lower the learning rate or check the data"
-            )
+            self._non_finite(f"non-finite training loss at epoch {self.current_epoch}, step {self.global_step} "
+                             f"(parts: { {k: float(v) for k, v in parts.items()} })")
+            # skip: the gradients of this loss are dropped in on_before_optimizer_step; other DDP
+            # processes see non-finite gradients after the all-reduce and skip the same step
+            self._skip_this_step = True
+            return loss
         size = batch.num_graphs
         self.log("train/loss", loss.detach(), batch_size=size, prog_bar=True, on_step=True, on_epoch=True)
         for key, value in parts.items():
             self.log(f"train/loss_{key}", value, batch_size=size, on_step=False, on_epoch=True)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Drop the update after a non-finite loss or gradient (optimizers skip parameters
+        whose ``grad`` is None, so weights and optimizer moments stay as they were)."""
+        grads = [p.grad.detach().abs().sum() for p in self.model.parameters() if p.grad is not None]
+        finite = not grads or bool(torch.isfinite(torch.stack(grads).sum()))  # one device sync
+        if not self._skip_this_step and finite:
+            self._consecutive_skips = 0
+            return
+        if not self._skip_this_step:
+            bad = next(n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all())
+            self._non_finite(f"non-finite gradient of '{bad}' at epoch {self.current_epoch}, step {self.global_step}")
+        self._skip_this_step = False
+        for p in self.model.parameters():
+            p.grad = None
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:

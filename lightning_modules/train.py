@@ -13,6 +13,7 @@ with status 2 (``debug=true`` shows the traceback).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.datamodule import AtomsDataModule
 from mlip_plugins import registry
 from mlip_plugins.data.statistics import e0_from_mapping, energy_scale, fit_e0
@@ -49,9 +51,10 @@ def apply_nep_in(cfg: DictConfig) -> DictConfig:
     """Merge the keywords of a GPUMD nep.in (``nep_in=path``) into the config."""
     if not cfg.get("nep_in"):
         return cfg
+    OmegaConf.set_struct(cfg, False)  # nep.in may set keys the chosen preset does not declare
     from mlip_plugins.io.nep_in import nep_in_to_overrides
 
-    overrides = nep_in_to_overrides(cfg.nep_in)
+    overrides = nep_in_to_overrides(cfg.nep_in, cfg)
     merged = OmegaConf.merge(cfg, OmegaConf.create(overrides))
     return merged
 
@@ -103,6 +106,12 @@ def _module_class(cfg: DictConfig):
     return registry._import_dotted(path)
 
 
+def _accepts(cls, name: str) -> bool:
+    """Whether ``cls(...)`` takes the keyword argument ``name``."""
+    params = inspect.signature(cls).parameters
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> None:
     """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set."""
     model = module.model
@@ -141,6 +150,8 @@ def run_training(cfg: DictConfig) -> dict:
     module = module_cls(
         model=model_cfg, loss=_plain(cfg.loss), optimizer=_plain(cfg.optimizer),
         scheduler=_plain(cfg.scheduler), ema=_plain(cfg.get("ema")),
+        # nan_policy only for modules that take it (SNES has no gradient steps to skip)
+        **({"nan_policy": str(cfg.get("nan_policy", "raise"))} if _accepts(module_cls, "nan_policy") else {}),
     )
     if not cfg.get("ckpt_path"):
         initialise_statistics(module, datamodule, cfg.e0)
@@ -162,6 +173,7 @@ def run_training(cfg: DictConfig) -> dict:
         logger=loggers or False,
         default_root_dir=str(run_dir),
         inference_mode=False,
+        plugins=[AtomicCheckpointIO()],  # a crash while saving never leaves a corrupt last.ckpt
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 

@@ -1,0 +1,243 @@
+"""Faults during training: SIGKILL then resume, crashes while saving, NaN losses, DDP equivalence.
+
+* A run killed with SIGKILL at an arbitrary moment resumes from ``last.ckpt`` and ends with
+  the same parameters as an uninterrupted run (float64, 1e-10).
+* ``AtomicCheckpointIO`` never leaves a corrupt checkpoint: a process killed in a loop of
+  saves, and a save that fails half-way, both leave the previous complete file.
+* ``nan_policy=raise`` stops with a message naming epoch and step; ``nan_policy=skip`` drops
+  exactly the bad steps (non-finite loss or gradient) and never produces NaN weights.
+* (slow) DDP with 2 CPU processes and per-process batch B gives the parameters of one process
+  with batch 2B (float64, 1e-8).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from lightning_modules.checkpoint_io import AtomicCheckpointIO, atomic_torch_save
+from lightning_modules.module import PotentialModule
+from lightning_modules.train import run_training
+
+TINY = ["model.energy.descriptor.n_max=3", "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]",
+        "model.cutoff=4.0", "trainer.enable_progress_bar=false", "scheduler.warmup_steps=2", "logger=[]",
+        "experiment=float64", "+trainer.enable_model_summary=false"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def restore_dtype():
+    previous = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.fixture(scope="module")
+def small_xyz(tmp_path_factory):
+    """20 labelled EMT structures (varying atom counts): 16 train / 2 val / 2 test."""
+    from ase.io import write
+
+    from mlip_plugins.data.default_dataset import generate_default_dataset
+
+    path = tmp_path_factory.mktemp("faults") / "small.xyz"
+    write(path, generate_default_dataset(n_structures=20, seed=3), format="extxyz")
+    return path
+
+
+def config(overrides: list[str]):
+    with initialize_config_module("mlip_plugins.conf", version_base=None):
+        return compose("train", overrides=overrides)
+
+
+def model_parameters(ckpt_path) -> dict[str, torch.Tensor]:
+    state = torch.load(ckpt_path, weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.startswith("model.")}
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+# ----------------------------------------------------------------------------- SIGKILL + resume
+def test_sigkill_during_training_then_resume_matches_uninterrupted_run(tmp_path, small_xyz):
+    common = [f"data.path={small_xyz}", *TINY, "data.batch_size=8", "trainer.max_epochs=5", "seed=4"]
+    run_dir = tmp_path / "killed"
+    child = subprocess.Popen([sys.executable, "-m", "lightning_modules.train", *common, f"hydra.run.dir={run_dir}"],
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch, maybe inside the next save
+    child.send_signal(signal.SIGKILL)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {stderr[-2000:]!r}"
+    saved_epoch = torch.load(last, weights_only=True)["epoch"]
+    assert saved_epoch < 4, "killed too late to test a resume"
+
+    resumed = run_training(config([*common, f"run_dir={run_dir}", f"ckpt_path={last}"]))
+    full = run_training(config([*common, f"run_dir={tmp_path / 'full'}"]))
+    a, b = (torch.load(r["last_ckpt"], weights_only=True) for r in (resumed, full))
+    assert (a["epoch"], a["global_step"]) == (b["epoch"], b["global_step"]), (saved_epoch, a["epoch"], a["global_step"], b["epoch"], b["global_step"])
+    assert max_difference(model_parameters(full["last_ckpt"]), model_parameters(resumed["last_ckpt"])) <= 1e-10
+    assert abs(resumed["metrics"]["forces_rmse"] - full["metrics"]["forces_rmse"]) <= 1e-10
+
+
+# ----------------------------------------------------------------------------- atomic saves
+SAVE_LOOP = textwrap.dedent("""
+    import sys, torch
+    from lightning_modules.checkpoint_io import AtomicCheckpointIO
+    io, path = AtomicCheckpointIO(), sys.argv[1]
+    k = 0
+    while True:
+        k += 1
+        state = {"step": k, "weights": torch.full((1_500_000,), float(k))}
+        print("saving", k, flush=True)
+        io.save_checkpoint(state, path)
+""")
+
+
+def test_sigkill_while_saving_leaves_a_complete_checkpoint(tmp_path):
+    """Killed 5 ms into writing a 12 MB checkpoint (a plain torch.save to the path leaves a
+    truncated file in this protocol nearly every time)."""
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    child = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    while child.stdout.readline().strip() not in ("saving 4", ""):
+        pass
+    time.sleep(0.005)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=30)
+    state = torch.load(path, weights_only=True)  # the previous or the new checkpoint, complete
+    assert state["step"] in (3, 4) and state["weights"].shape == (1_500_000,)
+    assert bool((state["weights"] == float(state["step"])).all())
+    assert [p.name for p in path.parent.glob("*.ckpt")] == ["last.ckpt"]
+
+
+def test_a_save_failing_half_way_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(10)}, path)
+
+    def crash_half_way(obj, handle):
+        handle.write(b"PK\x03\x04 half a zip archive")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr("lightning_modules.checkpoint_io.torch.save", crash_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(10)}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file left
+    monkeypatch.undo()
+    atomic_torch_save({"epoch": 3}, path)
+    assert io.load_checkpoint(path)["epoch"] == 3
+
+
+# ----------------------------------------------------------------------------- NaN policy
+class NaNAtSteps(PotentialModule):
+    """Test module: a NaN energy (so a NaN loss), or only a NaN gradient, at chosen global steps."""
+
+    NAN_LOSS_STEPS: set = set()
+    NAN_GRAD_STEPS: set = set()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.snapshots: list[dict] = []
+        self.checkpoint_io = None
+
+    def forward(self, batch, create_graph: bool = False, model=None):
+        out = super().forward(batch, create_graph=create_graph, model=model)
+        if self.training and model is None:
+            if self.global_step in self.NAN_LOSS_STEPS:
+                out["energy"] = out["energy"] * float("nan")
+            elif self.global_step in self.NAN_GRAD_STEPS:
+                out["energy"] = out["energy"] + _NaNGradient.apply(next(self.model.parameters()))
+        return out
+
+    def on_fit_start(self):
+        self.checkpoint_io = self.trainer.strategy.checkpoint_io
+
+    def on_train_epoch_end(self):
+        self.snapshots.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+
+
+class _NaNGradient(torch.autograd.Function):
+    """Zero in the forward pass, NaN gradient in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.shape = x.shape
+        return x.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full(ctx.shape, float("nan"), dtype=grad.dtype)
+
+
+def _nan_run(tmp_path, xyz, policy: str, loss_steps=(), grad_steps=(), epochs: int = 3):
+    NaNAtSteps.NAN_LOSS_STEPS, NaNAtSteps.NAN_GRAD_STEPS = set(loss_steps), set(grad_steps)
+    modules = []
+
+    class Recording(NaNAtSteps):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            modules.append(self)
+
+    globals()["_Recording"] = Recording
+    cfg = config([f"data.path={xyz}", *TINY, "data.batch_size=8", f"trainer.max_epochs={epochs}", f"nan_policy={policy}",
+                  f"module.cls={__name__}:_Recording", f"run_dir={tmp_path / policy}"])
+    try:
+        result = run_training(cfg)
+    finally:
+        NaNAtSteps.NAN_LOSS_STEPS, NaNAtSteps.NAN_GRAD_STEPS = set(), set()
+    return result, modules[0]
+
+
+def test_nan_loss_raises_a_clear_error(tmp_path, small_xyz):
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss at epoch 0, step 1.*nan_policy=skip"):
+        _nan_run(tmp_path, small_xyz, "raise", loss_steps={1})
+
+
+def test_nan_policy_skip_drops_exactly_the_bad_steps(tmp_path, small_xyz):
+    # 16 training structures, batch 8: steps 2, 3 make epoch 1; step 4 (epoch 2) has a NaN gradient only
+    with pytest.warns(UserWarning, match=r"step skipped \(nan_policy=skip, 3 skipped so far\)"):
+        result, module = _nan_run(tmp_path, small_xyz, "skip", loss_steps={2, 3}, grad_steps={4})
+    assert module.skipped_steps == 3
+    assert isinstance(module.checkpoint_io, AtomicCheckpointIO)  # mlip-train saves atomically
+    first, second, third = module.snapshots
+    assert max_difference(first, second) == 0.0  # the whole epoch was skipped: weights untouched
+    assert max_difference(second, third) > 0.0  # epoch 2 still trained on its good step
+    weights = model_parameters(result["last_ckpt"])
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values())
+    for state in torch.load(result["last_ckpt"], weights_only=True)["optimizer_states"][0]["state"].values():
+        assert all(bool(torch.isfinite(v).all()) for v in state.values() if torch.is_tensor(v))
+
+
+def test_nan_policy_is_validated():
+    with pytest.raises(ValueError, match="nan_policy must be 'raise' or 'skip'"):
+        PotentialModule(model={"elements": ["Cu"], "cutoff": 4.0, "energy": {"descriptor": {"name": "radial"},
+                                                                             "readout": {"name": "linear"}}},
+                        nan_policy="ignore")
+
+
+# ----------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path, small_xyz):
+    common = [f"data.path={small_xyz}", *TINY, "trainer.max_epochs=3", "trainer.accelerator=cpu", "seed=2"]
+    ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
+    result = subprocess.run([sys.executable, "-m", "lightning_modules.train", *common, "trainer=ddp", "data.batch_size=2",
+                             f"hydra.run.dir={ddp_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = run_training(config([*common, "data.batch_size=4", f"run_dir={single_dir}"]))
+    ddp_ckpt = ddp_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ddp_ckpt, weights_only=True)["global_step"] == torch.load(single["last_ckpt"], weights_only=True)["global_step"]
+    assert max_difference(model_parameters(single["last_ckpt"]), model_parameters(ddp_ckpt)) <= 1e-8
