@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", help="directory for fisher.json and the plots")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--save-uncertainty", metavar="FILE", help="fit the FIM uncertainty model on the data and save it")
+    parser.add_argument("--uncertainty-structures", type=int, default=32,
+                        help="structures (evenly spaced over the data) the uncertainty model is fitted on (default 32)")
+    parser.add_argument("--ridge", type=float, default=1e-4, help="relative ridge (prior precision) of the uncertainty model")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     return parser
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             from mlip_plugins.uncertainty import FisherUncertainty
 
             all_graphs = load_probe(args.data, potential.cutoff)
-            unc = FisherUncertainty.fit(potential, all_graphs)
+            unc = FisherUncertainty.fit(potential, all_graphs, ridge=args.ridge, max_structures=args.uncertainty_structures)
             unc.save(args.save_uncertainty)
             print(f"uncertainty model ({unc.info['rank_kept']} directions, fitted on {unc.info['n_structures']} "
                   f"structures) written to {args.save_uncertainty}", file=sys.stderr)
