@@ -123,7 +123,7 @@ def test_std_flags_structures_outside_the_training_data():
     cu = unc.predict_std(potential, structures(2, symbols=("Cu",), seed=5))
     alloy = unc.predict_std(potential, structures(2, symbols=("Cu", "Au"), seed=5))
     assert float(alloy["energy_per_atom_std"].min()) > 10 * float(cu["energy_per_atom_std"].max())
-    assert float(alloy["forces_std_atom"].median()) > 10 * float(cu["forces_std_atom"].median())
+    assert float(alloy["forces_std_atom"].median()) > 5 * float(cu["forces_std_atom"].median())
     stats = unc.assess(potential, structures(3, symbols=("Cu", "Au"), seed=9) + structures(3, symbols=("Cu",), seed=9))
     # an untrained model's errors carry no signal to rank; only the bookkeeping is checked here
     # (the ranking on held-out data is measured in benchmarks/fim_uncertainty.py)
