@@ -25,7 +25,12 @@ class MLIPCalculator(Calculator):
 
     def __init__(self, potential, device: str = "cpu", dtype: torch.dtype | str | None = torch.float64,
                  uncertainty=None, **kwargs):
+        """``uncertainty``: a ``FisherUncertainty`` or the path of one saved by ``mlip-fim --save-uncertainty``."""
         super().__init__(**kwargs)
+        if isinstance(uncertainty, (str, os.PathLike)):
+            from mlip_plugins.uncertainty import FisherUncertainty
+
+            uncertainty = FisherUncertainty.load(uncertainty)
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         self.device = torch.device(device)

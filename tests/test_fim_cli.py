@@ -35,6 +35,18 @@ def test_mlip_fim_prints_table_and_writes_files(tmp_path, capsys):
         assert report["n_structures"] == 3 and {t["name"] for t in report["terms"]} == {"two_body", "short"}
         assert (tmp_path / "fim" / "fisher_spectrum.png").exists() and (tmp_path / "fim" / "fisher_attribution.png").exists()
         assert FisherUncertainty.load(tmp_path / "unc.pt").info["n_structures"] == 4
+        # the saved uncertainty model in mlip-eval and in the ASE calculator
+        from mlip_plugins.calculator import MLIPCalculator
+        from mlip_plugins.cli.evaluate import main as evaluate
+
+        assert evaluate([str(model), str(data), "-o", str(tmp_path / "eval"), "--uncertainty", str(tmp_path / "unc.pt")]) == 0
+        evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+        assert any(k.startswith("uncertainty_") and "spearman" in k for k in evaluated)
+        atoms = generate_default_dataset(n_structures=1, seed=3)[0]
+        atoms.calc = MLIPCalculator.from_file(model, uncertainty=tmp_path / "unc.pt")
+        atoms.get_potential_energy()
+        assert atoms.calc.results["energy_std"] > 0
+        assert atoms.calc.results["forces_std"].shape == (len(atoms), 3)
         assert main([str(tmp_path / "missing.pt"), str(data)]) == 2
         assert "mlip-fim: error:" in capsys.readouterr().err
     finally:

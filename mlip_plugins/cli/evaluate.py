@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stress-key", default="stress")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     parser.add_argument("--on-error", choices=["raise", "skip"], default="raise")
-    parser.add_argument("--uncertainty", action="store_true", help="also report FIM-based uncertainties (see mlip_plugins.uncertainty)")
+    parser.add_argument("--uncertainty", default=None, metavar="FILE",
+                        help="a Fisher uncertainty model (mlip-fim ... --save-uncertainty FILE): also report how well "
+                             "its predicted std ranks the actual errors (Spearman) and the coverage")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -45,9 +47,10 @@ def run(args: argparse.Namespace) -> dict:
     pred = predict(potential, graphs, batch_size=args.batch_size)
     metrics = metrics_from_predictions(pred)
     if args.uncertainty:
-        from mlip_plugins.uncertainty import evaluate_uncertainty
+        from mlip_plugins.uncertainty import FisherUncertainty
 
-        metrics.update(evaluate_uncertainty(potential, graphs))
+        assessment = FisherUncertainty.load(args.uncertainty).assess(potential, graphs)
+        metrics.update({f"uncertainty_{k}": v for k, v in assessment.items()})
     out_dir = Path(args.output_dir) if args.output_dir else Path(f"{os.path.splitext(args.data)[0]}_eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json({"model": str(args.model), "data": str(args.data), **metrics}, out_dir / "metrics.json")
