@@ -97,7 +97,7 @@ class StateWeights:
         ax_w.set_ylabel("state weight d_ik")
         ax_w.set_ylim(0, 1)
         ax_w.legend(fontsize=7, loc="upper right")
-        ax_w.set_title(title or f"atomic-state ensemble, mu = {self.chemical_potential:.2f} eV")
+        ax_w.set_title(title or f"atomic-state ensemble, mu = {self.chemical_potential:.2f} eV", fontsize=9)
         ax_q.bar(x, self.charges, color=["#d7191c" if q > 0 else "#2c7bb6" for q in self.charges])
         ax_q.axhline(0, color="k", lw=0.5)
         ax_q.set_ylabel("charge (e)")
