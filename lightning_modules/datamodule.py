@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from mlip_plugins.data.default_dataset import cache_dir, default_dataset_path
@@ -23,24 +23,39 @@ from mlip_plugins.data.reading import read_structures
 from mlip_plugins.data.structures import DataError, LabelKeys
 
 
-class EpochSeededSampler(Sampler[int]):
+class EpochSeededSampler(DistributedSampler):
     """A shuffling sampler whose order depends only on (seed, epoch).
 
     Lightning calls ``set_epoch`` every epoch, so a run resumed from a checkpoint sees the
     same batches as an uninterrupted one (the global RNG state is not part of checkpoints).
+
+    Under DDP (``num_replicas`` > 1) process ``rank`` takes every ``num_replicas``-th index of
+    the same permutation, so the union of the processes' k-th batches of size B is exactly the
+    single-process k-th batch of size ``num_replicas * B`` (with the global loss normalisation
+    of ``PotentialModule``, DDP then trains like one process on the global batch). If the
+    number of samples is not a multiple of ``num_replicas``, the permutation is padded with its
+    first indices, as ``DistributedSampler`` does. Being a ``DistributedSampler``, it is used
+    by Lightning as it is (Lightning would otherwise re-shuffle it with its own seed).
     """
 
-    def __init__(self, num_samples: int, seed: int = 0):
-        self.num_samples = num_samples
+    def __init__(self, num_samples: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
+        # DistributedSampler.__init__ is not called: it wants a dataset and a process group
+        self.dataset_size = int(num_samples)
         self.seed = seed
         self.epoch = 0
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.shuffle, self.drop_last = True, False
+        self.num_samples = -(-self.dataset_size // self.num_replicas)  # per process
+        self.total_size = self.num_samples * self.num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
+        order = torch.randperm(self.dataset_size, generator=generator).tolist()
+        order += order[: self.total_size - len(order)]
+        return iter(order[self.rank : self.total_size : self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -192,7 +207,9 @@ class AtomsDataModule(L.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        sampler = EpochSeededSampler(len(self.train_graphs), self.shuffle_seed)
+        trainer = self.trainer
+        world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+        sampler = EpochSeededSampler(len(self.train_graphs), self.shuffle_seed, num_replicas=world, rank=rank)
         return DataLoader(self.train_graphs, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

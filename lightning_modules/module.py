@@ -117,9 +117,12 @@ class PotentialModule(L.LightningModule):
         world = int(getattr(self.trainer, "world_size", 1)) if self._trainer is not None else 1
         if world <= 1:
             return None
-        local = torch.stack([w.detach().sum().to(torch.float64) for _, w in errs.values()])
-        total = self.trainer.strategy.reduce(local, reduce_op="sum")
-        return {key: (value / world).to(w.dtype) for (key, (_, w)), value in zip(errs.items(), total)}
+        # a fixed list of targets: every process must all-reduce the same shape, even where its
+        # local batch lacks a label (no stress computed there)
+        local = torch.stack([errs[key][1].detach().sum().to(torch.float64) if key in errs else torch.zeros((), dtype=torch.float64)
+                             for key in TARGETS]).to(self.device)
+        total = self.trainer.strategy.reduce(local, reduce_op="sum") / world
+        return {key: value.to(errs[key][1].dtype) for key, value in zip(TARGETS, total) if key in errs}
 
     def _non_finite(self, message: str) -> None:
         """Raise (nan_policy=raise) or count a skipped step and warn (nan_policy=skip)."""

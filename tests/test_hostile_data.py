@@ -137,7 +137,16 @@ def test_skip_counts_several_bad_frames_and_reports_each(tmp_path, caplog):
         assert any(f"frame {frame}:" in m for m in messages), (frame, messages)
 
 
-def test_on_error_skip_end_to_end_through_training(tmp_path, caplog):
+@pytest.fixture
+def restore_dtype():
+    import torch
+
+    previous = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_on_error_skip_end_to_end_through_training(tmp_path, caplog, restore_dtype):
     """``data.on_error=skip`` in mlip-train: bad frames dropped with a count, training runs on the rest."""
     from hydra import compose, initialize_config_module
 
