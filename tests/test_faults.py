@@ -1,7 +1,7 @@
 """Faults during training: SIGKILL then resume, crashes while saving, NaN losses, DDP equivalence.
 
-* A run killed with SIGKILL at an arbitrary moment resumes from ``last.ckpt`` and ends with
-  the same parameters as an uninterrupted run (float64, 1e-10).
+* (slow) A run killed with SIGKILL at an arbitrary moment resumes from ``last.ckpt`` and ends
+  with the same parameters as an uninterrupted run (float64, 1e-10).
 * ``AtomicCheckpointIO`` never leaves a corrupt checkpoint: a process killed in a loop of
   saves, and a save that fails half-way, both leave the previous complete file.
 * ``nan_policy=raise`` stops with a message naming epoch and step; ``nan_policy=skip`` drops
@@ -69,6 +69,7 @@ def max_difference(a: dict, b: dict) -> float:
 
 
 # ----------------------------------------------------------------------------- SIGKILL + resume
+@pytest.mark.slow  # ~20-40 s; test_train.py's resume test (a clean stop) stays in the default run
 def test_sigkill_during_training_then_resume_matches_uninterrupted_run(tmp_path, small_xyz):
     common = [f"data.path={small_xyz}", *TINY, "data.batch_size=8", "trainer.max_epochs=5", "seed=4"]
     run_dir = tmp_path / "killed"
