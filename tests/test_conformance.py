@@ -21,9 +21,10 @@ from mlip_plugins.testing.checks import CheckSkipped, run_check
 #: entry applies only while its class lacks that attribute, and should move there).
 FALLBACK_SETTINGS: dict[tuple[str, str], dict] = {
     # mesh methods are approximate: symmetries hold to their accuracy (PME's Lagrange
-    # interpolation leaves ~1% force errors under translation of a 4-atom triclinic cell)
+    # interpolation leaves ~1% force errors under translation of a 4-atom triclinic cell, and
+    # P3M's charge assignment up to ~0.95%: the mesh is not translation invariant)
     ("long_range", "pme"): {"config": {"accuracy": 1e-4}, "rtol": 1e-2},
-    ("long_range", "p3m"): {"config": {"accuracy": 1e-4}, "rtol": 1e-3},
+    ("long_range", "p3m"): {"config": {"accuracy": 1e-4}, "rtol": 1e-2},
     ("long_range", "direct"): {"skip": {"periodic": "the direct pair sum handles non-periodic structures only"}},
     ("energy_models", "electrostatic"): {"config": {
         "descriptor": {"name": "radial", "n_max": 4, "basis_size": 5}, "readout": {"name": "linear"},
