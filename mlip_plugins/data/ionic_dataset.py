@@ -6,15 +6,16 @@ polarised rock-salt crystals labelled with Born-Mayer/Buckingham short-range + C
 The ions carry fixed charges (+q, -q; default q = 0.8 e). The Coulomb term is computed with
 torch-pme's ``EwaldCalculator`` directly (converged, independent of the plugin code), the
 Buckingham term is switched off smoothly (s) before ``sr_cutoff`` so that a local model with a
-larger cutoff can represent it exactly. Each structure is a cubic rock-salt supercell with a
-random lattice strain, a long-wavelength polar displacement (cations and anions moving
-against each other along a random lattice wave: a macroscopic polarisation, i.e. long-range
-fields) and random rattling. Labels: energy, forces, stress (ASE convention), the reference
-charges in ``atoms.arrays["charges"]`` and ``atoms.info["total_charge"] = 0``.
+larger cutoff can represent it exactly. Each structure is a cubic rock-salt supercell with
+randomly placed Schottky vacancy pairs (one cation and one anion removed: a neutral cell with
+two opposite effective charges at a random separation), a random lattice strain, an optional
+long-wavelength polar displacement (cations and anions moving against each other along a
+lattice wave) and random rattling. Labels: energy, forces, stress (ASE convention), the
+reference charges in ``atoms.arrays["charges"]`` and ``atoms.info["total_charge"] = 0``.
 
-A short-range model sees only the atoms within its cutoff, so it cannot represent the field of
-the distant polarisation charges: its error has a floor that a model with charges and a
-long-range solver does not have.
+A short-range model sees only the atoms within its cutoff; the field of a vacancy beyond it
+(not determined by the local environment, as it depends on where the partner vacancy sits)
+gives it an error floor that a model with charges and a long-range solver does not have.
 """
 
 from __future__ import annotations
@@ -122,8 +123,16 @@ def reference_labels(atoms: Atoms, model: IonicModel) -> dict:
     }
 
 
-def make_structure(rng: np.random.Generator, model: IonicModel, repeat=(2, 2, 2), strain: float = 0.03, polar: float = 0.12, rattle: float = 0.06) -> Atoms:
-    """One rock-salt supercell: random strain, a polar lattice wave and rattling."""
+def make_structure(
+    rng: np.random.Generator,
+    model: IonicModel,
+    repeat=(2, 2, 2),
+    strain: float = 0.03,
+    polar: float = 0.05,
+    rattle: float = 0.06,
+    vacancy_pairs: int = 1,
+) -> Atoms:
+    """One rock-salt supercell: Schottky vacancy pairs, random strain, a polar lattice wave and rattling."""
     a = model.lattice
     base = Atoms(
         [model.cation] * 4 + [model.anion] * 4,
@@ -145,6 +154,11 @@ def make_structure(rng: np.random.Generator, model: IonicModel, repeat=(2, 2, 2)
     phase = rng.uniform(0, 2 * np.pi)
     displacement = np.cos(2 * np.pi * frac @ wave + phase)[:, None] * amplitude[None, :]
     atoms.positions += sign[:, None] * displacement + rng.normal(scale=rattle, size=atoms.positions.shape)
+    if vacancy_pairs:
+        cations = np.flatnonzero(sign > 0)
+        anions = np.flatnonzero(sign < 0)
+        removed = list(rng.choice(cations, vacancy_pairs, replace=False)) + list(rng.choice(anions, vacancy_pairs, replace=False))
+        del atoms[sorted(int(k) for k in removed)]
     return atoms
 
 
@@ -154,15 +168,19 @@ def make_ionic_dataset(
     model: IonicModel | None = None,
     repeats: tuple = ((2, 2, 2),),
     strain: float = 0.03,
-    polar: float = 0.12,
+    polar: float = 0.05,
     rattle: float = 0.06,
+    vacancy_pairs: tuple[int, ...] = (1, 2),
 ) -> list[Atoms]:
-    """Labelled structures (energy, forces, stress in a SinglePointCalculator; charges in arrays)."""
+    """Labelled structures (energy, forces, stress in a SinglePointCalculator; charges in arrays).
+
+    Structure k uses ``repeats[k % len(repeats)]`` and ``vacancy_pairs[k % len(vacancy_pairs)]``.
+    """
     model = model or IonicModel()
     rng = np.random.default_rng(seed)
     structures = []
     for k in range(n_structures):
-        atoms = make_structure(rng, model, repeats[k % len(repeats)], strain, polar, rattle)
+        atoms = make_structure(rng, model, repeats[k % len(repeats)], strain, polar, rattle, vacancy_pairs[k % len(vacancy_pairs)])
         labels = reference_labels(atoms, model)
         atoms.arrays["charges"] = labels["charges"]
         atoms.info["total_charge"] = 0.0

@@ -69,7 +69,11 @@ class LongRangeSolver(nn.Module):
             within it (the model builder passes the model cutoff). Not needed by ``direct``.
         smearing: Gaussian width sigma (Å) of the range separation; default from ``cutoff``
             and ``accuracy`` (:func:`default_smearing`).
-        accuracy: target accuracy used for the defaults of the parameters not given.
+        accuracy: target relative RMS error of the potentials, used for every parameter not
+            given: smearing = cutoff / sqrt(-2 ln accuracy) (real-space terms beyond the cutoff
+            ~ accuracy), Ewald ``lr_wavelength`` and PME/P3M ``mesh_spacing`` from rules
+            calibrated on ionic crystals (:mod:`mlip_plugins.long_range.tuning`). For parameters
+            tuned on a given structure use :func:`~mlip_plugins.long_range.tuning.tune_parameters`.
         prefactor: Coulomb constant; the default gives eV with charges in e and lengths in Å.
             Use 1.0 for Gaussian units (Madelung constants).
     """
