@@ -130,7 +130,19 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
 
 
 def run_training(cfg: DictConfig) -> dict:
-    """Train as configured; returns run_dir, checkpoint paths and the final metrics."""
+    """Train as configured; returns run_dir, checkpoint paths and the final metrics.
+
+    torch's default dtype is set from ``cfg.dtype`` for the run and restored afterwards, so
+    in-process callers (tests, ``mlip-design``) are not affected.
+    """
+    previous = torch.get_default_dtype()
+    try:
+        return _run_training(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _run_training(cfg: DictConfig) -> dict:
     cfg = apply_nep_in(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -59,8 +59,15 @@ class MLIPCalculator(Calculator):
     def _graph(self, atoms) -> Batch:
         previous = torch.get_default_dtype()
         torch.set_default_dtype(self.dtype)
+        labels = {}
+        charges = atoms.arrays.get("charges")
+        if charges is None and atoms.has("initial_charges"):
+            charges = atoms.get_initial_charges()
+        if charges is not None:  # for charge models that take charges from the structure ('fixed')
+            labels["charges"] = np.asarray(charges, dtype=np.float64)
+            labels["total_charge"] = float(labels["charges"].sum())
         try:
-            graph = atoms_to_graph(atoms, self.potential.cutoff)
+            graph = atoms_to_graph(atoms, self.potential.cutoff, labels)
         finally:
             torch.set_default_dtype(previous)
         charge = atoms.info.get("total_charge", atoms.info.get("charge"))
