@@ -13,7 +13,7 @@ from torchpme.lib import get_ns_mesh
 from mlip_plugins.long_range.solver import COULOMB_CONSTANT, LongRangeError, LongRangeSolver
 
 #: refuse meshes larger than this (points) instead of exhausting memory
-MAX_MESH_POINTS = 2**23
+MAX_MESH_POINTS = 2**25
 
 #: mesh_spacing / smearing that reaches ``accuracy`` for a given interpolation order
 #: (calibrated on the Madelung crystals of the tests; see :mod:`mlip_plugins.long_range.tuning`).

@@ -191,17 +191,17 @@ class LongRangeSolver(nn.Module):
         if self.smearing is None:
             raise LongRangeError(f"{self.method}: periodic structures need a solver with a smearing (ewald, pme, p3m)")
         potential = self._pair_potential(radius, degree)
-        cutoff = self.cutoff if radius is None else max(self.cutoff, radius)
-        src, dst = graph.edge_index[0], graph.edge_index[1]
-        periodic_atom = torch.tensor(periodic, device=q.device)[graph.batch]
-        keep = (graph.edge_len < cutoff) & periodic_atom[dst]
-        if radius is not None:
-            keep = keep & (graph.edge_len < radius)  # the exterior kernel is exactly v_LR beyond r_ex
-        index = keep.nonzero().view(-1)
-        r = graph.edge_len.index_select(0, index)
+        cutoff = self.cutoff
+        src, dst, r = graph.edge_index[0], graph.edge_index[1], graph.edge_len
+        keep = r < (cutoff if radius is None else radius)  # the exterior kernel is exactly v_LR beyond r_ex
+        if not all(periodic):
+            keep = keep & torch.tensor(periodic, device=q.device)[graph.batch][dst]
+        if not bool(keep.all()):  # select only when needed (graphs built at the solver cutoff keep all)
+            index = keep.nonzero().view(-1)
+            src, dst, r = src.index_select(0, index), dst.index_select(0, index), r.index_select(0, index)
         kernel = potential.sr_from_dist(r).to(q.dtype)
-        contributions = q.index_select(0, src.index_select(0, index)) * kernel.unsqueeze(-1)
-        return torch.zeros_like(q).index_add(0, dst.index_select(0, index), contributions)
+        contributions = q.index_select(0, src) * kernel.unsqueeze(-1)
+        return torch.zeros_like(q).index_add(0, dst, contributions)
 
     def _direct(self, graph: AtomicGraph, q: torch.Tensor, slices, periodic: list[bool], radius, degree) -> torch.Tensor:
         """Dense pair sums over all j != i within each non-periodic structure (padded, batched)."""
