@@ -32,14 +32,8 @@ from mlip_plugins.graph import build_atomic_graph
 ELEMENTS = ["Cu", "Au"]
 
 
-@pytest.fixture(autouse=True)
-def float64_single_thread():
-    previous, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(previous)
-    torch.set_num_threads(threads)
+# float64 for every test here (conftest's fixture; conftest already runs on one thread)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _structures() -> list[Atoms]:

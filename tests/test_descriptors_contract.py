@@ -38,15 +38,8 @@ CONFIGS = {
 CUTOFF = 4.2
 
 
-@pytest.fixture(autouse=True)
-def float64_single_thread():
-    """float64 physics; one thread, since tiny multi-threaded CPU scatters stall on a busy machine."""
-    previous, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(previous)
-    torch.set_num_threads(threads)
+# float64 for every test here (conftest's fixture; conftest already runs on one thread)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def make_descriptor(config: dict) -> torch.nn.Module:
