@@ -162,3 +162,68 @@ def test_registered_plugins_and_config_preset(float64):
     assert out["energy"].shape == (1,) and torch.isfinite(out["forces"]).all()
     assert abs(float(out["charges"].sum().detach())) < 1e-10
     assert COULOMB_CONSTANT == pytest.approx(14.399645, rel=1e-7)
+
+
+def _zero_short_range(potential):
+    with torch.no_grad():
+        for parameter in potential.energy_model.readout.parameters():
+            parameter.zero_()
+
+
+def test_energy_scale_does_not_touch_the_coulomb_energy(float64):
+    """The training set's energy scale multiplies only the learned part: with the short-range
+    readout zeroed, the model's energy and forces are the Coulomb energy and forces of the fixed
+    charges for any ``energy_scale``, equal to the public ``electrostatics`` function."""
+    from mlip_plugins.long_range import electrostatics
+
+    potential = build_potential(model_config())
+    _zero_short_range(potential)
+    crystal = rattled_rocksalt()
+    reference = electrostatics(crystal, charges=crystal.arrays["charges"], method="ewald", accuracy=1e-7, cutoff=CUTOFF)
+    energies = []
+    for scale in (1.0, 0.37, 7.3):
+        potential.energy_scale.fill_(scale)
+        out = potential(batch_of([crystal]))
+        energies.append(float(out["energy"][0].detach()))
+        # two independently tuned Ewald sums at accuracy 1e-7 agree to ~1e-8 relative
+        assert energies[-1] == pytest.approx(reference.energy, rel=1e-6)
+        assert np.allclose(out["forces"].detach().numpy(), reference.forces, atol=1e-5)
+    assert np.allclose(energies, energies[0], rtol=1e-13)
+
+
+def test_ensemble_energy_is_not_scaled(float64):
+    """The latent-ensemble model's physical energy (Coulomb + ionisation) is independent of energy_scale."""
+    torch.manual_seed(0)
+    config = {
+        "elements": ["Na", "Cl"],
+        "cutoff": CUTOFF,
+        "energy": {"model": {"name": "ensemble_electrostatic", "descriptor": {"name": "radial", "n_max": 3, "basis_size": 4},
+                             "readout": {"name": "linear"}, "charges": {"temperature": 0.1, "hidden": [8]}, "solver": {"name": "ewald"}}},
+    }
+    potential = build_potential(config)
+    _zero_short_range(potential)
+    data = batch_of([rattled_rocksalt()])
+    energies = []
+    for scale in (1.0, 5.0):
+        potential.energy_scale.fill_(scale)
+        out = potential(data)
+        physical = out["electrostatic_energy"].sum() + out["ensemble_energy"].sum()
+        assert float(out["energy"][0].detach()) == pytest.approx(float(physical.detach()), rel=1e-10)
+        energies.append(float(out["energy"][0].detach()))
+    assert energies[0] == pytest.approx(energies[1], rel=1e-12)
+
+
+def test_sum_adds_and_product_refuses_physical_energies(float64):
+    electrostatic = model_config()["energy"]
+    local = {"descriptor": {"name": "radial", "n_max": 3, "basis_size": 4}, "readout": {"name": "linear"}}
+    summed = build_potential({**model_config(), "energy": {"sum": [electrostatic, electrostatic]}})
+    single = build_potential(model_config())
+    summed.energy_model.terms[0].load_state_dict(single.energy_model.state_dict())
+    summed.energy_model.terms[1].load_state_dict(single.energy_model.state_dict())
+    for potential in (summed, single):
+        potential.energy_scale.fill_(3.0)
+    data = batch_of([rattled_rocksalt()])
+    assert float(summed(data)["energy"][0].detach()) == pytest.approx(2 * float(single(data)["energy"][0].detach()), rel=1e-10)
+    product = build_potential({**model_config(), "energy": {"product": [local, electrostatic]}})
+    with pytest.raises(ValueError, match="not multiplied"):
+        product(data)

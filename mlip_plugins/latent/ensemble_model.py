@@ -14,7 +14,9 @@ Unlike the ``electrostatic`` model with ``charges: {name: ensemble}`` (same char
 sees only x), the readout here sees the interpretable latent d_i, and the energy contains the
 ionisation cost, so charge transfer is paid for with measured ionisation energies and electron
 affinities. Returns ``{"energy", "charges", "state_weights", "ensemble_energy",
-"electrostatic_energy"}`` per atom.
+"electrostatic_energy"}`` per atom; ``"energy"`` is the learned readout part and the physical
+part (Coulomb + ionisation, in eV) is returned under ``UNSCALED_ENERGY_KEY`` so the Potential's
+``energy_scale`` does not touch it.
 
 Config (``model.energy``)::
 
@@ -37,7 +39,7 @@ from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.latent.charge_model import EnsembleChargeModel
-from mlip_plugins.models.composition import split_output
+from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY, split_output
 
 
 class EnsembleElectrostaticModel(nn.Module):
@@ -106,10 +108,11 @@ class EnsembleElectrostaticModel(nn.Module):
         short, extras = split_output(self.readout(readout_in, graph))
         electrostatic = 0.5 * charges * self.solver.potentials(graph, charges)
         ionisation = ensemble.energy().to(dtype)
-        energy = short + electrostatic + (ionisation if self.ensemble_energy else 0.0)
+        physical = electrostatic + ionisation if self.ensemble_energy else electrostatic
         return {
             **extras,
-            "energy": energy,
+            "energy": short,
+            UNSCALED_ENERGY_KEY: physical,
             "charges": charges,
             "state_weights": weights,
             "ensemble_energy": ionisation,

@@ -12,7 +12,10 @@
   charges, appended to x for the readout (see :mod:`.exterior`);
 * an optional ``short_range`` energy spec (any energy tree, built with ``build_child``) is added.
 
-Returns ``{"energy": [N], "charges": [N], "electrostatic_energy": [N], **charge-model extras}``.
+Returns ``{"energy": [N], "charges": [N], "electrostatic_energy": [N], **charge-model extras}``,
+where ``"energy"`` is the learned short-range part (scaled by the Potential's ``energy_scale``)
+and the Coulomb energy, already in eV, is also returned under ``UNSCALED_ENERGY_KEY`` so the
+Potential adds it unscaled: charges are in units of e whatever the force scale of the data.
 
 Config (``model.energy``)::
 
@@ -34,7 +37,7 @@ from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.long_range.exterior import ExteriorPotentialFeatures
-from mlip_plugins.models.composition import split_output
+from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY, merge_extras, split_output
 
 
 def _split_charges(output) -> tuple[torch.Tensor, dict]:
@@ -125,12 +128,12 @@ class ElectrostaticModel(nn.Module):
             phi = self.solver.potentials(graph, charges)
         short, short_extras = split_output(self.readout(features, graph))
         electrostatic = 0.5 * charges * phi
-        energy = short + electrostatic
+        out = merge_extras(dict(extras), short_extras)
+        energy = short
         if self.short_range is not None:
             child, child_extras = split_output(self.short_range(graph))
             energy = energy + child
-            short_extras = {**child_extras, **short_extras}
-        out = {**short_extras, **extras, "energy": energy, "charges": charges, "electrostatic_energy": electrostatic}
-        if "aux_loss" in short_extras and "aux_loss" in extras:
-            out["aux_loss"] = short_extras["aux_loss"] + extras["aux_loss"]
+            merge_extras(out, child_extras)
+        merge_extras(out, {UNSCALED_ENERGY_KEY: electrostatic})
+        out.update({"energy": energy, "charges": charges, "electrostatic_energy": electrostatic})
         return out

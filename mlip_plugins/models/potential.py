@@ -9,15 +9,17 @@ from torch import nn
 
 from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
-from mlip_plugins.models.composition import split_output
+from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY, split_output
 
 
 class Potential(nn.Module):
-    """E = sum_i [scale * E_i^model + E0[s_i]]; F = -dE/dpos; stress = (1/V) dE/d(strain).
+    """E = sum_i [scale * E_i^model + E0[s_i] + E_i^phys]; F = -dE/dpos; stress = (1/V) dE/d(strain).
 
     ``e0`` (reference energy per element) and ``energy_scale`` are buffers set from the
     training set before fitting (see :mod:`mlip_plugins.data.statistics`), so they are saved
-    with the weights and a model is a pure function of (graph, state_dict).
+    with the weights and a model is a pure function of (graph, state_dict). ``E^phys`` is the
+    physical part of the energy model's output (Coulomb, ionisation; returned under
+    ``UNSCALED_ENERGY_KEY``), already in eV and therefore not multiplied by ``energy_scale``.
     """
 
     def __init__(self, elements: Sequence[int | str], cutoff: float, energy_model_spec: Mapping):
@@ -66,6 +68,9 @@ class Potential(nn.Module):
         graph = build_atomic_graph(data, species, strain=strain, pos=pos)
         atomic, extras = split_output(self.energy_model(graph))
         atomic = atomic * self.energy_scale + self.e0[species]
+        unscaled = extras.pop(UNSCALED_ENERGY_KEY, None)
+        if unscaled is not None:
+            atomic = atomic + unscaled
         energy = torch.zeros(num_graphs, dtype=dtype, device=pos.device).index_add(0, graph.batch, atomic)
         out = {"energy": energy, "atomic_energies": atomic, **extras}
         inputs = ([pos] if compute_forces else []) + ([strain] if compute_stress else [])

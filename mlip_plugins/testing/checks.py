@@ -19,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY
 from mlip_plugins.testing import structures as st
 from mlip_plugins.testing.harness import PluginCase, default_dtype, scale_of
 
@@ -140,6 +141,9 @@ def _energy_model_contract(case: PluginCase) -> None:
         energy = out["energy"] if isinstance(out, dict) else out
         if tuple(energy.shape) != (len(atoms),):
             raise AssertionError(f"{case}: per-atom energies shape {tuple(energy.shape)} != [N] = [{len(atoms)}]")
+        unscaled = out.get(UNSCALED_ENERGY_KEY) if isinstance(out, dict) else None
+        if unscaled is not None and tuple(unscaled.shape) != (len(atoms),):
+            raise AssertionError(f"{case}: {UNSCALED_ENERGY_KEY} shape {tuple(unscaled.shape)} != [N] = [{len(atoms)}]")
 
 
 def _callback_contract(case: PluginCase) -> None:
