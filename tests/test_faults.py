@@ -8,6 +8,10 @@
   exactly the bad steps (non-finite loss or gradient) and never produces NaN weights.
 * (slow) DDP with 2 CPU processes and per-process batch B gives the parameters of one process
   with batch 2B (float64, 1e-8).
+* DDP with a NaN loss on the main process only: the run stops with the error and no process is
+  left waiting in an all-reduce (nan_policy=raise); (slow) with nan_policy=skip the NaN reaches
+  the other process through the gradient all-reduce, both skip the same step and finish with
+  finite weights.
 """
 
 from __future__ import annotations
@@ -242,3 +246,45 @@ def test_ddp_two_processes_match_one_process_with_the_global_batch(tmp_path, sma
     ddp_ckpt = ddp_dir / "checkpoints" / "last.ckpt"
     assert torch.load(ddp_ckpt, weights_only=True)["global_step"] == torch.load(single["last_ckpt"], weights_only=True)["global_step"]
     assert max_difference(model_parameters(single["last_ckpt"]), model_parameters(ddp_ckpt)) <= 1e-8
+
+
+NAN_ON_RANK_ONE = """
+from lightning_modules.module import PotentialModule
+
+
+class NaNOnRankOne(PotentialModule):
+    \"\"\"A NaN training loss on process 0 only, at global step 1.\"\"\"
+
+    def forward(self, batch, create_graph=False, model=None):
+        out = super().forward(batch, create_graph=create_graph, model=model)
+        if self.training and model is None and self.global_rank == 0 and self.global_step == 1:
+            out["energy"] = out["energy"] * float("nan")
+        return out
+"""
+
+
+def _ddp_nan_run(tmp_path, small_xyz, policy: str) -> subprocess.CompletedProcess:
+    (tmp_path / "nan_rank_module.py").write_text(NAN_ON_RANK_ONE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    args = [f"data.path={small_xyz}", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.max_epochs=2",
+            "data.batch_size=2", f"nan_policy={policy}", "module.cls=nan_rank_module:NaNOnRankOne",
+            f"hydra.run.dir={tmp_path / policy}"]
+    # a process left waiting in a collective would show up as TimeoutExpired
+    return subprocess.run([sys.executable, "-m", "lightning_modules.train", *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=400, env=env)
+
+
+def test_ddp_nan_on_one_process_stops_both(tmp_path, small_xyz):
+    result = _ddp_nan_run(tmp_path, small_xyz, "raise")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "non-finite training loss at epoch 0, step 1" in output
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+
+
+@pytest.mark.slow
+def test_ddp_nan_skip_skips_on_both_processes(tmp_path, small_xyz):
+    result = _ddp_nan_run(tmp_path, small_xyz, "skip")
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = model_parameters(tmp_path / "skip" / "checkpoints" / "last.ckpt")
+    assert all(bool(torch.isfinite(v).all()) for v in weights.values())
