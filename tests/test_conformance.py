@@ -16,36 +16,9 @@ from mlip_plugins.testing import check_descriptor, conformance_params, plugin_ca
 from mlip_plugins.testing.checks import CheckSkipped, run_check
 
 
-#: Test settings for built-in plugins that do not declare their own yet (class attributes
-#: ``conformance_config`` / ``conformance_skip`` / ``conformance_rtol`` are the right place: each
-#: entry applies only while its class lacks that attribute, and should move there).
-FALLBACK_SETTINGS: dict[tuple[str, str], dict] = {
-    # mesh methods are approximate: symmetries hold to their accuracy (PME's Lagrange
-    # interpolation leaves ~1% force errors under translation of a 4-atom triclinic cell, and
-    # P3M's charge assignment up to ~0.95%: the mesh is not translation invariant)
-    ("long_range", "pme"): {"config": {"accuracy": 1e-4}, "rtol": 1e-2},
-    ("long_range", "p3m"): {"config": {"accuracy": 1e-4}, "rtol": 1e-2},
-    ("long_range", "direct"): {"skip": {"periodic": "the direct pair sum handles non-periodic structures only"}},
-    ("energy_models", "electrostatic"): {"config": {
-        "descriptor": {"name": "radial", "n_max": 4, "basis_size": 5}, "readout": {"name": "linear"},
-        "charges": {"name": "latent"}, "solver": {"name": "ewald"}}},
-}
-_ATTRIBUTES = {"config": "conformance_config", "skip": "conformance_skip", "rtol": "conformance_rtol"}
-
-
-def _fallback(group: str, plugin: str) -> dict:
-    from mlip_plugins import registry
-
-    settings = FALLBACK_SETTINGS.get((group, plugin), {})
-    if not settings:
-        return {}
-    cls = registry.resolve(group, plugin)
-    return {key: value for key, value in settings.items() if not hasattr(cls, _ATTRIBUTES[key])}
-
-
 @pytest.mark.parametrize(("group", "plugin", "check"), conformance_params())
 def test_registered_plugin_conforms(group, plugin, check):
-    run_conformance(group, plugin, check, **_fallback(group, plugin))
+    run_conformance(group, plugin, check)
 
 
 # ---------------------------------------------------------------------- broken descriptors

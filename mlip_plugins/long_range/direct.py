@@ -15,6 +15,7 @@ class DirectSolver(LongRangeSolver):
 
     method = "direct"
     needs_smearing = False
+    conformance_skip = {"periodic": "the direct pair sum handles non-periodic structures only"}
 
     def __init__(self, cutoff: float | None = None, smearing: float | None = None, accuracy: float = 1e-5, prefactor: float = COULOMB_CONSTANT):
         super().__init__(cutoff=cutoff, smearing=None, accuracy=accuracy, prefactor=prefactor)

@@ -50,6 +50,13 @@ def _split_charges(output) -> tuple[torch.Tensor, dict]:
 class ElectrostaticModel(nn.Module):
     """Local model + charges + long-range solver (+ exterior features); see the module docstring."""
 
+    conformance_config = {
+        "descriptor": {"name": "radial", "n_max": 4, "basis_size": 5},
+        "readout": {"name": "linear"},
+        "charges": {"name": "latent"},
+        "solver": {"name": "ewald"},
+    }
+
     def __init__(
         self,
         num_species: int,

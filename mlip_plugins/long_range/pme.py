@@ -36,6 +36,12 @@ class PMESolver(LongRangeSolver):
     method = "pme"
     calculator_class = torchpme.PMECalculator
     default_nodes = 4
+    # Conformance kit (mlip_plugins.testing): a mesh is not translation invariant, so the
+    # symmetries hold only to the set accuracy. On the kit's 4-atom triclinic cell at accuracy
+    # 1e-4, PME's Lagrange interpolation leaves ~1 % force changes under translation, P3M's
+    # charge assignment up to ~0.95 %.
+    conformance_config = {"accuracy": 1e-4}
+    conformance_rtol = 1e-2
 
     def __init__(
         self,
