@@ -265,7 +265,9 @@ class NaNOnRankOne(PotentialModule):
 
 def _ddp_nan_run(tmp_path, small_xyz, policy: str) -> subprocess.CompletedProcess:
     (tmp_path / "nan_rank_module.py").write_text(NAN_ON_RANK_ONE)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO), os.environ.get("PYTHONPATH", "")])}
+    # only the test module's folder: the package itself must come from the installed copy
+    # (a non-editable install keeps its configs in mlip_plugins/conf, which the source tree lacks)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH", "")]))}
     args = [f"data.path={small_xyz}", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.max_epochs=2",
             "data.batch_size=2", f"nan_policy={policy}", "module.cls=nan_rank_module:NaNOnRankOne",
             f"hydra.run.dir={tmp_path / policy}"]
