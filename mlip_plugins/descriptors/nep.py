@@ -267,7 +267,8 @@ class NEPDescriptor(nn.Module):
         k1 = basis.shape[1]
         f_pad = basis.new_zeros(n_atoms, width, s, k1).index_put((dst, slot, neighbor), basis)
         y_pad = angular.new_zeros(n_atoms, width, angular.shape[1]).index_put((dst, slot), angular)
-        per_type = torch.bmm(f_pad.view(n_atoms, width, s * k1).transpose(1, 2), y_pad)  # [N, S (K+1), M]
+        # matmul, not bmm: for float64 it picks a faster kernel for the transposed operand (~2x)
+        per_type = torch.matmul(f_pad.view(n_atoms, width, s * k1).transpose(1, 2), y_pad)  # [N, S (K+1), M]
         coefficients = self._atom_coefficients(self.c_angular, graph.species)  # [N, S (K+1), nA+1]
         moments = torch.bmm(coefficients.transpose(1, 2), per_type)  # [N, nA+1, M]
         blocks = []
