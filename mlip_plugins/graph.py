@@ -96,9 +96,10 @@ def build_atomic_graph(
     edge_index = data.edge_index
     shifts = data.shifts.to(pos.dtype)
     src, dst = edge_index[0], edge_index[1]
-    edge_batch = batch[dst]
-    # One structure (MD, large cells): a plain matmul, ~3x faster than gathering a cell per edge.
-    offsets = shifts @ cell[0] if num_graphs == 1 else torch.einsum("ei,eij->ej", shifts, cell[edge_batch])
+    if num_graphs == 1:  # one structure (MD, large cells): a plain matmul, ~3x faster than a cell per edge
+        offsets = shifts @ cell[0]
+    else:
+        offsets = torch.einsum("ei,eij->ej", shifts, cell[batch[dst]])
     edge_vec = pos[src] - pos[dst] + offsets
     # Norm with a safe gradient at zero length (self-images are never edges, but be safe).
     edge_len = torch.sqrt(torch.clamp((edge_vec * edge_vec).sum(-1), min=1e-30))
