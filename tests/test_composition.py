@@ -34,14 +34,6 @@ EAM = {"name": "embedding", "descriptor": {"name": "eam", "n_densities": 2, "bas
 PRESETS = ["default", "radial", "angular", "eam", "mp", "radial_angular_sum", "radial_angular_product", "nested", "small_linear"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def float64():
     previous = torch.get_default_dtype()

@@ -25,21 +25,8 @@ from mlip_plugins.models.nep_model import NEPModel, fit_descriptor_scaler, nep_r
 ELEMENTS = ["Cu", "Au"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a busy shared CPU, thread oversubscription costs 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+# float64 default dtype (conftest's fixture; conftest also pins one intra-op thread)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def nep_potential(**overrides):

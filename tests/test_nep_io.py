@@ -14,15 +14,6 @@ from mlip_plugins.models.builder import build_potential
 SPEC = {"name": "nep", "cutoff_angular": 3.5, "n_max": [3, 2], "basis_size": [4, 3], "l_max": [4, 2, 1], "neuron": 6}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a busy shared CPU, thread oversubscription costs 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_potential(version: int = 4, zbl=None, elements=("Pd", "Ni")):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

@@ -25,15 +25,6 @@ from mlip_plugins.io.nep import load_nep_potential, read_nep, write_nep  # noqa:
 E_TOL, F_TOL, S_TOL = 1e-5, 1e-4, 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a busy shared CPU, thread oversubscription costs 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def random_calorine_model(types, n_max=(4, 3), basis=(5, 4), l_max=(4, 2, 1), neuron=8, cutoff=(5.0, 4.0),
                           typewise=None, zbl=None, zbl_factor=None, flexible=False, seed=0):
     """A NEP4 model with random parameters, as calorine represents it (written by calorine)."""

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from mlip_plugins.optim.snes import SNES, default_eta_sigma, minimize, rank_utilities
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """One intra-op thread: on a busy shared CPU, thread oversubscription costs 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_utilities_are_rank_based_and_sum_to_zero():

@@ -17,14 +17,8 @@ from mlip_plugins.uncertainty import FisherUncertainty
 CUTOFF = 4.0
 
 
-@pytest.fixture(autouse=True)
-def _float64_one_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+# float64 default dtype (conftest's fixture; conftest also pins one intra-op thread)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def structures(count: int, symbols=("Cu", "Au"), seed: int = 0) -> list:
