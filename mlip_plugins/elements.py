@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from ase.data import atomic_numbers, chemical_symbols
 from torch import nn
+from mlip_plugins.errors import MLIPError
 
 
 def to_atomic_numbers(elements: Sequence[int | str]) -> list[int]:
@@ -27,7 +28,7 @@ def to_atomic_numbers(elements: Sequence[int | str]) -> list[int]:
     return sorted(set(numbers))
 
 
-class UnknownElementError(ValueError):
+class UnknownElementError(MLIPError, ValueError):
     """A structure contains an element the model was not built for."""
 
 

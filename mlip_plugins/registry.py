@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
+from mlip_plugins.errors import MLIPError
 
 CORE_DISTRIBUTION = "mlip-plugins"
 DISABLE_AUTOLOAD_ENV = "MLIP_PLUGINS_DISABLE_AUTOLOAD"
@@ -39,7 +40,7 @@ GROUPS: dict[str, str] = {
 }
 
 
-class PluginError(LookupError):
+class PluginError(MLIPError, LookupError):
     """A plugin could not be found, is ambiguous, or failed to import."""
 
 

@@ -10,9 +10,10 @@ from ase import Atoms
 from torch_geometric.data import Data
 
 from mlip_plugins.data.neighbors import neighbor_list
+from mlip_plugins.errors import MLIPError
 
 
-class DataError(ValueError):
+class DataError(MLIPError, ValueError):
     """Bad input data; the message names the file, the structure index and the field."""
 
 

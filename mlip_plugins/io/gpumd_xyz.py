@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 from ase import Atoms
 from ase.utils.plugins import ExternalIOFormat
+from mlip_plugins.errors import MLIPError
 
 gpumd_xyz_format = ExternalIOFormat(
     desc="GPUMD NEP train.xyz (extended XYZ, GPUMD's case-insensitive keys)",
@@ -30,7 +31,7 @@ gpumd_xyz_format = ExternalIOFormat(
 )
 
 
-class GPUMDXYZError(ValueError):
+class GPUMDXYZError(MLIPError, ValueError):
     """A malformed frame; the message names the frame, the line and the field."""
 
 

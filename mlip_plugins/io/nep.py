@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from mlip_plugins.descriptors.nep import parse_l_max
+from mlip_plugins.errors import MLIPError
 
 
-class NEPFormatError(ValueError):
+class NEPFormatError(MLIPError, ValueError):
     """A malformed or unsupported nep.txt; the message names the file and the line."""
 
 

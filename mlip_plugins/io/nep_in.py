@@ -48,6 +48,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from mlip_plugins.errors import MLIPError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ UNSUPPORTED = {
 }
 
 
-class NEPInputError(ValueError):
+class NEPInputError(MLIPError, ValueError):
     """A nep.in the training app cannot honour; the message names the file and line."""
 
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from mlip_plugins.errors import MLIPError
 
 #: Z -> (symbol, IP1 [eV], IP2 [eV] or None, EA [eV] or None)
 ATOMIC_STATE_DATA: dict[int, tuple[str, float, float | None, float | None]] = {
@@ -135,7 +136,7 @@ STATE_NAMES: dict[int, str] = {2: "dication", 1: "cation", 0: "neutral", -1: "an
 DEFAULT_STATE_CHARGES: tuple[int, ...] = (1, 0, -1)
 
 
-class MissingAtomicDataError(KeyError):
+class MissingAtomicDataError(MLIPError, KeyError):
     """An element has no tabulated ionisation energy (beyond Rn)."""
 
 

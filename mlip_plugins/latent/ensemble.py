@@ -29,9 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from mlip_plugins.errors import MLIPError
 
 
-class InfeasibleChargeError(ValueError):
+class InfeasibleChargeError(MLIPError, ValueError):
     """A structure's total charge lies outside what its atoms' states can carry."""
 
 

@@ -21,9 +21,10 @@ from torch import nn
 
 from mlip_plugins import registry
 from mlip_plugins.models.composition import Product, Sum, Term
+from mlip_plugins.errors import MLIPError
 
 
-class ConfigError(ValueError):
+class ConfigError(MLIPError, ValueError):
     """A model config is malformed; the message names the offending key."""
 
 
