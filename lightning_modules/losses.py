@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mlip_plugins.targets import Residual, residuals, weighted_mean
+
 
 @dataclass
 class LossWeights:
@@ -27,30 +29,15 @@ def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
     raise ValueError(f"loss.kind must be 'mse' or 'huber', got {kind!r}")
 
 
-def _weighted_mean(values: torch.Tensor, weights: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
-    total = weights.sum() if total is None else total
-    return (values * weights).sum() / torch.clamp(total, min=1e-12)
-
-
 def errors(batch, out: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(prediction - label, per-entry weight) for every labelled target in the batch.
+    """(prediction - label, per-entry loss weight) for every target, from
+    :func:`mlip_plugins.targets.residuals` (energies per atom; unlabelled entries weigh zero)."""
+    return errors_from(residuals(batch, out))
 
-    Energies are compared per atom; structures without a label get weight zero.
-    """
-    natoms = torch.bincount(batch.batch, minlength=batch.num_graphs).to(out["energy"].dtype)
-    weight = batch.weight.view(-1).to(out["energy"].dtype)
-    result = {}
-    has_e = batch.has_energy.view(-1)
-    result["energy"] = ((out["energy"] - batch.energy.view(-1)) / natoms, weight * has_e)
-    if "forces" in out:
-        atom_w = (weight * batch.has_forces.view(-1))[batch.batch]
-        result["forces"] = (out["forces"] - batch.forces, atom_w.unsqueeze(-1).expand(-1, 3))
-    if "stress" in out:
-        w = (weight * batch.has_stress.view(-1)).view(-1, 1, 1).expand(-1, 3, 3)
-        result["stress"] = (out["stress"] - batch.stress.view(-1, 3, 3), w)
-    if "charges" in out and getattr(batch, "charges", None) is not None:
-        result["charges"] = (out["charges"] - batch.charges, torch.ones_like(batch.charges))
-    return result
+
+def errors_from(targets: dict[str, Residual]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(prediction - label, loss weight) of each target's :class:`~mlip_plugins.targets.Residual`."""
+    return {key: (r.error, r.weight) for key, r in targets.items()}
 
 
 def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -68,7 +55,7 @@ def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = Non
         if coefficient == 0.0:
             continue
         total = None if denominators is None else denominators[key]
-        term = _weighted_mean(_pointwise(diff, weights.kind, weights.huber_delta), w.to(diff.dtype), total)
+        term = weighted_mean(_pointwise(diff, weights.kind, weights.huber_delta), w.to(diff.dtype), total)
         parts[key] = term.detach()
         loss = coefficient * term if loss is None else loss + coefficient * term
     if loss is None:

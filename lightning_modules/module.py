@@ -17,18 +17,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
-from lightning_modules.losses import LossWeights, errors, total_loss
+from lightning_modules.losses import LossWeights, errors, errors_from, total_loss
+from mlip_plugins import keys
 from mlip_plugins.models.builder import _plain, build_potential
+from mlip_plugins.targets import ErrorMetrics, residuals
 
-TARGETS = ("energy", "forces", "stress", "charges")
-
-
-def _metric_set() -> nn.ModuleDict:
-    return nn.ModuleDict(
-        {f"{t}_{m}": (MeanSquaredError(squared=False) if m == "rmse" else MeanAbsoluteError()) for t in TARGETS for m in ("rmse", "mae")}
-    )
+TARGETS = keys.TARGETS
 
 
 def regularization_losses(model: nn.Module) -> torch.Tensor | None:
@@ -95,8 +90,8 @@ class PotentialModule(L.LightningModule):
             if ema and ema.get("decay")
             else None
         )
-        self.val_metrics = _metric_set()
-        self.test_metrics = _metric_set()
+        self.val_metrics = ErrorMetrics()
+        self.test_metrics = ErrorMetrics()
 
     # -- forward -----------------------------------------------------------------------
     @property
@@ -178,24 +173,18 @@ class PotentialModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
-    def _evaluate(self, batch, metrics: nn.ModuleDict, prefix: str) -> None:
+    def _evaluate(self, batch, metrics: ErrorMetrics, prefix: str) -> None:
         with torch.enable_grad():
             out = self(batch, model=self.eval_model)
-        errs = errors(batch, out)
-        loss, _ = total_loss(errs, self.loss_weights)
+        targets = residuals(batch, out)
+        loss, _ = total_loss(errors_from(targets), self.loss_weights)
         self.log(f"{prefix}/loss", loss.detach(), batch_size=batch.num_graphs, prog_bar=prefix == "val", sync_dist=True)
-        for key, (diff, w) in errs.items():
-            mask = w > 0
-            if bool(mask.any()):
-                d = diff.detach()[mask]
-                for m in ("rmse", "mae"):
-                    metrics[f"{key}_{m}"].update(d, torch.zeros_like(d))
+        metrics.update(targets)
 
-    def _log_metrics(self, metrics: nn.ModuleDict, prefix: str) -> None:
-        for name, metric in metrics.items():
-            if metric.update_called:
-                self.log(f"{prefix}/{name}", metric.compute(), sync_dist=False)
-            metric.reset()
+    def _log_metrics(self, metrics: ErrorMetrics, prefix: str) -> None:
+        for name, value in metrics.compute().items():
+            self.log(f"{prefix}/{name}", value, sync_dist=False)
+        metrics.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")

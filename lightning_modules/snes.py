@@ -38,20 +38,17 @@ SNES_KEYS = {"name", "population", "sigma0", "eta_sigma", "per_element_ranking",
 def parameter_groups(potential: nn.Module) -> tuple[list[nn.Parameter], torch.Tensor, int]:
     """Trainable parameters, a ranking group per scalar, and the number of groups.
 
-    Group t < S holds element t's variables of NEP models (its network, and the descriptor
+    Group t < S holds the variables that a model module declares as element t's (its
+    ``element_parameter_owners()``, e.g. NEP's per-element networks and the descriptor
     coefficients of pairs centred on t); group S (the last) everything shared.
     """
     num_species = potential.element_map.num_species
     params = [p for p in potential.parameters() if p.requires_grad]
     owner: dict[int, torch.Tensor] = {}
     for module in potential.modules():
-        if not isinstance(module, NEPModel):
-            continue
-        if module.version == 4:
-            for p in (module.w0, module.b0, module.w1):
-                owner[id(p)] = torch.arange(num_species).view(-1, *([1] * (p.dim() - 1))).expand_as(p)
-        for p in (module.descriptor.c_radial, module.descriptor.c_angular):
-            owner[id(p)] = torch.arange(num_species).view(-1, 1, 1, 1).expand_as(p)
+        declared = getattr(module, "element_parameter_owners", None)
+        if callable(declared):
+            owner.update({id(p): groups for p, groups in declared().items()})
     groups = [owner[id(p)].reshape(-1) if id(p) in owner else torch.full((p.numel(),), num_species) for p in params]
     return params, torch.cat(groups).long(), num_species + 1
 

@@ -10,42 +10,50 @@ import numpy as np
 import torch
 from torch_geometric.loader import DataLoader
 
+from mlip_plugins import keys
+from mlip_plugins.targets import ErrorMetrics, residuals
+
+
+#: the targets evaluation reports (charges have no parity plot of their own yet)
+EVALUATED = (keys.ENERGY, keys.FORCES, keys.STRESS)
+
 
 def predict(potential, graphs: list, batch_size: int = 16, stress: bool = True) -> dict[str, np.ndarray]:
-    """Labels and predictions (energy per atom, force components, stress) for labelled entries."""
+    """Labels and predictions (energy per atom, force components, stress) for labelled entries,
+    from :func:`mlip_plugins.targets.residuals`; ``natoms`` of each labelled energy."""
     potential.eval()
     dtype = potential.e0.dtype
     device = potential.e0.device
-    collected: dict[str, list] = {k: [] for k in ("energy_pred", "energy_true", "forces_pred", "forces_true", "stress_pred", "stress_true", "natoms")}
+    collected: dict[str, list] = {f"{k}_{part}": [] for k in EVALUATED for part in ("pred", "true")}
+    collected["natoms"] = []
     for batch in DataLoader(graphs, batch_size=batch_size):
         batch = batch.to(device)
         batch.pos = batch.pos.to(dtype)
         want_stress = stress and bool(batch.has_stress.any())
         out = potential(batch, compute_forces=True, compute_stress=want_stress)
+        targets = residuals(batch, out)
+        for key in EVALUATED:
+            if key in targets:
+                guess, true = targets[key].labelled()
+                collected[f"{key}_pred"].append(guess.detach().cpu().numpy().reshape(-1))
+                collected[f"{key}_true"].append(true.detach().cpu().numpy().reshape(-1))
         natoms = torch.bincount(batch.batch, minlength=batch.num_graphs)
-        has_e = batch.has_energy.view(-1)
-        collected["energy_pred"].append((out["energy"] / natoms).detach()[has_e].cpu().numpy())
-        collected["energy_true"].append((batch.energy.view(-1) / natoms)[has_e].cpu().numpy())
-        collected["natoms"].append(natoms[has_e].cpu().numpy())
-        atom_mask = batch.has_forces.view(-1)[batch.batch]
-        collected["forces_pred"].append(out["forces"].detach()[atom_mask].cpu().numpy().reshape(-1))
-        collected["forces_true"].append(batch.forces[atom_mask].cpu().numpy().reshape(-1))
-        if want_stress:
-            smask = batch.has_stress.view(-1)
-            collected["stress_pred"].append(out["stress"].detach()[smask].cpu().numpy().reshape(-1))
-            collected["stress_true"].append(batch.stress.view(-1, 3, 3)[smask].cpu().numpy().reshape(-1))
+        collected["natoms"].append(natoms[targets[keys.ENERGY].mask].cpu().numpy())
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in collected.items()}
 
 
 def metrics_from_predictions(pred: dict[str, np.ndarray]) -> dict[str, float]:
-    """RMSE and MAE per target (energy per atom in eV/atom, forces eV/Å, stress eV/Å³)."""
+    """RMSE and MAE per target (energy per atom in eV/atom, forces eV/Å, stress eV/Å³), computed
+    by the same :class:`~mlip_plugins.targets.ErrorMetrics` the training module logs."""
+    metrics = ErrorMetrics(EVALUATED, sync=False)
+    for key in EVALUATED:
+        metrics.update_errors(key, torch.from_numpy(np.asarray(pred[f"{key}_pred"] - pred[f"{key}_true"], dtype=np.float64)))
+    computed = metrics.compute()
     result: dict[str, float] = {}
-    for key in ("energy", "forces", "stress"):
-        diff = pred[f"{key}_pred"] - pred[f"{key}_true"]
-        if diff.size:
-            result[f"{key}_rmse"] = float(np.sqrt(np.mean(diff**2)))
-            result[f"{key}_mae"] = float(np.mean(np.abs(diff)))
-            result[f"{key}_count"] = int(diff.size)
+    for key in EVALUATED:
+        if f"{key}_rmse" in computed:
+            result.update({f"{key}_rmse": float(computed[f"{key}_rmse"]), f"{key}_mae": float(computed[f"{key}_mae"]),
+                           f"{key}_count": metrics.counts[key]})
     return result
 
 

@@ -132,7 +132,7 @@ def preset_model(preset: str) -> FuzzModel:
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
-    from mlip_plugins.models.potential import Potential
+    from mlip_plugins.models.builder import build_potential
 
     with initialize_config_module("mlip_plugins.conf", version_base=None):
         cfg = OmegaConf.to_container(compose("train", overrides=[f"model={preset}", "seed=0"]).model, resolve=True)
@@ -143,7 +143,7 @@ def preset_model(preset: str) -> FuzzModel:
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            potential = Potential(list(elements), float(cfg["cutoff"]), copy.deepcopy(cfg["energy"]))
+            potential = build_potential({"elements": list(elements), "cutoff": float(cfg["cutoff"]), "energy": copy.deepcopy(cfg["energy"])})
     finally:
         torch.set_default_dtype(previous)
     with torch.no_grad():  # a non-trivial E0 and scale, as after fitting

@@ -15,6 +15,7 @@ from mlip_plugins.long_range import COULOMB_CONSTANT, EwaldSolver, LatentCharges
 from mlip_plugins.long_range.model import ElectrostaticModel
 from mlip_plugins.long_range.reference_crystals import CRYSTALS
 from mlip_plugins.models.builder import build_potential
+from mlip_plugins.models.outputs import OutputConflictError
 
 CUTOFF = 4.5
 
@@ -215,15 +216,29 @@ def test_ensemble_energy_is_not_scaled(float64):
 
 def test_sum_adds_and_product_refuses_physical_energies(float64):
     electrostatic = model_config()["energy"]
-    local = {"descriptor": {"name": "radial", "n_max": 3, "basis_size": 4}, "readout": {"name": "linear"}}
-    summed = build_potential({**model_config(), "energy": {"sum": [electrostatic, electrostatic]}})
+    local = {"name": "local", "descriptor": {"name": "radial", "n_max": 3, "basis_size": 4}, "readout": {"name": "linear"}}
+    summed = build_potential({**model_config(), "energy": {"sum": [electrostatic, local]}})
     single = build_potential(model_config())
+    alone = build_potential({**model_config(), "energy": local})
     summed.energy_model.terms[0].load_state_dict(single.energy_model.state_dict())
-    summed.energy_model.terms[1].load_state_dict(single.energy_model.state_dict())
-    for potential in (summed, single):
+    summed.energy_model.terms[1].load_state_dict(alone.energy_model.state_dict())
+    for potential in (summed, single, alone):
         potential.energy_scale.fill_(3.0)
     data = batch_of([rattled_rocksalt()])
-    assert float(summed(data)["energy"][0].detach()) == pytest.approx(2 * float(single(data)["energy"][0].detach()), rel=1e-10)
+    # E0 is zero, so the energies of the two terms add, the Coulomb part unscaled in both
+    expected = float(single(data)["energy"][0].detach()) + float(alone(data)["energy"][0].detach())
+    out = summed(data)
+    assert float(out["energy"][0].detach()) == pytest.approx(expected, rel=1e-10)
+    assert torch.equal(out["charges"], single(data)["charges"])
     product = build_potential({**model_config(), "energy": {"product": [local, electrostatic]}})
     with pytest.raises(ValueError, match="not multiplied"):
         product(data)
+
+
+def test_two_charge_models_in_one_sum_are_an_error_not_a_silent_overwrite(float64):
+    """Charges merge by the declared rule 'unique': the second term must not replace the first's."""
+    first = model_config()["energy"]
+    second = {"model": {**first["model"], "charges": {"name": "species"}}}
+    summed = build_potential({**model_config(), "energy": {"sum": [first, second]}})
+    with pytest.raises(OutputConflictError, match="both produce 'charges'"):
+        summed(batch_of([rattled_rocksalt()]))

@@ -69,10 +69,10 @@ class MessagePassingRefinement(nn.Module):
         activation: str = "silu",
     ):
         super().__init__()
-        from mlip_plugins.models.builder import instantiate_plugin  # late: the builder imports the registry
+        from mlip_plugins.models.builder import build  # late: the builder imports the descriptors' registry
 
         base_spec = dict(base) if base is not None else {"name": "radial"}
-        self.base = instantiate_plugin(
+        self.base = build(
             "descriptors", base_spec, "message_passing.base", num_species=num_species, cutoff=cutoff
         )
         self.filter_cutoff = float(cutoff)

@@ -18,6 +18,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from mlip_plugins.data.statistics import energy_scale, fit_e0
+from mlip_plugins.targets import residuals, weighted_mean
 
 
 @dataclass
@@ -59,19 +60,11 @@ def batch_loss(potential: nn.Module, batch, settings: TrainSettings, create_grap
     """Weighted MSE of energy per atom, force components and (optionally) stress."""
     want_stress = settings.stress > 0 and bool(batch.has_stress.any())
     out = potential(batch, compute_forces=True, compute_stress=want_stress, create_graph=create_graph)
-    dtype = out["energy"].dtype
-    natoms = torch.bincount(batch.batch, minlength=batch.num_graphs).to(dtype)
-    weight = batch.weight.view(-1).to(dtype)
-    has_e = batch.has_energy.view(-1).to(dtype) * weight
-    e_err = (out["energy"] - batch.energy.view(-1).to(dtype)) / natoms
-    loss = settings.energy * (has_e * e_err.pow(2)).sum() / has_e.sum().clamp(min=1e-12)
-    atom_w = (batch.has_forces.view(-1).to(dtype) * weight)[batch.batch]
-    f_err = (out["forces"] - batch.forces.to(dtype)).pow(2).sum(1)
-    loss = loss + settings.forces * (atom_w * f_err).sum() / (3 * atom_w.sum()).clamp(min=1e-12)
-    if want_stress:
-        s_w = batch.has_stress.view(-1).to(dtype) * weight
-        s_err = (out["stress"] - batch.stress.view(-1, 3, 3).to(dtype)).pow(2).sum((1, 2))
-        loss = loss + settings.stress * (s_w * s_err).sum() / (9 * s_w.sum()).clamp(min=1e-12)
+    loss = 0.0
+    for key, residual in residuals(batch, out).items():
+        coefficient = getattr(settings, key, 0.0)
+        if coefficient:
+            loss = loss + coefficient * weighted_mean(residual.error.pow(2), residual.weight)
     return loss
 
 

@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from torch_geometric.data import Batch
 
+from mlip_plugins import keys
 from mlip_plugins.fim.parameters import ParameterIndex
+from mlip_plugins.targets import label_flags, residuals
 
 #: observable kinds (codes in ``Observables.kinds``)
 KINDS = ("energy", "forces", "stress")
@@ -108,13 +110,6 @@ def chunk_graphs(graphs: Sequence, max_atoms: int = 128) -> list[list[int]]:
     return chunks
 
 
-def _flag(batch, name: str, size: int, device) -> torch.Tensor:
-    value = getattr(batch, name, None)
-    if value is None:
-        return torch.zeros(size, dtype=torch.bool, device=device)
-    return value.view(-1).bool()
-
-
 def weighted_observables(
     potential: nn.Module, batch, weights: FisherWeights, structure_offset: int = 0
 ) -> Observables:
@@ -124,58 +119,50 @@ def weighted_observables(
     batch = batch.to(device)
     num_graphs = int(batch.num_graphs)
     natoms = torch.bincount(batch.batch, minlength=num_graphs)
-    structure_weight = getattr(batch, "weight", None)
-    structure_weight = (
-        torch.ones(num_graphs, dtype=dtype, device=device) if structure_weight is None else structure_weight.view(-1).to(dtype)
-    )
     periodic = torch.linalg.det(batch.cell.view(-1, 3, 3).to(dtype)).abs() > 1e-12
     want_stress = weights.stress > 0 and (
-        bool(_flag(batch, "has_stress", num_graphs, device).any()) if weights.labelled_only else bool(periodic.any())
+        bool(label_flags(batch, keys.STRESS, num_graphs, device).any()) if weights.labelled_only else bool(periodic.any())
     )
     out = potential(batch, compute_forces=weights.forces > 0, compute_stress=want_stress, create_graph=True)
-    values, residuals, kinds, structure, atom, sqrt_w = [], [], [], [], [], []
-    graph_ids = torch.arange(num_graphs, device=device)
+    targets = residuals(batch, out, labelled_only=weights.labelled_only)
+    values, residual_values, kinds, structure, atom, sqrt_w = [], [], [], [], [], []
 
     def add(pred, label, mask, w, kind, struct, atom_idx):
         if not bool(mask.any()):
             return
         s = torch.sqrt(w[mask].clamp(min=0))
         values.append(pred[mask] * s)
-        residuals.append(((pred - label)[mask] * s).detach())
+        residual_values.append(((pred - label)[mask] * s).detach())
         kinds.append(torch.full((int(mask.sum()),), kind, dtype=torch.long, device=device))
         structure.append(struct[mask] + structure_offset)
         atom.append(atom_idx[mask])
         sqrt_w.append(s)
 
     if weights.energy > 0:
-        has = _flag(batch, "has_energy", num_graphs, device) if weights.labelled_only else torch.ones(num_graphs, dtype=torch.bool, device=device)
-        label = batch.energy.view(-1).to(dtype) / natoms if getattr(batch, "energy", None) is not None else torch.zeros(num_graphs, dtype=dtype, device=device)
-        add(out["energy"] / natoms, label, has, weights.energy * structure_weight, 0, graph_ids, torch.full_like(graph_ids, -1))
+        energy = targets[keys.ENERGY]
+        add(energy.prediction, energy.label, energy.mask, weights.energy * energy.weight, 0, energy.structure,
+            torch.full_like(energy.structure, -1))
     if weights.forces > 0:
-        has_graph = (
-            _flag(batch, "has_forces", num_graphs, device) if weights.labelled_only else torch.ones(num_graphs, dtype=torch.bool, device=device)
-        )
-        mask = has_graph[batch.batch].repeat_interleave(3)
-        forces_label = batch.forces.to(dtype) if getattr(batch, "forces", None) is not None else torch.zeros_like(out["forces"])
+        forces = targets[keys.FORCES]
         first = torch.cumsum(natoms, 0) - natoms
-        local = torch.arange(batch.num_nodes, device=device) - first[batch.batch]
-        add(
-            out["forces"].reshape(-1), forces_label.reshape(-1), mask, (weights.forces * structure_weight[batch.batch]).repeat_interleave(3),
-            1, batch.batch.repeat_interleave(3), local.repeat_interleave(3),
-        )
+        local = (torch.arange(batch.num_nodes, device=device) - first[batch.batch]).repeat_interleave(3)
+        add(forces.prediction.reshape(-1), forces.label.reshape(-1), forces.mask.reshape(-1),
+            weights.forces * forces.weight.reshape(-1), 1, forces.structure.reshape(-1), local)
     if want_stress:
-        has = (_flag(batch, "has_stress", num_graphs, device) if weights.labelled_only else torch.ones(num_graphs, dtype=torch.bool, device=device)) & periodic
-        label = batch.stress.view(-1, 3, 3).to(dtype) if getattr(batch, "stress", None) is not None else torch.zeros_like(out["stress"])
-        pred = torch.stack([out["stress"][:, a, b] for a, b in _VOIGT], 1).reshape(-1)
-        ref = torch.stack([label[:, a, b] for a, b in _VOIGT], 1).reshape(-1)
-        add(pred, ref, has.repeat_interleave(6), (weights.stress * structure_weight).repeat_interleave(6), 2,
-            graph_ids.repeat_interleave(6), torch.full((6 * num_graphs,), -1, dtype=torch.long, device=device))
+        stress = targets[keys.STRESS]
+
+        def voigt(tensor: torch.Tensor) -> torch.Tensor:
+            return torch.stack([tensor[:, a, b] for a, b in _VOIGT], 1).reshape(-1)
+
+        mask = voigt(stress.mask) & periodic.repeat_interleave(6)
+        add(voigt(stress.prediction), voigt(stress.label), mask, weights.stress * voigt(stress.weight), 2,
+            voigt(stress.structure), torch.full((6 * num_graphs,), -1, dtype=torch.long, device=device))
     if not values:
         empty = torch.zeros(0, dtype=dtype, device=device)
         none = torch.zeros(0, dtype=torch.long, device=device)
         return Observables(empty, empty, none, none, none, empty)
     return Observables(
-        torch.cat(values), torch.cat(residuals), torch.cat(kinds), torch.cat(structure), torch.cat(atom), torch.cat(sqrt_w)
+        torch.cat(values), torch.cat(residual_values), torch.cat(kinds), torch.cat(structure), torch.cat(atom), torch.cat(sqrt_w)
     )
 
 

@@ -252,7 +252,7 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
     """Build a ``Potential`` (E0 = 0, scale 1) that evaluates exactly what ``content`` describes."""
     from ase.data import atomic_numbers
 
-    from mlip_plugins.models.potential import Potential
+    from mlip_plugins.models.builder import build_potential
 
     for symbol in content.types:
         if symbol not in atomic_numbers:
@@ -282,7 +282,7 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
         if zbl is not None:
             zbl_outer = max(row[1] for row in zbl["flexible"]) if "flexible" in zbl else zbl["outer"]
         cutoff = max(content.cutoff_radial, zbl_outer)
-        potential = Potential([content.types[t] for t in order], cutoff, {"model": cfg})
+        potential = build_potential({"elements": [content.types[t] for t in order], "cutoff": cutoff, "energy": {"model": cfg}})
     finally:
         torch.set_default_dtype(previous)
     model = potential.energy_model

@@ -32,7 +32,7 @@ Config (``model.energy``)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -64,24 +64,23 @@ class EnsembleElectrostaticModel(nn.Module):
         readout: Mapping | None = None,
         latent_to_readout: bool = True,
         ensemble_energy: bool = True,
-        build_child: Callable | None = None,
         name: str = "ensemble_electrostatic",
     ):
         super().__init__()
-        from mlip_plugins.models.builder import instantiate_plugin
+        from mlip_plugins.models.builder import build
 
         self.name = name
-        self.descriptor = instantiate_plugin("descriptors", descriptor, f"{name}.descriptor", num_species=num_species, cutoff=cutoff)
+        self.descriptor = build("descriptors", descriptor, f"{name}.descriptor", num_species=num_species, cutoff=cutoff)
         dim = int(self.descriptor.dim)
         charge_cfg = dict(charges or {})
         charge_cfg.pop("name", None)
         charge_cfg.setdefault("cutoff", cutoff)
         self.charge_model = EnsembleChargeModel(in_dim=dim, num_species=num_species, **charge_cfg)
-        self.solver = instantiate_plugin("long_range", dict(solver or {"name": "ewald"}), f"{name}.solver", cutoff=cutoff)
+        self.solver = build("long_range", dict(solver or {"name": "ewald"}), f"{name}.solver", cutoff=cutoff)
         self.latent_to_readout = bool(latent_to_readout)
         self.ensemble_energy = bool(ensemble_energy)
         readout_in = dim + (len(self.charge_model.state_charges) if self.latent_to_readout else 0)
-        self.readout = instantiate_plugin(
+        self.readout = build(
             "readouts", dict(readout or {"name": "mlp"}), f"{name}.readout", in_dim=readout_in, num_species=num_species
         )
 

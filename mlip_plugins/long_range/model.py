@@ -10,7 +10,7 @@
   separated and forces and stress follow from autograd through the Potential;
 * f^ext (optional ``exterior``): exterior potentials of the charges and of latent feature
   charges, appended to x for the readout (see :mod:`.exterior`);
-* an optional ``short_range`` energy spec (any energy tree, built with ``build_child``) is added.
+* an optional ``short_range`` energy spec (any energy tree, built with ``build(ENERGY_TREE, ...)``) is added.
 
 Returns ``{"energy": [N], "charges": [N], "electrostatic_energy": [N], **charge-model extras}``,
 where ``"energy"`` is the learned short-range part (scaled by the Potential's ``energy_scale``)
@@ -30,14 +30,15 @@ Config (``model.energy``)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.long_range.exterior import ExteriorPotentialFeatures
-from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY, merge_extras, split_output
+from mlip_plugins import keys
+from mlip_plugins.models.outputs import NodeOutput
 
 
 def _split_charges(output) -> tuple[torch.Tensor, dict]:
@@ -67,19 +68,18 @@ class ElectrostaticModel(nn.Module):
         readout: Mapping | None = None,
         exterior: Mapping | None = None,
         short_range: Mapping | None = None,
-        build_child: Callable | None = None,
         name: str = "electrostatic",
     ):
         super().__init__()
-        from mlip_plugins.models.builder import ConfigError, instantiate_plugin
+        from mlip_plugins.models.builder import ENERGY_TREE, ConfigError, build
 
         self.name = name
-        self.descriptor = instantiate_plugin("descriptors", descriptor, f"{name}.descriptor", num_species=num_species, cutoff=cutoff)
+        self.descriptor = build("descriptors", descriptor, f"{name}.descriptor", num_species=num_species, cutoff=cutoff)
         dim = int(self.descriptor.dim)
-        self.charge_model = instantiate_plugin(
+        self.charge_model = build(
             "charge_models", dict(charges or {"name": "latent"}), f"{name}.charges", in_dim=dim, num_species=num_species
         )
-        self.solver = instantiate_plugin("long_range", dict(solver or {"name": "ewald"}), f"{name}.solver", cutoff=cutoff)
+        self.solver = build("long_range", dict(solver or {"name": "ewald"}), f"{name}.solver", cutoff=cutoff)
         self.exterior = None
         if exterior:
             exterior = dict(exterior)
@@ -88,14 +88,12 @@ class ElectrostaticModel(nn.Module):
                 raise ConfigError(f"{name}.exterior: exclusion_radius {exterior['exclusion_radius']} exceeds the model cutoff {cutoff}")
             self.exterior = ExteriorPotentialFeatures(in_dim=dim, num_species=num_species, **exterior)
         readout_in = dim + (self.exterior.dim if self.exterior is not None else 0)
-        self.readout = instantiate_plugin(
+        self.readout = build(
             "readouts", dict(readout or {"name": "mlp"}), f"{name}.readout", in_dim=readout_in, num_species=num_species
         )
         self.short_range = None
         if short_range is not None:
-            if build_child is None:
-                raise ConfigError(f"{name}.short_range: needs the model builder (build_child)")
-            self.short_range = build_child(short_range)
+            self.short_range = build(ENERGY_TREE, short_range, f"{name}.short_range", num_species=num_species, cutoff=cutoff)
         self._model_cutoff = float(cutoff)
 
     @property
@@ -122,7 +120,7 @@ class ElectrostaticModel(nn.Module):
             counts.update(self.short_range.parameter_counts() if hasattr(self.short_range, "parameter_counts") else {"short_range": count(self.short_range)})
         return counts
 
-    def forward(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+    def forward(self, graph: AtomicGraph) -> NodeOutput:
         features = self.descriptor(graph)
         charges, extras = _split_charges(self.charge_model(features, graph))
         if self.exterior is not None:
@@ -133,14 +131,16 @@ class ElectrostaticModel(nn.Module):
             features = torch.cat([features, phi_all[:, 1:] / self.solver.prefactor], dim=1)
         else:
             phi = self.solver.potentials(graph, charges)
-        short, short_extras = split_output(self.readout(features, graph))
         electrostatic = 0.5 * charges * phi
-        out = merge_extras(dict(extras), short_extras)
-        energy = short
+        out = NodeOutput(torch.zeros_like(electrostatic), dict(extras), {k: f"{self.name}.charges" for k in extras})
+        readout = NodeOutput.of(self.readout(features, graph), f"{self.name}.readout")
+        out.merge(readout)
+        out.energy = readout.energy
         if self.short_range is not None:
-            child, child_extras = split_output(self.short_range(graph))
-            energy = energy + child
-            merge_extras(out, child_extras)
-        merge_extras(out, {UNSCALED_ENERGY_KEY: electrostatic})
-        out.update({"energy": energy, "charges": charges, "electrostatic_energy": electrostatic})
+            child = NodeOutput.of(self.short_range(graph), f"{self.name}.short_range")
+            out.merge(child)
+            out.energy = out.energy + child.energy
+        out.merge(NodeOutput(out.energy, {
+            keys.ATOMIC_ENERGY_UNSCALED: electrostatic, keys.CHARGES: charges, keys.ELECTROSTATIC_ENERGY: electrostatic,
+        }), self.name)
         return out

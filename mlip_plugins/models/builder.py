@@ -13,6 +13,7 @@ Plugins are looked up by short name or dotted path in the registry; the builder 
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Mapping
 from typing import Any
@@ -20,8 +21,10 @@ from typing import Any
 from torch import nn
 
 from mlip_plugins import registry
-from mlip_plugins.models.composition import Product, Sum, Term
+from mlip_plugins.elements import ElementMap
 from mlip_plugins.errors import MLIPError
+from mlip_plugins.models.composition import Product, Sum, Term
+from mlip_plugins.models.potential import Potential
 
 
 class ConfigError(MLIPError, ValueError):
@@ -39,13 +42,48 @@ def _plain(cfg: Any) -> Any:
     return cfg
 
 
-def instantiate_plugin(group: str, spec: Mapping, where: str, **injected: Any) -> Any:
-    """Resolve ``spec['name']`` in ``group`` and call it with the remaining keys.
+#: the pseudo-group of :func:`build` for a node of the energy tree (term, sum, product, model)
+ENERGY_TREE = "energy"
 
-    Injected arguments are passed only where the constructor accepts them (or ``**kwargs``),
-    and never override a value the config sets.
+
+#: numbers the unnamed terms of one model (term0, term1, ...) across nested ``build`` calls
+_TERM_COUNTER: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("term_counter", default=None)
+
+
+def build(group: str, spec: Any, where: str, **injected: Any) -> Any:
+    """Build one component from its config: the one entry point for the builder and for every
+    composite plugin (an electrostatic model's ``short_range`` tree, a message-passing
+    descriptor's ``base``, ...).
+
+    ``group`` is a registry group (``descriptors``, ``readouts``, ``long_range``, ...), whose
+    ``spec`` is ``{name: <plugin>, **kwargs}``, or :data:`ENERGY_TREE` for an energy tree (see
+    the module docstring). ``where`` is the config path used in error messages. ``injected``
+    are the values the surrounding model knows (``num_species``, ``cutoff``, ``in_dim``);
+    each is passed only where the constructor accepts it and never overrides the config.
     """
-    spec = dict(_plain(spec))
+    if group != ENERGY_TREE:
+        return _instantiate(group, spec, where, injected)
+    counter = _TERM_COUNTER.get()
+    if counter is not None:  # a composite plugin building its child tree: keep numbering terms
+        return _build_energy_tree(spec, where, injected, counter)
+    token = _TERM_COUNTER.set([0])
+    try:
+        return _build_energy_tree(spec, where, injected, _TERM_COUNTER.get())
+    finally:
+        _TERM_COUNTER.reset(token)
+
+
+def instantiate_plugin(group: str, spec: Mapping, where: str, **injected: Any) -> Any:
+    """``build(group, spec, where, **injected)`` for a registry group (kept for plugin authors)."""
+    return _instantiate(group, spec, where, injected)
+
+
+def _instantiate(group: str, spec: Mapping, where: str, injected: Mapping[str, Any]) -> Any:
+    """Resolve ``spec['name']`` in ``group`` and call it with the remaining keys + accepted injections."""
+    spec = _plain(spec)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with 'name', got {type(spec).__name__} ({spec!r})")
+    spec = dict(spec)
     if "name" not in spec:
         raise ConfigError(f"{where}: missing 'name' (a registered plugin name or a dotted path)")
     factory = registry.resolve(group, spec.pop("name"))
@@ -63,48 +101,50 @@ def instantiate_plugin(group: str, spec: Mapping, where: str, **injected: Any) -
         raise ConfigError(f"{where}: {exc}") from exc
 
 
-def build_energy_model(spec: Mapping, num_species: int, cutoff: float, _path: str = "model.energy", _counter: list | None = None) -> nn.Module:
+def build_energy_model(spec: Mapping, num_species: int, cutoff: float, _path: str = "model.energy") -> nn.Module:
     """Build the per-atom energy tree described by ``spec`` (see module docstring)."""
+    return build(ENERGY_TREE, spec, _path, num_species=num_species, cutoff=cutoff)
+
+
+def _build_energy_tree(spec: Any, path: str, injected: Mapping[str, Any], counter: list[int]) -> nn.Module:
+    """One node of the energy tree; ``counter`` numbers the unnamed terms (term0, term1, ...)."""
     spec = _plain(spec)
-    counter = _counter if _counter is not None else [0]
     if not isinstance(spec, Mapping):
-        raise ConfigError(f"{_path}: expected a mapping, got {type(spec).__name__}")
+        raise ConfigError(f"{path}: expected a mapping, got {type(spec).__name__}")
+    num_species, cutoff = injected["num_species"], injected["cutoff"]
     for kind, combination in (("sum", Sum), ("product", Product)):
         if kind in spec:
             children = spec[kind]
             if not isinstance(children, (list, tuple)):
-                raise ConfigError(f"{_path}.{kind}: expected a list of terms")
-            built = [
-                build_energy_model(child, num_species, cutoff, f"{_path}.{kind}[{k}]", counter)
-                for k, child in enumerate(children)
-            ]
+                raise ConfigError(f"{path}.{kind}: expected a list of terms")
+            built = [_build_energy_tree(child, f"{path}.{kind}[{k}]", injected, counter) for k, child in enumerate(children)]
             return combination(built, name=spec.get("name", kind))
     if "model" in spec:
-        return instantiate_plugin(
-            "energy_models", spec["model"], f"{_path}.model", num_species=num_species, cutoff=cutoff,
-            build_child=lambda child, path=f"{_path}.model": build_energy_model(child, num_species, cutoff, path, counter),
+        child_path = f"{path}.model"
+        # composite models build their children with ``build(ENERGY_TREE, ...)``; ``build_child``
+        # stays injected for third-party energy models written against the older contract
+        return _instantiate(
+            "energy_models", spec["model"], child_path,
+            {**injected, "build_child": lambda child: _build_energy_tree(child, child_path, injected, counter)},
         )
     if "descriptor" not in spec:
-        raise ConfigError(f"{_path}: expected 'descriptor' + 'readout', 'sum', 'product' or 'model' (got {sorted(spec)})")
-    descriptor = instantiate_plugin("descriptors", spec["descriptor"], f"{_path}.descriptor", num_species=num_species, cutoff=cutoff)
+        raise ConfigError(f"{path}: expected 'descriptor' + 'readout', 'sum', 'product' or 'model' (got {sorted(spec)})")
+    descriptor = _instantiate("descriptors", spec["descriptor"], f"{path}.descriptor", {"num_species": num_species, "cutoff": cutoff})
     readout_spec = dict(spec.get("readout") or {"name": "mlp"})
-    readout = instantiate_plugin("readouts", readout_spec, f"{_path}.readout", in_dim=int(descriptor.dim), num_species=num_species)
+    readout = _instantiate("readouts", readout_spec, f"{path}.readout", {"in_dim": int(descriptor.dim), "num_species": num_species})
     name = spec.get("name") or f"term{counter[0]}"
     counter[0] += 1
     return Term(descriptor, readout, name=name)
 
 
 def build_potential(model_cfg: Mapping) -> nn.Module:
-    """The full ``Potential`` from the ``model`` section of the config."""
-    from mlip_plugins.models.potential import Potential
-
+    """The full ``Potential`` from the ``model`` section of the config: the energy tree is built
+    first (top-down), then handed to the ``Potential``."""
     cfg = dict(_plain(model_cfg))
     for key in ("elements", "cutoff", "energy"):
         if key not in cfg:
             raise ConfigError(f"model: missing {key!r}")
-    potential = Potential(
-        elements=cfg["elements"],
-        cutoff=float(cfg["cutoff"]),
-        energy_model_spec=cfg["energy"],
-    )
-    return potential
+    elements = ElementMap(cfg["elements"])
+    cutoff = float(cfg["cutoff"])
+    energy_model = build(ENERGY_TREE, cfg["energy"], "model.energy", num_species=elements.num_species, cutoff=cutoff)
+    return Potential(elements=cfg["elements"], cutoff=cutoff, energy_model=energy_model, energy_model_spec=cfg["energy"])

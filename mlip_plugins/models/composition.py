@@ -2,7 +2,9 @@
 
 Every node maps an ``AtomicGraph`` to per-atom energies [N]; ``Sum`` and ``Product``
 combine their children atom by atom, so ((A + B) x C) stays local and extensive.
-Nodes may also return extras (``aux_loss``, ``charges``) in a dict; they are merged upward.
+Nodes may also return extras (``aux_loss``, ``charges``); they are merged upward by the rules
+declared in :mod:`mlip_plugins.keys` (see :mod:`mlip_plugins.models.outputs`): summed, or an
+error when two children produce an output only one may (charges).
 
 A node whose energy has a physical part in eV that must not be rescaled (the Coulomb energy of
 charges, the ionisation energy of an atomic-state ensemble) returns that part separately under
@@ -17,31 +19,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mlip_plugins import keys
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.models.outputs import NodeOutput, OutputConflictError, split_output
+
+__all__ = ["Product", "Sum", "Term", "UNSCALED_ENERGY_KEY", "node_name", "split_output"]
 
 
-def split_output(output) -> tuple[torch.Tensor, dict]:
-    """(per-atom energy, extras) from a node's output, which is a tensor or a dict."""
-    if isinstance(output, dict):
-        extras = {k: v for k, v in output.items() if k != "energy"}
-        return output["energy"], extras
-    return output, {}
+#: extra output key: per-atom energy [N] in eV that the ``Potential`` adds after scaling
+UNSCALED_ENERGY_KEY = keys.ATOMIC_ENERGY_UNSCALED
 
 
-UNSCALED_ENERGY_KEY = "atomic_energy_unscaled"
-"""Extra output key: per-atom energy [N] in eV that the ``Potential`` adds after scaling."""
-
-_ADDITIVE_EXTRAS = ("aux_loss", UNSCALED_ENERGY_KEY)
-
-
-def merge_extras(into: dict, extras: dict) -> dict:
-    """Merge a child's extras into ``into``: additive keys are summed, others overwritten."""
-    for key, value in extras.items():
-        if key in _ADDITIVE_EXTRAS and key in into:
-            into[key] = into[key] + value
-        else:
-            into[key] = value
-    return into
+def node_name(node: nn.Module) -> str:
+    """The name a node reports in messages and parameter counts (its ``name`` or class)."""
+    return str(getattr(node, "name", None) or type(node).__name__)
 
 
 class Term(nn.Module):
@@ -88,15 +79,17 @@ class _Combination(nn.Module):
     def check_extras(self, term: nn.Module, extras: dict) -> None:
         """Hook for combinations that cannot take some extras (see ``Product``)."""
 
-    def forward(self, graph: AtomicGraph):
-        extras: dict = {}
-        energy = None
+    def forward(self, graph: AtomicGraph) -> NodeOutput:
+        merged: NodeOutput | None = None
         for term in self.terms:
-            e, x = split_output(term(graph))
-            self.check_extras(term, x)
-            merge_extras(extras, x)
-            energy = e if energy is None else self.combine(energy, e)
-        return {"energy": energy, **extras} if extras else energy
+            out = NodeOutput.of(term(graph), node_name(term))
+            self.check_extras(term, out.extras)
+            if merged is None:
+                merged = NodeOutput(out.energy, dict(out.extras), dict(out.origin))
+            else:
+                merged.merge(out)
+                merged.energy = self.combine(merged.energy, out.energy)
+        return merged
 
 
 class Sum(_Combination):
@@ -114,7 +107,7 @@ class Product(_Combination):
 
     def check_extras(self, term: nn.Module, extras: dict) -> None:
         if UNSCALED_ENERGY_KEY in extras:
-            raise ValueError(
-                f"{self.name}: term {getattr(term, 'name', type(term).__name__)!r} has a physical (unscaled) energy part "
+            raise OutputConflictError(
+                f"{self.name}: term {node_name(term)!r} has a physical (unscaled) energy part "
                 "(e.g. Coulomb); it can be added to other terms but not multiplied: put it in a sum"
             )

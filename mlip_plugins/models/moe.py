@@ -114,12 +114,11 @@ def make_dispatch(gates: torch.Tensor) -> Dispatch:
 
 def build_router(router: str | Mapping | None, num_experts: int, num_species: int, in_dim: int, top_k: int | None) -> nn.Module:
     """A router from a registry name or a ``{name: ..., **cfg}`` mapping (``top_k`` may be overridden there)."""
+    from mlip_plugins.models.builder import build  # late: the builder imports the readouts' registry
+
     spec: dict[str, Any] = {"name": router} if isinstance(router, str) else dict(router or {"name": "element"})
-    if "name" not in spec:
-        raise ValueError("moe router: missing 'name' (element, global, feature or a dotted path)")
-    cls = registry.resolve("routers", spec.pop("name"))
     spec.setdefault("top_k", top_k)
-    return cls(num_experts=num_experts, num_species=num_species, in_dim=in_dim, **spec)
+    return build("routers", spec, "moe.router", num_experts=num_experts, num_species=num_species, in_dim=in_dim)
 
 
 class MoEMLP(nn.Module):

@@ -23,7 +23,7 @@ and written by :mod:`mlip_plugins.io.nep`. NEP's L1/L2 regularisation
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -168,7 +168,6 @@ class NEPModel(nn.Module):
     Args:
         num_species, cutoff: injected by the model builder; ``cutoff`` is the radial cutoff or
             ``[radial, angular]``.
-        build_child: unused (the builder passes it to every energy model).
         cutoff_angular, n_max, basis_size, l_max, typewise_cutoffs: the descriptor's
             (:class:`~mlip_plugins.descriptors.nep.NEPDescriptor`).
         neuron: hidden-layer width N_neu.
@@ -187,7 +186,6 @@ class NEPModel(nn.Module):
         self,
         num_species: int,
         cutoff: float | Sequence[float] = 5.0,
-        build_child: Callable | None = None,
         cutoff_angular: float | None = None,
         n_max: int | Sequence[int] = (4, 4),
         basis_size: int | Sequence[int] = (8, 8),
@@ -232,6 +230,20 @@ class NEPModel(nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         return {"nep": sum(p.numel() for p in self.parameters() if p.requires_grad)}
+
+    def element_parameter_owners(self) -> dict[nn.Parameter, torch.Tensor]:
+        """For SNES's per-element ranking: the element (species index) that owns each scalar of
+        the element-wise parameters, as a tensor of the parameter's shape. NEP4's networks are
+        per element; the descriptor coefficients belong to the centre element of their pair.
+        Parameters not listed are shared (ranked on all structures)."""
+        num_species = self.descriptor.num_species
+        owners: dict[nn.Parameter, torch.Tensor] = {}
+        if self.version == 4:
+            for p in (self.w0, self.b0, self.w1):
+                owners[p] = torch.arange(num_species).view(-1, *([1] * (p.dim() - 1))).expand_as(p)
+        for p in (self.descriptor.c_radial, self.descriptor.c_angular):
+            owners[p] = torch.arange(num_species).view(-1, 1, 1, 1).expand_as(p)
+        return owners
 
     def config(self) -> dict:
         """Keyword arguments (besides num_species) that rebuild this model's architecture."""

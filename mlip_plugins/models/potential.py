@@ -7,9 +7,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from mlip_plugins import keys
 from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
-from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY, split_output
+from mlip_plugins.models.outputs import NodeOutput
 
 
 class Potential(nn.Module):
@@ -22,14 +23,15 @@ class Potential(nn.Module):
     ``UNSCALED_ENERGY_KEY``), already in eV and therefore not multiplied by ``energy_scale``.
     """
 
-    def __init__(self, elements: Sequence[int | str], cutoff: float, energy_model_spec: Mapping):
+    def __init__(self, elements: Sequence[int | str], cutoff: float, energy_model: nn.Module, energy_model_spec: Mapping | None = None):
+        """``energy_model`` is the built energy tree (see :func:`mlip_plugins.models.build_potential`,
+        which builds both from a config); ``energy_model_spec`` is the config that rebuilds it,
+        kept so that checkpoints and exports can be rebuilt."""
         super().__init__()
-        from mlip_plugins.models.builder import _plain, build_energy_model
-
         self.element_map = ElementMap(elements)
         self.cutoff = float(cutoff)
-        self.energy_model_spec = _plain(energy_model_spec)
-        self.energy_model = build_energy_model(self.energy_model_spec, self.element_map.num_species, self.cutoff)
+        self.energy_model_spec = dict(energy_model_spec) if energy_model_spec is not None else None
+        self.energy_model = energy_model
         model_cutoff = float(getattr(self.energy_model, "cutoff", self.cutoff))
         if model_cutoff > self.cutoff + 1e-12:
             raise ValueError(f"a term's cutoff {model_cutoff} exceeds the model cutoff {self.cutoff}")
@@ -38,6 +40,8 @@ class Potential(nn.Module):
 
     def model_config(self) -> dict:
         """The ``model`` config that rebuilds this potential with ``build_potential``."""
+        if self.energy_model_spec is None:
+            raise ValueError("this Potential was built from a module, not a config: it has no model config to save")
         return {"elements": list(self.atomic_numbers), "cutoff": self.cutoff, "energy": self.energy_model_spec}
 
     @property
@@ -66,13 +70,14 @@ class Potential(nn.Module):
         num_graphs = int(data.num_graphs) if hasattr(data, "num_graphs") else 1
         strain = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=compute_stress)
         graph = build_atomic_graph(data, species, strain=strain, pos=pos)
-        atomic, extras = split_output(self.energy_model(graph))
-        atomic = atomic * self.energy_scale + self.e0[species]
-        unscaled = extras.pop(UNSCALED_ENERGY_KEY, None)
+        node = NodeOutput.of(self.energy_model(graph), "model.energy")
+        extras = dict(node.extras)
+        atomic = node.energy * self.energy_scale + self.e0[species]
+        unscaled = extras.pop(keys.ATOMIC_ENERGY_UNSCALED, None)
         if unscaled is not None:
             atomic = atomic + unscaled
         energy = torch.zeros(num_graphs, dtype=dtype, device=pos.device).index_add(0, graph.batch, atomic)
-        out = {"energy": energy, "atomic_energies": atomic, **extras}
+        out = {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic, **extras}
         inputs = ([pos] if compute_forces else []) + ([strain] if compute_stress else [])
         if inputs:
             grads = torch.autograd.grad(
@@ -80,9 +85,9 @@ class Potential(nn.Module):
             )
             grads = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads)]
             if compute_forces:
-                out["forces"] = -grads[0]
+                out[keys.FORCES] = -grads[0]
             if compute_stress:
                 volume = torch.linalg.det(data.cell.view(-1, 3, 3).to(dtype)).abs()
                 safe = torch.where(volume > 1e-12, volume, torch.ones_like(volume))
-                out["stress"] = torch.where((volume > 1e-12).view(-1, 1, 1), grads[-1] / safe.view(-1, 1, 1), torch.zeros_like(grads[-1]))
+                out[keys.STRESS] = torch.where((volume > 1e-12).view(-1, 1, 1), grads[-1] / safe.view(-1, 1, 1), torch.zeros_like(grads[-1]))
         return out

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY
+from mlip_plugins.models.outputs import NodeOutput
 from mlip_plugins.testing import structures as st
 from mlip_plugins.testing.harness import PluginCase, default_dtype, scale_of
 
@@ -102,8 +103,7 @@ def _readout_contract(case: PluginCase) -> None:
     for atoms in case.structures():
         graph = case.graph(atoms)
         features = torch.randn(len(atoms), in_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-        out = readout(features, graph)
-        energy = out["energy"] if isinstance(out, dict) else out
+        energy = NodeOutput.of(readout(features, graph), str(case)).energy
         if tuple(energy.shape) != (len(atoms),):
             raise AssertionError(f"{case}: per-atom energies shape {tuple(energy.shape)} != [N] = [{len(atoms)}]")
         if energy.dtype != torch.float64 or not torch.isfinite(energy).all():
@@ -137,11 +137,11 @@ def _energy_model_contract(case: PluginCase) -> None:
         raise AssertionError(f"{case}: an energy node must expose `cutoff`")
     for atoms in case.structures():
         graph = case.graph(atoms)
-        out = model(graph)
-        energy = out["energy"] if isinstance(out, dict) else out
+        out = NodeOutput.of(model(graph), str(case))
+        energy = out.energy
         if tuple(energy.shape) != (len(atoms),):
             raise AssertionError(f"{case}: per-atom energies shape {tuple(energy.shape)} != [N] = [{len(atoms)}]")
-        unscaled = out.get(UNSCALED_ENERGY_KEY) if isinstance(out, dict) else None
+        unscaled = out.extras.get(UNSCALED_ENERGY_KEY)
         if unscaled is not None and tuple(unscaled.shape) != (len(atoms),):
             raise AssertionError(f"{case}: {UNSCALED_ENERGY_KEY} shape {tuple(unscaled.shape)} != [N] = [{len(atoms)}]")
 

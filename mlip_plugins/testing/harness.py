@@ -144,7 +144,7 @@ class PluginCase:
 
     def build_potential(self, dtype: torch.dtype = torch.float64, seed: int | None = None):
         """A fresh Potential (float64 by default) whose energy tree uses the plugin."""
-        from mlip_plugins.models.potential import Potential
+        from mlip_plugins.models.builder import build_potential
 
         spec = self.energy_spec()
         if spec is None:
@@ -155,7 +155,7 @@ class PluginCase:
         with torch.random.fork_rng(devices=[]), default_dtype(dtype):
             torch.manual_seed(self.seed if seed is None else seed)
             try:
-                potential = Potential(list(self.elements), self.cutoff, spec)
+                potential = build_potential({"elements": list(self.elements), "cutoff": self.cutoff, "energy": spec})
             except Exception as exc:
                 raise AssertionError(
                     f"{self}: building a test model failed with {type(exc).__name__}: {exc}; "
