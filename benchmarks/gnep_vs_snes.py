@@ -186,7 +186,7 @@ def main() -> None:
     from lightning_modules.module import PotentialModule
     from lightning_modules.snes import SNESModule
     from mlip_plugins.data.statistics import fit_e0
-    from mlip_plugins.models.nep_model import fit_descriptor_scaler
+    from mlip_plugins.nep.model import fit_descriptor_scaler
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ from ase import Atoms
 from torch_geometric.data import Batch
 
 from mlip_plugins.data.structures import LabelKeys, atoms_to_graph, extract_labels
-from mlip_plugins.latent import ensemble_charges_many, ensemble_state_weights, qeq_charges_of_atoms
+from mlip_plugins.charges.ensemble import ensemble_charges_many, ensemble_state_weights, qeq_charges_of_atoms
 from mlip_plugins.models import build_potential
 
 CUTOFF = 4.5  # as in benchmarks/long_range_learning.py

@@ -47,7 +47,7 @@ from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
 from mlip_plugins.models import build_potential
 from mlip_plugins.models.composition import split_output
-from mlip_plugins.models.moe import MoEMLP, merge_moe
+from mlip_plugins.moe.layer import MoEMLP, merge_moe
 
 ELEMENTS = ["Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"]
 CUTOFF = 5.0
@@ -234,7 +234,7 @@ def readout_scaling(num_atoms: int, in_dim: int, width: int, rounds: int, seed: 
     and merged."""
     from types import SimpleNamespace
 
-    from mlip_plugins.models.moe import MoEReadout
+    from mlip_plugins.moe.layer import MoEReadout
     from mlip_plugins.models.readout import MLPReadout
 
     torch.manual_seed(seed)
@@ -360,7 +360,7 @@ def main(argv=None) -> dict:
     print(scaling)
     table = table + "\n\n" + scaling
 
-    from mlip_plugins.routers.analysis import write_moe_analysis
+    from mlip_plugins.moe.analysis import write_moe_analysis
 
     analysis = {}
     for label, sub in ((MERGED_OF, "element"), ("MoE global (composition), top-2 + 2 shared", "global")):

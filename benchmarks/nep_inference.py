@@ -81,7 +81,7 @@ def main() -> None:
     from calorine.calculators import CPUNEP
 
     from mlip_plugins.calculator import MLIPCalculator
-    from mlip_plugins.io.nep import read_nep
+    from mlip_plugins.nep.nep_txt import read_nep
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

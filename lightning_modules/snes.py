@@ -29,7 +29,7 @@ from torch import nn
 
 from lightning_modules.losses import errors
 from lightning_modules.module import PotentialModule
-from mlip_plugins.models.nep_model import NEPModel
+from mlip_plugins.nep.model import NEPModel
 from mlip_plugins.optim.snes import SNES
 
 SNES_KEYS = {"name", "population", "sigma0", "eta_sigma", "per_element_ranking", "init", "seed", "lr", "weight_decay"}

@@ -52,7 +52,7 @@ def apply_nep_in(cfg: DictConfig) -> DictConfig:
     if not cfg.get("nep_in"):
         return cfg
     OmegaConf.set_struct(cfg, False)  # nep.in may set keys the chosen preset does not declare
-    from mlip_plugins.io.nep_in import nep_in_to_overrides
+    from mlip_plugins.nep.nep_in import nep_in_to_overrides
 
     overrides = nep_in_to_overrides(cfg.nep_in, cfg)
     merged = OmegaConf.merge(cfg, OmegaConf.create(overrides))

@@ -47,7 +47,7 @@ class MLIPCalculator(Calculator):
         if not path.exists():
             raise FileNotFoundError(f"{path}: model file not found")
         if path.suffix == ".txt" or path.name.startswith("nep"):
-            from mlip_plugins.io.nep import load_nep_potential
+            from mlip_plugins.nep.nep_txt import load_nep_potential
 
             potential = load_nep_potential(path)
         else:

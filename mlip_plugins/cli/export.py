@@ -40,7 +40,7 @@ def load_any(path: str | os.PathLike, use_ema: bool = True):
     if not path.exists():
         raise FileNotFoundError(f"{path}: model file not found")
     if path.suffix == ".txt" or path.name.startswith("nep"):
-        from mlip_plugins.io.nep import load_nep_potential
+        from mlip_plugins.nep.nep_txt import load_nep_potential
 
         return load_nep_potential(path)
     from mlip_plugins.checkpoint import load_potential
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> Path:
     fmt = args.format or ("nep" if output.suffix == ".txt" or output.name.startswith("nep") else "pt")
     potential = load_any(args.model, use_ema=not args.no_ema)
     if fmt == "nep":
-        from mlip_plugins.io.nep import write_nep
+        from mlip_plugins.nep.nep_txt import write_nep
 
         path = write_nep(potential, output)
         print(f"wrote {path} (GPUMD nep.txt, elements {', '.join(potential.element_map.symbols)})")

@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from mlip_plugins.routers.analysis import write_moe_analysis
+    from mlip_plugins.moe.analysis import write_moe_analysis
 
     args = build_parser().parse_args(argv)
     model = load_model(args.model)

@@ -38,7 +38,7 @@ from mlip_plugins.long_range.ewald import EwaldSolver
 from mlip_plugins.long_range.pme import PMESolver
 from mlip_plugins.long_range.p3m import P3MSolver
 from mlip_plugins.long_range.direct import DirectSolver
-from mlip_plugins.long_range.charges import FixedCharges, LatentCharges, SpeciesCharges, conserve_total_charge
+from mlip_plugins.charges.local import FixedCharges, LatentCharges, SpeciesCharges, conserve_total_charge
 from mlip_plugins.long_range.tuning import tune_parameters
 from mlip_plugins.long_range.ase_electrostatics import electrostatics
 
