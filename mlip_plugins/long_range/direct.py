@@ -7,6 +7,8 @@ structures are rejected with a clear error: use ``ewald``, ``pme`` or ``p3m``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from mlip_plugins.long_range.solver import COULOMB_CONSTANT, LongRangeSolver
 
 
@@ -17,5 +19,6 @@ class DirectSolver(LongRangeSolver):
     needs_smearing = False
     conformance_skip = {"periodic": "the direct pair sum handles non-periodic structures only"}
 
-    def __init__(self, cutoff: float | None = None, smearing: float | None = None, accuracy: float = 1e-5, prefactor: float = COULOMB_CONSTANT):
-        super().__init__(cutoff=cutoff, smearing=None, accuracy=accuracy, prefactor=prefactor)
+    def __init__(self, cutoff: float | None = None, smearing: float | None = None, accuracy: float = 1e-5, prefactor: float = COULOMB_CONSTANT,
+                 potential: Mapping | str | None = None):
+        super().__init__(cutoff=cutoff, smearing=None, accuracy=accuracy, prefactor=prefactor, potential=potential)

@@ -14,6 +14,8 @@ mean what the bound assumes (and drops the box corners, ~half the vectors).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import math
 
 import torch
@@ -31,13 +33,16 @@ def default_lr_wavelength(smearing: float, accuracy: float) -> float:
 
 
 def ewald_kvectors(cell: torch.Tensor, lr_wavelength: float) -> torch.Tensor:
-    """[K, 3] reciprocal vectors k != 0 of ``cell`` with |k| <= 2 pi / lr_wavelength (differentiable in cell)."""
+    """[K, 3] reciprocal vectors of ``cell`` with |k| <= 2 pi / lr_wavelength (differentiable in cell).
+
+    k = 0 is kept: torch-pme's potentials give it its value (zero for Coulomb, whose k = 0 term
+    is the neutralising background's; the finite limit for 1/r^p with p > 3)."""
     k_cut = 2.0 * math.pi / lr_wavelength
     lengths = torch.linalg.norm(cell.detach(), dim=1)
     m_max = torch.floor(k_cut * lengths / (2.0 * math.pi)).long()
     kvectors = generate_kvectors_for_ewald(cell=cell, ns=2 * m_max + 1)
     k_sq = (kvectors.detach() ** 2).sum(-1)
-    keep = (k_sq <= k_cut * k_cut) & (k_sq > 0)
+    keep = k_sq <= k_cut * k_cut
     return kvectors[keep]
 
 
@@ -60,13 +65,14 @@ class EwaldSolver(LongRangeSolver):
         lr_wavelength: float | None = None,
         accuracy: float = 1e-5,
         prefactor: float = COULOMB_CONSTANT,
+        potential: Mapping | str | None = None,
         batched: bool = True,
     ):
         self._lr_wavelength = lr_wavelength
         self.batched = bool(batched)
-        super().__init__(cutoff=cutoff, smearing=smearing, accuracy=accuracy, prefactor=prefactor)
+        super().__init__(cutoff=cutoff, smearing=smearing, accuracy=accuracy, prefactor=prefactor, potential=potential)
 
-    def _make_calculator(self, potential: torchpme.CoulombPotential) -> torchpme.EwaldCalculator:
+    def _make_calculator(self, potential: torchpme.Potential) -> torchpme.EwaldCalculator:
         if self._lr_wavelength is None:
             self._lr_wavelength = default_lr_wavelength(self.smearing, self.accuracy)
         self.lr_wavelength = float(self._lr_wavelength)

@@ -6,6 +6,8 @@ Structures of a batch are summed one by one (each cell has its own mesh).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torchpme
 from torchpme.lib import get_ns_mesh
@@ -51,12 +53,13 @@ class PMESolver(LongRangeSolver):
         interpolation_nodes: int | None = None,
         accuracy: float = 1e-5,
         prefactor: float = COULOMB_CONSTANT,
+        potential: Mapping | str | None = None,
     ):
         self._mesh_spacing = mesh_spacing
         self.interpolation_nodes = int(self.default_nodes if interpolation_nodes is None else interpolation_nodes)
-        super().__init__(cutoff=cutoff, smearing=smearing, accuracy=accuracy, prefactor=prefactor)
+        super().__init__(cutoff=cutoff, smearing=smearing, accuracy=accuracy, prefactor=prefactor, potential=potential)
 
-    def _make_calculator(self, potential: torchpme.CoulombPotential):
+    def _make_calculator(self, potential: torchpme.Potential):
         if self._mesh_spacing is None:
             self._mesh_spacing = default_mesh_spacing(self.smearing, self.accuracy, self.interpolation_nodes, self.method)
         self.mesh_spacing = float(self._mesh_spacing)

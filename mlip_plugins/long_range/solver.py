@@ -28,13 +28,14 @@ convention), hence the factors of 2 below.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torchpme
 from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.long_range.potentials import PairPotential
 from mlip_plugins.errors import MLIPError
 
 #: Coulomb constant 1/(4 pi eps0) in eV Å / e² (14.399645...), torch-pme's ``prefactors.eV_A``.
@@ -77,6 +78,8 @@ class LongRangeSolver(nn.Module):
             tuned on a given structure use :func:`~mlip_plugins.long_range.tuning.tune_parameters`.
         prefactor: Coulomb constant; the default gives eV with charges in e and lengths in Å.
             Use 1.0 for Gaussian units (Madelung constants).
+        potential: the pair potential to sum (:mod:`mlip_plugins.long_range.potentials`):
+            Coulomb by default, or ``{name: inverse_power_law, exponent: p}``.
     """
 
     method: str = "base"
@@ -88,8 +91,10 @@ class LongRangeSolver(nn.Module):
         smearing: float | None = None,
         accuracy: float = 1e-5,
         prefactor: float = COULOMB_CONSTANT,
+        potential: Mapping | str | None = None,
     ):
         super().__init__()
+        self.pair_potential = PairPotential.from_config(potential, f"{self.method}.potential")
         if not 0.0 < float(accuracy) < 1.0:
             raise ValueError(f"{self.method}: accuracy must be in (0, 1), got {accuracy}")
         self.accuracy = float(accuracy)
@@ -107,17 +112,18 @@ class LongRangeSolver(nn.Module):
             self.smearing = float(smearing)
         else:
             self.smearing = None
-        self.potential = torchpme.CoulombPotential(smearing=self.smearing, prefactor=self.prefactor)
+        self.potential = self.pair_potential.make(self.smearing, self.prefactor)
         self.calculator = self._make_calculator(self.potential)
-        self._exclusion_potentials: dict[tuple[float, int], torchpme.CoulombPotential] = {}
+        self._exclusion_potentials: dict[tuple[float, int], torchpme.Potential] = {}
 
     # --- to be provided by subclasses -------------------------------------------------------
-    def _make_calculator(self, potential: torchpme.CoulombPotential) -> nn.Module | None:
+    def _make_calculator(self, potential: torchpme.Potential) -> nn.Module | None:
         return None
 
     def parameters_dict(self) -> dict:
         """The solver's resolved parameters (what a config needs to rebuild it)."""
-        return {"name": self.method, "cutoff": self.cutoff, "smearing": self.smearing, "prefactor": self.prefactor}
+        return {"name": self.method, "cutoff": self.cutoff, "smearing": self.smearing, "prefactor": self.prefactor,
+                "potential": self.pair_potential.config()}
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.parameters_dict().items() if k != "name")
@@ -177,14 +183,12 @@ class LongRangeSolver(nn.Module):
         return phi.squeeze(-1) if squeeze else phi
 
     # --- pieces -----------------------------------------------------------------------------
-    def _pair_potential(self, radius: float | None, degree: int) -> torchpme.CoulombPotential:
+    def _pair_potential(self, radius: float | None, degree: int) -> torchpme.Potential:
         if radius is None:
             return self.potential
         key = (radius, degree)
         if key not in self._exclusion_potentials:
-            self._exclusion_potentials[key] = torchpme.CoulombPotential(
-                smearing=self.smearing, exclusion_radius=radius, exclusion_degree=degree, prefactor=self.prefactor
-            )
+            self._exclusion_potentials[key] = self.pair_potential.make(self.smearing, self.prefactor, radius, degree)
         return self._exclusion_potentials[key]
 
     def _real_space(self, graph: AtomicGraph, q: torch.Tensor, periodic: list[bool], radius, degree) -> torch.Tensor:
@@ -222,7 +226,7 @@ class LongRangeSolver(nn.Module):
             out = out + self._direct_padded(graph, q, [slices[b] for b in group], potential, radius)
         return out
 
-    def _kernel(self, potential: torchpme.CoulombPotential, r: torch.Tensor, radius) -> torch.Tensor:
+    def _kernel(self, potential: torchpme.Potential, r: torch.Tensor, radius) -> torch.Tensor:
         if radius is None:
             return potential.from_dist(r)
         base = potential.from_dist(r) if potential.smearing is None else potential.lr_from_dist(r)
