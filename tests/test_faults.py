@@ -137,7 +137,7 @@ def test_a_save_failing_half_way_keeps_the_previous_checkpoint(tmp_path, monkeyp
         handle.write(b"PK\x03\x04 half a zip archive")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr("lightning_modules.checkpoint_io.torch.save", crash_half_way)
+    monkeypatch.setattr("mlip_plugins.atomic_files.torch.save", crash_half_way)
     with pytest.raises(OSError, match="disk full"):
         io.save_checkpoint({"epoch": 2, "w": torch.zeros(10)}, path)
     assert torch.load(path, weights_only=True)["epoch"] == 1
