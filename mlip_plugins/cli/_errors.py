@@ -21,7 +21,8 @@ Main = TypeVar("Main", bound=Callable[..., "int | None"])
 
 
 class UsageError(MLIPError, ValueError):
-    """A command-line argument that cannot work (an output onto the input, a missing folder, ...)."""
+    """A command-line argument that cannot work: an output onto the input, in a missing folder,
+    or that cannot be written (a full disk)."""
 
 
 def debug_requested(argv: Sequence[str] | None) -> bool:

@@ -27,6 +27,7 @@ import torch
 
 from mlip_plugins.atomic_files import sweep_stale_temporaries
 from mlip_plugins.cli._errors import UsageError, cli_main
+from mlip_plugins.model_files import load_model_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-check", action="store_true", help="skip reading the written nep.txt back")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
-
-
-def load_any(path: str | os.PathLike, use_ema: bool = True):
-    """A Potential from a checkpoint, an exported model or a nep.txt (float64 for nep.txt)."""
-    from mlip_plugins.model_files import load_model_file
-
-    return load_model_file(path, use_ema=use_ema)
 
 
 def output_format(output: Path) -> str:
@@ -106,20 +100,25 @@ def run(args: argparse.Namespace) -> Path:
     fmt = args.format or output_format(output)
     check_output(Path(args.model), output)
     sweep_stale_temporaries(output.parent, glob.escape(output.name))  # left by a killed export
-    potential = load_any(args.model, use_ema=not args.no_ema)
-    if fmt == "nep":
-        from mlip_plugins.io.nep import write_nep
+    potential = load_model_file(args.model, use_ema=not args.no_ema)
+    try:
+        if fmt == "nep":
+            from mlip_plugins.io.nep import write_nep
 
-        path = write_nep(potential, output)
+            path = write_nep(potential, output)
+        else:
+            from mlip_plugins.checkpoint import export_potential
+
+            path = export_potential(potential, output)
+    except OSError as exc:  # full disk, no permission: nothing was written, the temporary is gone
+        raise UsageError(f"-o {output}: cannot write ({exc.strerror or exc})") from exc
+    if fmt == "nep":
         print(f"wrote {path} (GPUMD nep.txt, elements {', '.join(potential.element_map.symbols)})")
         if not args.no_check:
             for key, value in check_nep_file(potential, path).items():
                 print(f"  check {key}: {value:.3e}")
-        return path
-    from mlip_plugins.checkpoint import export_potential
-
-    path = export_potential(potential, output)
-    print(f"wrote {path} (mlip-plugins model)")
+    else:
+        print(f"wrote {path} (mlip-plugins model)")
     return path
 
 
