@@ -54,7 +54,7 @@ def _load_failure(path: Path, exc: BaseException) -> CheckpointError:
     elif "weights_only" in message or "Weights only" in message:
         reason = "unreadable pickle data"
     else:
-        reason = f"{type(exc).__name__}: {message.splitlines()[0][:200] if message else 'corrupt'}"
+        reason = f"corrupt or cut short: {type(exc).__name__}: {message.splitlines()[0][:200] if message else '-'}"
     return CheckpointError(f"{NOT_A_MODEL_FILE}: {path} ({reason})")
 
 
@@ -138,7 +138,10 @@ def load_potential(path: str | os.PathLike, map_location: str | torch.device = "
     torch.set_default_dtype(dtype)
     try:
         with registry.registered_only(str(path)) if not trusted else contextlib.nullcontext():
-            _check_plugins(meta)
+            try:
+                _check_plugins(meta)
+            except registry.PluginError as exc:  # say which file needs the plugin
+                raise type(exc)(f"{path}: {exc}") from exc
             potential = build_potential(config)
     finally:
         torch.set_default_dtype(previous)

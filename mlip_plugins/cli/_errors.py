@@ -32,9 +32,13 @@ def debug_requested(argv: Sequence[str] | None) -> bool:
 
 
 def one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (a multi-line message is joined with '; ')."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return "; ".join(lines) or type(exc).__name__
+    """The message of ``exc`` on one line: the lines of a multi-line message (a list after a colon,
+    such as the install hints of a missing plugin) joined with '; '."""
+    lines = [line.strip().removeprefix("- ") for line in str(exc).splitlines() if line.strip()]
+    text = ""
+    for line in lines:
+        text += ("" if not text else " " if text.endswith(":") else "; ") + line
+    return text or type(exc).__name__
 
 
 def cli_main(prog: str) -> Callable[[Main], Main]:
