@@ -241,6 +241,10 @@ def test_files_named_nep_load_by_content_everywhere(tmp_path, float64, data_file
         assert other.get_potential_energy() == pytest.approx(energy, abs=1e-8)
     assert evaluate([str(renamed), str(data_file), "-o", str(tmp_path / "eval")]) == 0
     assert export([str(checkpoint), "-o", str(tmp_path / "out.pt")]) == 0
+    assert export([str(checkpoint), "-o", str(tmp_path / "nep_export.pt")]) == 0  # a .pt output is a torch file
+    from mlip_plugins.model_files import model_file_format
+
+    assert model_file_format(tmp_path / "nep_export.pt") == "torch"
     assert export([str(text), "-o", str(tmp_path / "copy.txt"), "--no-check"]) == 0
     assert fim([str(text), str(data_file), "--probe-size", "2", "--json"]) == 0
     assert "error" not in capsys.readouterr().err
