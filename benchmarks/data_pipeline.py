@@ -5,7 +5,8 @@ Measures, in one run:
 * neighbour lists: vesin (ours) against ASE's ``neighbor_list`` (the peer) on the same frames;
 * graph build (labels + tensors) and collate (PyG batching of one epoch);
 * one training epoch of the default model, split into data loading/collate and model compute;
-* loading the on-disk graph cache (what every later run pays instead of read + build).
+* loading the on-disk graph cache (what every later run pays instead of read + build), and
+  its key: an xxHash (XXH3-128) of the data file's bytes, paid on every cache lookup.
 
     python benchmarks/data_pipeline.py [--structures 240] [--threads 2]
 """
@@ -46,7 +47,8 @@ def main() -> None:
     from lightning_modules.datamodule import AtomsDataModule
     from lightning_modules.module import PotentialModule
     from mlip_plugins.data.default_dataset import default_dataset_path
-    from mlip_plugins.data.graph_cache import build_graphs, load_graphs, save_graphs
+    from mlip_plugins.data.fingerprint import file_fingerprint
+    from mlip_plugins.data.graph_cache import build_graphs, cache_key, load_graphs, save_graphs
     from mlip_plugins.data.neighbors import neighbor_list
     from mlip_plugins.data.reading import read_structures
 
@@ -60,6 +62,13 @@ def main() -> None:
     cache = os.path.join(os.environ["MLIP_PLUGINS_CACHE"], "bench_graphs.pt")
     save_graphs(graphs, Path(cache))
     t_cache, _ = timed(lambda: load_graphs(Path(cache)), repeat=3)
+    t_key, _ = timed(lambda: cache_key(str(path), args.cutoff, {}), repeat=5)
+    file_mb = os.path.getsize(path) / 1e6
+    big = os.path.join(os.environ["MLIP_PLUGINS_CACHE"], "bench_64MB.bin")
+    with open(big, "wb") as handle:
+        handle.write(os.urandom(64 << 20))
+    t_hash_big, _ = timed(lambda: file_fingerprint(big), repeat=3)
+    os.remove(big)
 
     dm = AtomsDataModule(cutoff=args.cutoff, path=str(path), batch_size=8)
     dm.setup()
@@ -96,13 +105,15 @@ def main() -> None:
         ("checked read (labels, geometry checks)", t_checked_read, None),
         ("graph build incl. vesin lists", t_build, None),
         ("load graph cache (later runs)", t_cache, (t_checked_read + t_build) / t_cache),
+        (f"cache key: content hash of the {file_mb:.1f} MB file", t_key, None),
+        ("content hash of a 64 MiB file (page cache)", t_hash_big, None),
         ("collate one epoch (PyG DataLoader)", t_collate, None),
         ("train one epoch: compute (fwd+bwd+step)", t_epoch, None),
     ]
     print(f"\n{len(frames)} structures, {n_atoms} atoms, cutoff {args.cutoff} Å, {args.threads} threads")
     print(f"{'stage':<48} {'seconds':>9} {'ratio':>8}")
     for name, seconds, ratio in rows:
-        print(f"{name:<48} {seconds:>9.3f} {('%.1fx' % ratio) if ratio else '':>8}")
+        print(f"{name:<48} {seconds:>9.4f} {('%.1fx' % ratio) if ratio else '':>8}")
     data_share = t_collate / (t_collate + t_epoch)
     print(f"\nepoch = {t_collate + t_epoch:.2f} s: data {100 * data_share:.1f} %, compute {100 * (1 - data_share):.1f} %; "
           f"{n_train_atoms / t_epoch:.0f} training atoms/s")

@@ -6,9 +6,9 @@ through an fsspec transaction whose temporary file lives in the system temp fold
 to the run directory can be a copy onto the target (not atomic across file systems), and
 nothing is fsynced, so after a power loss the renamed file may be empty.
 
-This plugin serialises to a temporary file in the *same directory* as the target, flushes
-and ``fsync``s it, renames it over the target with ``os.replace`` (atomic on POSIX and
-Windows) and fsyncs the directory, so the rename itself is durable. A crash at any moment
+This plugin serialises (through :mod:`mlip_plugins.atomic_files`) to a temporary file in the
+*same directory* as the target, flushes and ``fsync``s it, renames it over the target with
+``os.replace`` (atomic on POSIX and Windows) and fsyncs the directory, so the rename itself is durable. A crash at any moment
 leaves the previous checkpoint intact; at worst a hidden ``.<name>.tmp<pid>`` file of the
 killed process is left behind, which no ``*.ckpt`` glob (and no resume) picks up. Remote
 paths (``s3://`` ...) fall back to Lightning's writer.
@@ -22,41 +22,18 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows, some network file systems
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from mlip_plugins.atomic_files import atomic_torch_save as _atomic_torch_save
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` through a same-directory temporary file, fsync and ``os.replace``."""
+    """``torch.save`` to ``path`` (its folder created) through a same-directory temporary, fsync and
+    ``os.replace`` (:func:`mlip_plugins.atomic_files.atomic_torch_save`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-    return path
+    return _atomic_torch_save(obj, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

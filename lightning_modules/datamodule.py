@@ -18,7 +18,7 @@ from torch.utils.data import DistributedSampler
 from torch_geometric.loader import DataLoader
 
 from mlip_plugins.data.default_dataset import cache_dir, default_dataset_path
-from mlip_plugins.data.graph_cache import build_graphs, cache_key, load_graphs, save_graphs
+from mlip_plugins.data.graph_cache import build_graphs, cached_graphs
 from mlip_plugins.data.reading import read_structures
 from mlip_plugins.data.structures import DataError, LabelKeys
 
@@ -69,19 +69,14 @@ def load_graph_file(path: str, cutoff: float, keys: LabelKeys, file_format: str 
     be missing: partial labels); set False to train some frames on forces only.
     """
     settings = {"keys": vars(keys), "format": file_format, "on_error": on_error, "require_energy": require_energy}
-    cached = None
-    if use_cache and os.path.exists(path):
-        cached = cache_dir() / f"graphs_{cache_key(path, cutoff, settings)}.pt"
-        if cached.exists():
-            try:
-                return load_graphs(cached)
-            except Exception:  # noqa: BLE001 - a corrupt cache is rebuilt, never trusted
-                cached.unlink(missing_ok=True)
-    structures = read_structures(path, keys, file_format=file_format, on_error=on_error, require_energy=require_energy)
-    graphs = build_graphs(structures, cutoff)
-    if cached is not None:
-        save_graphs(graphs, cached)
-    return graphs
+
+    def build() -> list:
+        structures = read_structures(path, keys, file_format=file_format, on_error=on_error, require_energy=require_energy)
+        return build_graphs(structures, cutoff)
+
+    if use_cache and os.path.isfile(path):
+        return cached_graphs(cache_dir(), path, cutoff, settings, build)
+    return build()
 
 
 class AtomsDataModule(L.LightningDataModule):

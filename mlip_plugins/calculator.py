@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,19 +41,11 @@ class MLIPCalculator(Calculator):
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | str | None = torch.float64,
                   **kwargs) -> "MLIPCalculator":
-        """Load a training checkpoint (.ckpt), an exported model (.pt) or a GPUMD nep.txt."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: model file not found")
-        if path.suffix == ".txt" or path.name.startswith("nep"):
-            from mlip_plugins.nep.nep_txt import load_nep_potential
+        """Load a training checkpoint, an exported model or a GPUMD nep.txt (told apart by content:
+        :func:`mlip_plugins.model_files.load_model_file`)."""
+        from mlip_plugins.model_files import load_model_file
 
-            potential = load_nep_potential(path)
-        else:
-            from mlip_plugins.checkpoint import load_potential
-
-            potential = load_potential(path, map_location=device)
-        return cls(potential, device=device, dtype=dtype, **kwargs)
+        return cls(load_model_file(path, map_location=device), device=device, dtype=dtype, **kwargs)
 
     def _graph(self, atoms) -> Batch:
         previous = torch.get_default_dtype()

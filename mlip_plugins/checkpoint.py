@@ -17,13 +17,45 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import torch
 
+from mlip_plugins.atomic_files import atomic_torch_save
+from mlip_plugins.errors import MLIPError
+
 EXPORT_FORMAT = "mlip-plugins/potential-v1"
 TRUST_ENV = "MLIP_PLUGINS_TRUST_MODEL_FILES"
+
+
+class CheckpointError(MLIPError, ValueError):
+    """A model file that is not (or no longer) a loadable mlip-plugins checkpoint, exported model or nep.txt."""
+
+
+class ModelFileNotFoundError(MLIPError, FileNotFoundError):
+    """The model file named on the command line or in the API call does not exist."""
+
+
+#: what the message of a failed load says, never torch's advice to load with weights_only=False
+NOT_A_MODEL_FILE = "not a mlip-plugins checkpoint or nep.txt"
+
+
+def _load_failure(path: Path, exc: BaseException) -> CheckpointError:
+    """A one-line error for a failed ``torch.load`` of ``path`` (empty, truncated, random bytes, pickled code)."""
+    message = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", message)
+    if refused:
+        return CheckpointError(f"{path}: not a loadable checkpoint (UnpicklingError: it holds a pickled Python object "
+                               f"{refused[1]}, which mlip-plugins never unpickles: model files hold tensors only)")
+    if isinstance(exc, EOFError):
+        reason = "the file is empty or cut short"
+    elif "weights_only" in message or "Weights only" in message:
+        reason = "unreadable pickle data"
+    else:
+        reason = f"corrupt or cut short: {type(exc).__name__}: {message.splitlines()[0][:200] if message else '-'}"
+    return CheckpointError(f"{NOT_A_MODEL_FILE}: {path} ({reason})")
 
 
 def _version() -> str:
@@ -54,14 +86,19 @@ def _check_plugins(meta: dict | None) -> None:
     check_plugins_installed(meta["plugins"])
 
 
-def _load_raw(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_torch_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """The dict in a torch file, loaded weights-only; any failure is one :class:`CheckpointError`
+    (or :class:`ModelFileNotFoundError`) naming the file."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise ModelFileNotFoundError(f"{path}: checkpoint not found")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - report corrupt or unsafe files clearly
-        raise ValueError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise _load_failure(path, exc) from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{NOT_A_MODEL_FILE}: {path} (holds a {type(raw).__name__}, not a checkpoint dict)")
+    return raw
 
 
 def split_checkpoint(raw: dict, path: str | os.PathLike = "<checkpoint>", use_ema: bool = True) -> tuple[dict, dict, dict | None]:
@@ -74,7 +111,7 @@ def split_checkpoint(raw: dict, path: str | os.PathLike = "<checkpoint>", use_em
         prefix = "ema.module." if use_ema and any(k.startswith("ema.module.") for k in state) else "model."
         weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         return config, weights, raw.get("mlip_plugins")
-    raise ValueError(f"{path}: neither a training checkpoint nor an exported mlip-plugins model")
+    raise CheckpointError(f"{path}: neither a training checkpoint nor an exported mlip-plugins model")
 
 
 def load_potential(path: str | os.PathLike, map_location: str | torch.device = "cpu", use_ema: bool = True,
@@ -87,7 +124,7 @@ def load_potential(path: str | os.PathLike, map_location: str | torch.device = "
     from mlip_plugins import registry
     from mlip_plugins.models.builder import build_potential
 
-    raw = _load_raw(path, map_location)
+    raw = load_torch_file(path, map_location)
     config, weights, meta = split_checkpoint(raw, path, use_ema)
     if trusted is None:
         trusted = os.environ.get(TRUST_ENV, "") not in ("", "0")
@@ -101,7 +138,10 @@ def load_potential(path: str | os.PathLike, map_location: str | torch.device = "
     torch.set_default_dtype(dtype)
     try:
         with registry.registered_only(str(path)) if not trusted else contextlib.nullcontext():
-            _check_plugins(meta)
+            try:
+                _check_plugins(meta)
+            except registry.PluginError as exc:  # say which file needs the plugin
+                raise type(exc)(f"{path}: {exc}") from exc
             potential = build_potential(config)
     finally:
         torch.set_default_dtype(previous)
@@ -111,7 +151,8 @@ def load_potential(path: str | os.PathLike, map_location: str | torch.device = "
 
 
 def export_potential(potential, path: str | os.PathLike) -> Path:
-    """Write a self-contained model file (config + weights + provenance), atomically."""
+    """Write a self-contained model file (config + weights + provenance), atomically (a failed
+    write leaves neither a partial file nor its temporary; the folder must exist)."""
     path = Path(path)
     payload = {
         "format": EXPORT_FORMAT,
@@ -119,7 +160,4 @@ def export_potential(potential, path: str | os.PathLike) -> Path:
         "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
         "metadata": checkpoint_metadata(potential),
     }
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(payload, path)

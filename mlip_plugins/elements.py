@@ -16,12 +16,12 @@ def to_atomic_numbers(elements: Sequence[int | str]) -> list[int]:
     for element in elements:
         if isinstance(element, str):
             if element not in atomic_numbers:
-                raise ValueError(f"unknown chemical symbol {element!r}")
+                raise UnknownElementError(f"unknown chemical symbol {element!r}")
             numbers.append(atomic_numbers[element])
         else:
             number = int(element)
             if not 0 < number < len(chemical_symbols):
-                raise ValueError(f"invalid atomic number {element!r}")
+                raise UnknownElementError(f"invalid atomic number {element!r}")
             numbers.append(number)
     if not numbers:
         raise ValueError("a model needs at least one element")
@@ -30,6 +30,20 @@ def to_atomic_numbers(elements: Sequence[int | str]) -> list[int]:
 
 class UnknownElementError(MLIPError, ValueError):
     """A structure contains an element the model was not built for."""
+
+
+def check_known_elements(graphs: Sequence, known: Sequence[int], hint: str = "") -> None:
+    """Raise :class:`UnknownElementError` naming the file and frame (``graph.source``, 'file:frame')
+    of the first graph with an element outside ``known`` (atomic numbers); ``hint`` is appended."""
+    allowed = set(int(z) for z in known)
+    for graph in graphs:
+        bad = sorted(set(graph.z.tolist()) - allowed)
+        if bad:
+            path, _, frame = str(getattr(graph, "source", "") or "structure:?").rpartition(":")
+            raise UnknownElementError(
+                f"{path}: frame {frame}: field 'numbers': element {', '.join(chemical_symbols[z] for z in bad)} "
+                f"not known to the model (it knows {', '.join(chemical_symbols[z] for z in sorted(allowed))}){hint}"
+            )
 
 
 class ElementMap(nn.Module):

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlip_plugins.atomic_files import atomic_torch_save
+from mlip_plugins.checkpoint import CheckpointError, load_torch_file
 from mlip_plugins.fim.fisher import FisherWeights, compute_jacobian, float64_copy
 from mlip_plugins.fim.parameters import ParameterIndex
 
@@ -263,18 +265,14 @@ class FisherUncertainty:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the covariance (tensors and plain containers only) atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
-        return path
+        return atomic_torch_save(self.state_dict(), path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FisherUncertainty":
         """Read a file written by :meth:`save` (``weights_only`` loading: no pickled code)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a mlip-plugins uncertainty file (expected format {FORMAT})")
+        state = load_torch_file(path)
+        if state.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a mlip-plugins uncertainty file (expected format {FORMAT})")
         return cls(
             state["eigenvalues"], state["eigenvectors"], float(state["alpha"]),
             {k: float(v) for k, v in state["noise"].items()}, state["names"], [tuple(s) for s in state["shapes"]],

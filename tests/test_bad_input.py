@@ -112,3 +112,65 @@ def test_cli_bad_inputs_one_line_errors_and_no_run_dir(tmp_path, good_file):
         assert len(error_lines) == 1 and message in error_lines[0], (name, result.stderr[-2000:])
         assert "Traceback" not in result.stderr, name
         assert not (tmp_path / "run").exists(), name
+
+
+# ----------------------------------------------------------------------------- tiny periodic cells
+def _tiny_cell(tmp_path, n_atoms: int, edge: float):
+    from ase import Atoms
+
+    atoms = Atoms(["Cu"] * n_atoms, positions=[[k * edge / (2 * n_atoms)] * 3 for k in range(n_atoms)],
+                  cell=np.eye(3) * edge, pbc=True)
+    atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * n_atoms, forces=np.zeros((n_atoms, 3)))
+    path = tmp_path / f"tiny_{n_atoms}.xyz"
+    write(path, [_frame(), atoms], format="extxyz")
+    return path
+
+
+@pytest.fixture
+def no_neighbour_lists_of_tiny_cells(monkeypatch):
+    """Fail (instead of allocating GiBs) if a neighbour list of a cell under 1 Å is ever built."""
+    import mlip_plugins.data.structures as structures
+
+    real = structures.neighbor_list
+
+    def guarded(positions, cell, pbc, cutoff):
+        assert not (np.any(pbc) and abs(np.linalg.det(cell)) < 1.0), "neighbour list of a tiny cell was built"
+        return real(positions, cell, pbc, cutoff)
+
+    monkeypatch.setattr(structures, "neighbor_list", guarded)
+
+
+@pytest.mark.parametrize("n_atoms, edge, density", [(1, 0.05, r"8e\+03"), (2, 0.01, r"2e\+06")])
+def test_tiny_periodic_cells_are_refused_before_any_neighbour_list(tmp_path, n_atoms, edge, density,
+                                                                   no_neighbour_lists_of_tiny_cells):
+    path = _tiny_cell(tmp_path, n_atoms, edge)
+    with pytest.raises(DataError, match=rf"tiny_{n_atoms}.xyz: frame 1: field 'cell': density {density} atoms/Å³ .*"
+                                        rf"neighbours per atom within 1.5 Å, above the limit of 10000"):
+        read_structures(path)
+    assert len(read_structures(path, on_error="skip")) == 1  # the good frame is kept
+
+
+def test_a_cell_fine_for_the_geometry_check_is_refused_at_the_model_cutoff(tmp_path, no_neighbour_lists_of_tiny_cells):
+    from mlip_plugins.data.graph_cache import build_graphs
+
+    structures = read_structures(_tiny_cell(tmp_path, 1, 0.3))  # ~520 images within 1.5 Å: allowed
+    with pytest.raises(DataError, match=r"tiny_1.xyz: frame 1: field 'cell': density 37 atoms/Å³ .* within 5 Å"):
+        build_graphs(structures, 5.0)
+
+
+def test_the_neighbour_estimate_matches_real_structures():
+    from ase.build import bulk, fcc111, molecule
+
+    from mlip_plugins.data.neighbors import neighbor_estimate, neighbor_list
+
+    for atoms in (bulk("Cu", "fcc", a=3.6, cubic=True), bulk("Cu", "fcc", a=3.6, cubic=True).repeat(4),
+                  fcc111("Cu", (3, 3, 4), vacuum=8.0), molecule("CH4")):
+        edges, _ = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
+        estimate = neighbor_estimate(atoms.positions, atoms.cell.array, atoms.pbc, 5.0).per_atom
+        assert 0.5 < estimate / (edges.shape[1] / len(atoms)) < 2.0
+    # a cell thin along one vector: normal density, but ~1000 images of the atom itself
+    from ase import Atoms
+
+    thin = Atoms("Cu", cell=np.diag([100.0, 100.0, 0.01]), pbc=True)
+    edges, _ = neighbor_list(thin.positions, thin.cell.array, thin.pbc, 5.0)
+    assert neighbor_estimate(thin.positions, thin.cell.array, thin.pbc, 5.0).per_atom >= edges.shape[1]

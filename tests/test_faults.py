@@ -137,7 +137,7 @@ def test_a_save_failing_half_way_keeps_the_previous_checkpoint(tmp_path, monkeyp
         handle.write(b"PK\x03\x04 half a zip archive")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr("lightning_modules.checkpoint_io.torch.save", crash_half_way)
+    monkeypatch.setattr("mlip_plugins.atomic_files.torch.save", crash_half_way)
     with pytest.raises(OSError, match="disk full"):
         io.save_checkpoint({"epoch": 2, "w": torch.zeros(10)}, path)
     assert torch.load(path, weights_only=True)["epoch"] == 1
@@ -290,3 +290,35 @@ def test_ddp_nan_skip_skips_on_both_processes(tmp_path, small_xyz):
     assert result.returncode == 0, result.stderr[-3000:]
     weights = model_parameters(tmp_path / "skip" / "checkpoints" / "last.ckpt")
     assert all(bool(torch.isfinite(v).all()) for v in weights.values())
+
+
+# ----------------------------------------------------------------------------- a full disk
+def test_a_full_disk_while_caching_graphs_warns_and_training_goes_on(tmp_path, small_xyz, monkeypatch, caplog):
+    """The graph cache is an optimisation: a write failing with ENOSPC is one warning, no partial
+    cache file or temporary is left, and the run trains on the graphs it built."""
+    import errno
+    import logging
+
+    from mlip_plugins.data import graph_cache
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MLIP_PLUGINS_CACHE", str(cache))
+    monkeypatch.setattr(graph_cache, "_swept", set(), raising=False)
+    real_save = torch.save
+
+    def disk_full_for_the_cache(obj, target, *args, **kwargs):
+        name = os.fspath(getattr(target, "name", target))
+        if "graphs_" not in name:
+            return real_save(obj, target, *args, **kwargs)
+        handle = open(target, "wb") if isinstance(target, (str, os.PathLike)) else target  # noqa: SIM115
+        handle.write(b"PK\x03\x04 half a zip archive")
+        handle.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", disk_full_for_the_cache)
+    with caplog.at_level(logging.WARNING, logger="mlip_plugins.data.graph_cache"):
+        result = run_training(config([f"data.path={small_xyz}", *TINY, "trainer.max_epochs=1", f"run_dir={tmp_path / 'run'}"]))
+    warnings = [r.getMessage() for r in caplog.records if "no space left on device" in r.getMessage()]
+    assert len(warnings) == 1 and str(small_xyz) in warnings[0]
+    assert Path(result["last_ckpt"]).exists()
+    assert sorted(p.name for p in cache.iterdir() if "graphs" in p.name) == []

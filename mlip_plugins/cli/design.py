@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlip_plugins.cli._errors import UsageError, cli_main
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlip-design", description=__doc__.split("\n\n")[0],
@@ -73,7 +75,7 @@ def split(graphs: list, val_fraction: float, seed: int, max_structures: int | No
         order = order[:max_structures]
     n_val = max(1, int(round(val_fraction * len(order))))
     if len(order) - n_val < 1:
-        raise ValueError(f"{len(order)} structures leave nothing to train on with val_fraction={val_fraction}")
+        raise UsageError(f"{len(order)} structures leave nothing to train on with val_fraction={val_fraction}")
     return [graphs[i] for i in order[n_val:]], [graphs[i] for i in order[:n_val]]
 
 
@@ -82,51 +84,52 @@ def _start_spec(path: str | None) -> dict | None:
         return None
     import yaml
 
+    if not Path(path).is_file():
+        raise UsageError(f"--start {path}: file not found")
     spec = yaml.safe_load(Path(path).read_text())
     if isinstance(spec, dict) and "energy" in spec:
         spec = spec["energy"]
     if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected an energy spec mapping")
+        raise UsageError(f"{path}: expected an energy spec mapping")
     return spec
 
 
+@cli_main("mlip-design")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from mlip_plugins.data.statistics import elements_in
-    from mlip_plugins.data.structures import DataError
     from mlip_plugins.design import AdaptiveDesign, DesignLimits, DesignSettings, TrainSettings
     from mlip_plugins.design.report import write_all
 
     started = time.perf_counter()
-    try:
-        graphs = load_graphs(args.data, args.cutoff)
-        train, val = split(graphs, args.val_fraction, args.seed, args.max_structures)
-        elements = elements_in(graphs) if args.elements == "auto" else [e.strip() for e in args.elements.split(",")]
-        eos = {"auto": "emt" if args.data == "default" else None, "none": None}.get(args.eos, args.eos)
-        names = {"energy": "energy_rmse", "forces": "forces_rmse", "stress": "stress_rmse", "eos": "eos_rmse"}
-        score = tuple(names[s.strip()] for s in args.score.split(",") if s.strip())
-        if "eos_rmse" in score and not eos:
-            raise ValueError("--score eos needs an EOS reference (--eos emt)")
-        settings = DesignSettings(
-            budget=args.budget, max_minutes=args.max_minutes,
-            train=TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, energy=args.energy_weight,
-                                forces=args.forces_weight, stress=args.stress_weight, seed=args.seed),
-            probe_size=args.probe_size, sloppy_threshold=args.sloppy_threshold, eos_reference=eos, score_properties=score,
-            tolerance=args.tolerance, limits=DesignLimits(max_terms=args.max_terms, hidden=args.hidden),
-            blocks=[b.strip() for b in args.blocks.split(",")] if args.blocks else None,
-            start=_start_spec(args.start), seed=args.seed,
-        )
-        print(f"mlip-design: {len(train)} training / {len(val)} validation structures, elements {elements}, "
-              f"cutoff {args.cutoff} Å, budget {args.budget}", flush=True)
-        design = AdaptiveDesign(elements, args.cutoff, train, val, settings, log=lambda line: print(line, flush=True))
-        print(f"building blocks: {', '.join(design.blocks)}", flush=True)
-        design.run()
-        files = write_all(design, args.output)
-    except (FileNotFoundError, DataError, ValueError, RuntimeError) as exc:
-        print(f"mlip-design: error: {exc}", file=sys.stderr)
-        return 2
+    graphs = load_graphs(args.data, args.cutoff)
+    train, val = split(graphs, args.val_fraction, args.seed, args.max_structures)
+    elements = elements_in(graphs) if args.elements == "auto" else [e.strip() for e in args.elements.split(",")]
+    eos = {"auto": "emt" if args.data == "default" else None, "none": None}.get(args.eos, args.eos)
+    names = {"energy": "energy_rmse", "forces": "forces_rmse", "stress": "stress_rmse", "eos": "eos_rmse"}
+    unknown = [s.strip() for s in args.score.split(",") if s.strip() and s.strip() not in names]
+    if unknown:
+        raise UsageError(f"--score {args.score}: unknown {', '.join(unknown)} (known: {', '.join(names)})")
+    score = tuple(names[s.strip()] for s in args.score.split(",") if s.strip())
+    if "eos_rmse" in score and not eos:
+        raise UsageError("--score eos needs an EOS reference (--eos emt)")
+    settings = DesignSettings(
+        budget=args.budget, max_minutes=args.max_minutes,
+        train=TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, energy=args.energy_weight,
+                            forces=args.forces_weight, stress=args.stress_weight, seed=args.seed),
+        probe_size=args.probe_size, sloppy_threshold=args.sloppy_threshold, eos_reference=eos, score_properties=score,
+        tolerance=args.tolerance, limits=DesignLimits(max_terms=args.max_terms, hidden=args.hidden),
+        blocks=[b.strip() for b in args.blocks.split(",")] if args.blocks else None,
+        start=_start_spec(args.start), seed=args.seed,
+    )
+    print(f"mlip-design: {len(train)} training / {len(val)} validation structures, elements {elements}, "
+          f"cutoff {args.cutoff} Å, budget {args.budget}", flush=True)
+    design = AdaptiveDesign(elements, args.cutoff, train, val, settings, log=lambda line: print(line, flush=True))
+    print(f"building blocks: {', '.join(design.blocks)}", flush=True)
+    design.run()
+    files = write_all(design, args.output)
     best = design.best()
     print()
     print(files["markdown"].read_text())

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import torch
 
-from mlip_plugins.data.structures import DataError, LabelKeys
+from mlip_plugins.cli._errors import cli_main
+from mlip_plugins.data.structures import LabelKeys
+from mlip_plugins.elements import check_known_elements
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
 
 
@@ -44,6 +46,7 @@ def run(args: argparse.Namespace) -> dict:
         graphs = load_graph_file(args.data, potential.cutoff, keys, on_error=args.on_error, use_cache=False)
     finally:
         torch.set_default_dtype(previous)
+    check_known_elements(graphs, potential.atomic_numbers)
     pred = predict(potential, graphs, batch_size=args.batch_size)
     metrics = metrics_from_predictions(pred)
     if args.uncertainty:
@@ -63,15 +66,9 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
+@cli_main("mlip-eval")
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (DataError, FileNotFoundError, ValueError, KeyError) as exc:
-        if args.debug:
-            raise
-        print(f"mlip-eval: error: {exc}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
 
 

@@ -4,23 +4,30 @@
     mlip-export runs/.../checkpoints/best.ckpt -o model.pt               # self-contained mlip-plugins model
 
 ``<model>`` is a training checkpoint (.ckpt; its EMA weights if it has them, ``--no-ema``
-for the raw ones), an exported model (.pt) or a GPUMD nep.txt. The format defaults from the
-output name (``*.txt`` or ``nep*`` -> nep, else pt). A nep.txt needs a model whose energy
+for the raw ones), an exported model (.pt) or a GPUMD nep.txt, recognised by content, not by
+name. The output format defaults from the output name (``*.txt``, or a name starting with
+``nep`` and no ``.pt``/``.ckpt`` suffix -> nep, else pt). A nep.txt needs a model whose energy
 tree is a single NEP model (``{model: {name: nep}}``); E0 and the energy scale are folded in
 exactly. After writing a nep.txt the file is read back and evaluated on a test structure
 (and by calorine's CPUNEP when installed); the largest differences are printed.
-Errors print one line and exit with status 2; nothing is written over an existing file on error.
+Errors print one line and exit with status 2; nothing is written over an existing file on
+error, the output may not be the input model, and its folder must exist.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from mlip_plugins.atomic_files import sweep_stale_temporaries
+from mlip_plugins.cli._errors import UsageError, cli_main
+from mlip_plugins.model_files import load_model_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,18 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_any(path: str | os.PathLike, use_ema: bool = True):
-    """A Potential from a checkpoint, an exported model or a nep.txt (float64 for nep.txt)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: model file not found")
-    if path.suffix == ".txt" or path.name.startswith("nep"):
-        from mlip_plugins.nep.nep_txt import load_nep_potential
+def output_format(output: Path) -> str:
+    """The default output format of ``output``: nep for ``*.txt`` and ``nep*`` without a torch suffix."""
+    if output.suffix == ".txt" or (output.name.startswith("nep") and output.suffix not in (".pt", ".ckpt")):
+        return "nep"
+    return "pt"
 
-        return load_nep_potential(path)
-    from mlip_plugins.checkpoint import load_potential
 
-    return load_potential(path, use_ema=use_ema)
+def check_output(model: Path, output: Path) -> None:
+    """Refuse an output that would replace the input model, or that lies in a missing folder."""
+    same = output.resolve() == model.resolve() or (output.exists() and model.exists() and os.path.samefile(output, model))
+    if same:  # a hard link or a different spelling of the same path counts too
+        raise UsageError(f"-o {output}: is the input model itself; write the export to another file")
+    if not output.parent.is_dir():
+        raise UsageError(f"-o {output}: folder {output.parent} does not exist")
+    if output.is_dir():
+        raise UsageError(f"-o {output}: is a directory, expected a file name")
 
 
 def _test_structure(symbols: list[str], spacing: float):
@@ -86,35 +97,37 @@ def check_nep_file(potential, path: Path) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> Path:
     output = Path(args.output)
-    fmt = args.format or ("nep" if output.suffix == ".txt" or output.name.startswith("nep") else "pt")
-    potential = load_any(args.model, use_ema=not args.no_ema)
-    if fmt == "nep":
-        from mlip_plugins.nep.nep_txt import write_nep
+    fmt = args.format or output_format(output)
+    check_output(Path(args.model), output)
+    sweep_stale_temporaries(output.parent, glob.escape(output.name))  # left by a killed export
+    potential = load_model_file(args.model, use_ema=not args.no_ema)
+    try:
+        if fmt == "nep":
+            from mlip_plugins.nep.nep_txt import write_nep
 
-        path = write_nep(potential, output)
+            path = write_nep(potential, output)
+        else:
+            from mlip_plugins.checkpoint import export_potential
+
+            path = export_potential(potential, output)
+    except OSError as exc:  # full disk, no permission: nothing was written, the temporary is gone
+        raise UsageError(f"-o {output}: cannot write ({exc.strerror or exc})") from exc
+    if fmt == "nep":
         print(f"wrote {path} (GPUMD nep.txt, elements {', '.join(potential.element_map.symbols)})")
         if not args.no_check:
             for key, value in check_nep_file(potential, path).items():
                 print(f"  check {key}: {value:.3e}")
-        return path
-    from mlip_plugins.checkpoint import export_potential
-
-    path = export_potential(potential, output)
-    print(f"wrote {path} (mlip-plugins model)")
+    else:
+        print(f"wrote {path} (mlip-plugins model)")
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_main("mlip-export")
+def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``mlip-export``."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"mlip-export: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    run(build_parser().parse_args(argv))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

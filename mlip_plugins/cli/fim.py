@@ -21,11 +21,13 @@ from pathlib import Path
 
 import torch
 
+from mlip_plugins.cli._errors import cli_main
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip-fim", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="training checkpoint (.ckpt) or exported model (.pt)")
+    parser.add_argument("checkpoint", help="training checkpoint (.ckpt), exported model (.pt) or GPUMD nep.txt")
     parser.add_argument("data", help="structure file ASE reads (extxyz, .db, ...), or 'default' for the embedded dataset")
     parser.add_argument("--probe-size", type=int, default=16, help="number of structures in the probe set (default 16)")
     parser.add_argument("--start", type=int, default=0, help="index of the first probe structure")
@@ -70,48 +72,44 @@ def format_groups(report) -> str:
     return "\n".join(lines)
 
 
+@cli_main("mlip-fim")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from mlip_plugins.checkpoint import load_potential
-    from mlip_plugins.data.structures import DataError
     from mlip_plugins.fim.report import analyse
+    from mlip_plugins.model_files import load_model_file
 
-    try:
-        potential = load_potential(args.checkpoint)
-        graphs = load_probe(args.data, potential.cutoff, args.start, args.probe_size)
-        weights = {"energy": args.energy_weight, "forces": args.forces_weight, "stress": args.stress_weight}
-        report = analyse(potential, graphs, weights=weights, method=args.method, sloppy_threshold=args.threshold,
-                         n_modes=args.modes, top_k=args.top_k)
-        report.settings.update({"checkpoint": str(args.checkpoint), "data": args.data, "start": args.start})
-        if args.json:
-            print(json.dumps(report.to_dict(), indent=1, default=str))
-        else:
-            print(report.format_table())
-            if args.groups:
-                print()
-                print(format_groups(report))
-        if args.output:
-            from mlip_plugins.fim.plots import plot_attribution, plot_spectrum
+    potential = load_model_file(args.checkpoint)
+    graphs = load_probe(args.data, potential.cutoff, args.start, args.probe_size)
+    weights = {"energy": args.energy_weight, "forces": args.forces_weight, "stress": args.stress_weight}
+    report = analyse(potential, graphs, weights=weights, method=args.method, sloppy_threshold=args.threshold,
+                     n_modes=args.modes, top_k=args.top_k)
+    report.settings.update({"checkpoint": str(args.checkpoint), "data": args.data, "start": args.start})
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1, default=str))
+    else:
+        print(report.format_table())
+        if args.groups:
+            print()
+            print(format_groups(report))
+    if args.output:
+        from mlip_plugins.fim.plots import plot_attribution, plot_spectrum
 
-            out = Path(args.output)
-            report.save_json(out / "fisher.json")
-            if not args.no_plots:
-                plot_spectrum(report, out / "fisher_spectrum.png")
-                plot_attribution(report, out / "fisher_attribution.png")
-            print(f"\nwritten: {out / 'fisher.json'}" + ("" if args.no_plots else " and plots"), file=sys.stderr)
-        if args.save_uncertainty:
-            from mlip_plugins.uncertainty import FisherUncertainty
+        out = Path(args.output)
+        report.save_json(out / "fisher.json")
+        if not args.no_plots:
+            plot_spectrum(report, out / "fisher_spectrum.png")
+            plot_attribution(report, out / "fisher_attribution.png")
+        print(f"\nwritten: {out / 'fisher.json'}" + ("" if args.no_plots else " and plots"), file=sys.stderr)
+    if args.save_uncertainty:
+        from mlip_plugins.uncertainty import FisherUncertainty
 
-            all_graphs = load_probe(args.data, potential.cutoff)
-            unc = FisherUncertainty.fit(potential, all_graphs, ridge=args.ridge, max_structures=args.uncertainty_structures)
-            unc.save(args.save_uncertainty)
-            print(f"uncertainty model ({unc.info['rank_kept']} directions, fitted on {unc.info['n_structures']} "
-                  f"structures) written to {args.save_uncertainty}", file=sys.stderr)
-    except (FileNotFoundError, DataError, ValueError, KeyError) as exc:
-        print(f"mlip-fim: error: {exc}", file=sys.stderr)
-        return 2
+        all_graphs = load_probe(args.data, potential.cutoff)
+        unc = FisherUncertainty.fit(potential, all_graphs, ridge=args.ridge, max_structures=args.uncertainty_structures)
+        unc.save(args.save_uncertainty)
+        print(f"uncertainty model ({unc.info['rank_kept']} directions, fitted on {unc.info['n_structures']} "
+              f"structures) written to {args.save_uncertainty}", file=sys.stderr)
     return 0
 
 

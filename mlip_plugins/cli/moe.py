@@ -2,8 +2,8 @@
 
     mlip-moe MODEL [--data FILE | --default-data] [--out DIR] [--max-structures N]
 
-MODEL is anything :func:`mlip_plugins.checkpoint.load_potential` reads (a training
-checkpoint or an exported model). Element-wise routers need no data; global and feature
+MODEL is anything :func:`mlip_plugins.model_files.load_model_file` reads (a training
+checkpoint, an exported model or a nep.txt). Element-wise routers need no data; global and feature
 routers are averaged over the structures of ``--data`` (any file ASE reads) or of the
 built-in seven-metal dataset (``--default-data``).
 """
@@ -17,14 +17,14 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from mlip_plugins.cli._errors import cli_main
+
 
 def load_model(path: str) -> nn.Module:
-    """The ``Potential`` stored at ``path`` (via the checkpoint module)."""
-    try:
-        from mlip_plugins.checkpoint import load_potential
-    except ImportError as exc:  # pragma: no cover - the checkpoint module ships with the package
-        raise SystemExit(f"mlip-moe: cannot load models: {exc}") from exc
-    return load_potential(path)
+    """The ``Potential`` stored at ``path`` (a checkpoint, an exported model or a nep.txt)."""
+    from mlip_plugins.model_files import load_model_file
+
+    return load_model_file(path)
 
 
 def load_graphs(args: argparse.Namespace, cutoff: float) -> list:
@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main("mlip-moe")
 def main(argv: Sequence[str] | None = None) -> int:
     from mlip_plugins.moe.analysis import write_moe_analysis
 

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from mlip_plugins import registry
+from mlip_plugins.cli._errors import cli_main
 
 CORE_CONFIG_MODULE = "mlip_plugins.conf"
 CONFIG_GROUP = "configs"
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main("mlip-plugins")
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)

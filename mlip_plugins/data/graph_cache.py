@@ -1,24 +1,36 @@
 """Build graphs once and cache them on disk in a safe (weights-only) tensor format.
 
-The cache key covers the source file (path, size, mtime), the cutoff, the label keys and
-the dtype, so a changed input or setting rebuilds. The cache is a flat dict of tensors
-(loaded with ``torch.load(weights_only=True)``: no pickled objects) written atomically.
+The cache key covers the source file's *content* (an xxHash of its bytes,
+:func:`mlip_plugins.data.fingerprint.file_fingerprint`: a copy with the same size and mtime but
+other labels is a different key), its path, the cutoff, the label keys and the dtype, so a
+changed input or setting rebuilds. The cache is a flat dict of tensors (loaded with
+``torch.load(weights_only=True)``: no pickled objects) written atomically.
+
+The cache is an optimisation: :func:`cached_graphs` goes on without it (one warning) when it
+cannot be written, for instance on a full disk, and removes the temporaries of writers that
+were killed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch_geometric.data import Data
 
+from mlip_plugins.atomic_files import atomic_torch_save, is_disk_full, sweep_stale_temporaries
+from mlip_plugins.data.fingerprint import file_fingerprint
 from mlip_plugins.data.reading import LabelledStructure
 from mlip_plugins.data.structures import atoms_to_graph
 
-CACHE_FORMAT = 1
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 2  # 2: keyed on the file's content hash
 _NODE_FIELDS = ("pos", "z", "forces", "charges")
 _EDGE_FIELDS = ("edge_index", "shifts")
 
@@ -27,19 +39,19 @@ def build_graphs(structures: list[LabelledStructure], cutoff: float) -> list[Dat
     """One graph per structure; each keeps its ``source`` ('file:frame') for error messages."""
     graphs = []
     for item in structures:
-        graph = atoms_to_graph(item.atoms, cutoff, item.labels)
+        path, _, frame = item.source.rpartition(":")
+        graph = atoms_to_graph(item.atoms, cutoff, item.labels, where=f"{path}: frame {frame}")
         graph.source = item.source
         graphs.append(graph)
     return graphs
 
 
 def cache_key(path: str, cutoff: float, settings: dict) -> str:
-    stat = os.stat(path)
+    """Name of the cache entry of ``path`` built with ``cutoff`` and ``settings`` (label keys, ...)."""
     blob = json.dumps(
         {
             "path": os.path.abspath(path),
-            "size": stat.st_size,
-            "mtime": stat.st_mtime_ns,
+            "content": file_fingerprint(path),
             "cutoff": float(cutoff),
             "dtype": str(torch.get_default_dtype()),
             "settings": settings,
@@ -69,9 +81,7 @@ def save_graphs(graphs: list[Data], path: Path) -> None:
         payload["charges"] = torch.cat(charged)
     sources = "\n".join(getattr(g, "source", "") for g in graphs)
     payload["sources"] = torch.frombuffer(bytearray(sources.encode()), dtype=torch.uint8).clone()
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
 
 
 def load_graphs(path: Path) -> list[Data]:
@@ -102,4 +112,34 @@ def load_graphs(path: Path) -> list[Data]:
         graphs.append(graph)
         node_start += n
         edge_start += e
+    return graphs
+
+
+_swept: set[Path] = set()
+
+
+def cached_graphs(directory: Path, path: str, cutoff: float, settings: dict,
+                  build: Callable[[], list[Data]]) -> list[Data]:
+    """The graphs of ``path`` from the cache in ``directory``, else ``build()`` them and cache them.
+
+    A corrupt entry is rebuilt, never trusted. A failed write (full disk, read-only or
+    missing folder) is one warning and the graphs are returned uncached. The first call per
+    process and folder removes stale ``.graphs_*.tmp<pid>`` files of killed writers.
+    """
+    cached = Path(directory) / f"graphs_{cache_key(path, cutoff, settings)}.pt"
+    if cached.parent not in _swept:
+        _swept.add(cached.parent)
+        for stale in sweep_stale_temporaries(cached.parent, "graphs_*"):
+            log.info("removed %s (a graph cache write that was killed)", stale)
+    if cached.exists():
+        try:
+            return load_graphs(cached)
+        except Exception:  # noqa: BLE001 - a corrupt cache is rebuilt, never trusted
+            cached.unlink(missing_ok=True)
+    graphs = build()
+    try:
+        save_graphs(graphs, cached)
+    except OSError as exc:
+        reason = "no space left on device" if is_disk_full(exc) else f"{type(exc).__name__}: {exc}"
+        log.warning("graph cache of %s not written (%s): %s; going on without the cache", path, cached, reason)
     return graphs

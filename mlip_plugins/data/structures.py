@@ -9,7 +9,7 @@ import torch
 from ase import Atoms
 from torch_geometric.data import Data
 
-from mlip_plugins.data.neighbors import neighbor_list
+from mlip_plugins.data.neighbors import neighbor_estimate, neighbor_list
 from mlip_plugins.errors import MLIPError
 
 
@@ -139,6 +139,24 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
     return labels
 
 
+#: predicted neighbours per atom beyond which a structure is refused before any list is built:
+#: dense solids have ~50-1500 within 5-12 Å; at this limit a list costs ~1 MB per atom
+MAX_NEIGHBORS_PER_ATOM = 10_000
+
+
+def check_neighbor_count(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float, where: str) -> None:
+    """Refuse a structure whose neighbour list within ``cutoff`` would exceed ``MAX_NEIGHBORS_PER_ATOM``
+    per atom (a crafted or mis-scaled tiny periodic cell), before anything is allocated."""
+    estimate = neighbor_estimate(positions, cell, pbc, cutoff)
+    if estimate.per_atom > MAX_NEIGHBORS_PER_ATOM:
+        field = "cell" if np.any(pbc) else "positions"
+        raise DataError(
+            f"{where}: field {field!r}: density {estimate.density:.3g} atoms/Å³ (smallest periodic cell height "
+            f"{estimate.min_height:.3g} Å) predicts ~{estimate.per_atom:.3g} neighbours per atom within {cutoff:g} Å, "
+            f"above the limit of {MAX_NEIGHBORS_PER_ATOM} (cell in the wrong units, or atoms piled up?)"
+        )
+
+
 def check_geometry(atoms: Atoms, where: str, min_distance: float = 0.1) -> None:
     """Reject NaN/inf positions, degenerate periodic cells and atoms on top of each other."""
     if len(atoms) == 0:
@@ -154,10 +172,12 @@ def check_geometry(atoms: Atoms, where: str, min_distance: float = 0.1) -> None:
         lengths = np.linalg.norm(cell, axis=1)
         if np.any(lengths[pbc] < 1e-8) or abs(np.linalg.det(cell)) < 1e-8:
             raise DataError(f"{where}: field 'cell': zero-volume cell with periodic boundaries {pbc.tolist()}")
+    search = max(min_distance, 1.5)
+    check_neighbor_count(positions, cell, pbc, search, where)
     if len(atoms) > 1:
         # search within 1.5 Å and filter: a cell list with a 0.1 Å cutoff has ~1e6 bins per
         # 1000 Å^3 (tens of ms per structure), one with 1.5 Å a few hundred
-        edge_index, shifts = neighbor_list(positions, cell, pbc, max(min_distance, 1.5))
+        edge_index, shifts = neighbor_list(positions, cell, pbc, search)
         distances = np.linalg.norm(positions[edge_index[0]] - positions[edge_index[1]] + shifts @ cell, axis=1)
         close = np.flatnonzero(distances < min_distance)
         if close.size:
@@ -168,11 +188,13 @@ def check_geometry(atoms: Atoms, where: str, min_distance: float = 0.1) -> None:
             )
 
 
-def atoms_to_graph(atoms: Atoms, cutoff: float, labels: dict | None = None) -> Data:
+def atoms_to_graph(atoms: Atoms, cutoff: float, labels: dict | None = None, where: str = "structure") -> Data:
     """Build one graph (data contract of DESIGN.md) with a vesin neighbour list.
 
-    Missing labels are stored as zeros with a ``has_<label>`` flag so that structures with
-    partial labels batch together and the loss masks what is absent.
+    ``where`` ('file: frame k') names the structure in the error raised when its neighbour list
+    would be too large (:func:`check_neighbor_count`). Missing labels are stored as zeros with
+    a ``has_<label>`` flag so that structures with partial labels batch together and the loss
+    masks what is absent.
     """
     labels = labels or {}
     n = len(atoms)
@@ -180,6 +202,7 @@ def atoms_to_graph(atoms: Atoms, cutoff: float, labels: dict | None = None) -> D
     pbc = np.asarray(atoms.pbc, dtype=bool)
     # Non-periodic structures carry a zero cell (data contract); mixed boundaries keep theirs.
     cell = atoms.cell.array.copy() if pbc.any() else np.zeros((3, 3))
+    check_neighbor_count(positions, cell, pbc, cutoff, where)
     edge_index, shifts = neighbor_list(positions, cell, pbc, cutoff)
     dtype = torch.get_default_dtype()
     data = Data(

@@ -40,9 +40,14 @@ from mlip_plugins.design.space import (
     propose_moves,
 )
 from mlip_plugins.design.training import TrainSettings, train_potential
+from mlip_plugins.errors import MLIPError
 from mlip_plugins.fim.probe import select_probe
 from mlip_plugins.fim.report import analyse
 from mlip_plugins.models import build_potential
+
+class DesignError(MLIPError, RuntimeError):
+    """The design loop has no result (every candidate failed)."""
+
 
 #: properties that enter the score (when measured)
 SCORED = ("energy_rmse", "forces_rmse", "stress_rmse", "eos_rmse")
@@ -274,7 +279,7 @@ class AdaptiveDesign:
     def best(self) -> Trial:
         ok = [t for t in self.trials if t.status == "ok" and math.isfinite(t.score)]
         if not ok:
-            raise RuntimeError("no candidate trained successfully")
+            raise DesignError("no candidate trained successfully (see the log of each trial; a lower --lr may help)")
         lowest = min(t.score for t in ok)
         window = [t for t in ok if t.score <= lowest * (1 + self.settings.tolerance)]
         return min(window, key=lambda t: (t.n_params, t.score))

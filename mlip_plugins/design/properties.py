@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mlip_plugins.models.builder import ConfigError
+
 
 def validation_errors(potential: nn.Module, graphs: Sequence, batch_size: int = 16) -> dict[str, float]:
     """RMSE and MAE per labelled property (eV/atom, eV/Å, eV/Å³)."""
@@ -32,7 +34,7 @@ def reference_calculator(name: str):
         from ase.calculators.emt import EMT
 
         return EMT()
-    raise ValueError(f"unknown EOS reference calculator {name!r} (known: emt)")
+    raise ConfigError(f"unknown EOS reference calculator {name!r} (known: emt)")
 
 
 def _fcc(symbol: str, lattice: float):

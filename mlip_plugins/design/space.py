@@ -25,6 +25,8 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from mlip_plugins.models.builder import ConfigError
+
 
 @dataclass(frozen=True)
 class Block:
@@ -85,9 +87,9 @@ def available_blocks(names: Sequence[str] | None = None, cutoff: float | None = 
             chosen[key] = block
     unknown = [n for n in (names or []) if n not in DEFAULT_BLOCKS]
     if unknown:
-        raise ValueError(f"unknown design blocks {unknown}; known: {', '.join(DEFAULT_BLOCKS)}")
+        raise ConfigError(f"unknown design blocks {unknown}; known: {', '.join(DEFAULT_BLOCKS)}")
     if not chosen:
-        raise ValueError(f"none of the blocks {list(names or DEFAULT_BLOCKS)} has an installed descriptor ({sorted(installed)})")
+        raise ConfigError(f"none of the blocks {list(names or DEFAULT_BLOCKS)} has an installed descriptor ({sorted(installed)})")
     return chosen
 
 
@@ -123,7 +125,7 @@ def _map_terms(spec: dict, fn) -> dict | None:
             if len(children) == 1:
                 return children[0]
             return {key: children}
-    raise ValueError(f"unsupported spec node {sorted(spec)}")
+    raise ConfigError(f"unsupported spec node {sorted(spec)}")
 
 
 def replace_term(spec: dict, name: str, new: dict) -> dict:

@@ -32,12 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlip_plugins.atomic_files import atomic_write_text
 from mlip_plugins.nep.descriptor import parse_l_max
 from mlip_plugins.errors import MLIPError
 
 
 class NEPFormatError(MLIPError, ValueError):
-    """A malformed or unsupported nep.txt; the message names the file and the line."""
+    """A malformed or unsupported nep.txt (the message names the file and the line), or a model
+    that cannot be written as one."""
 
 
 @dataclass
@@ -315,7 +317,7 @@ def _nep_model_of(potential):
     model = getattr(potential, "energy_model", None)
     if not isinstance(model, NEPModel):
         kind = type(model).__name__ if model is not None else type(potential).__name__
-        raise ValueError(
+        raise NEPFormatError(
             f"only a Potential whose energy model is a single NEP model ({{model: {{name: nep}}}}) can be written "
             f"as nep.txt; this one is a {kind}"
         )
@@ -342,7 +344,7 @@ def potential_to_nep(potential) -> NEPFile:
         b1 -= float(e0[0])
     else:
         if model.version != 4:
-            raise ValueError("a NEP3 model has one network for all elements and cannot carry per-element E0; "
+            raise NEPFormatError("a NEP3 model has one network for all elements and cannot carry per-element E0; "
                              "train with e0 equal for all elements or use version 4")
         reference = float(e0.mean())
         b1 -= reference
@@ -413,11 +415,7 @@ def format_nep(content: NEPFile) -> str:
 def write_nep(potential, path: str | os.PathLike) -> Path:
     """Write ``potential`` (energy model ``nep``) as a GPUMD nep.txt; returns the path.
 
-    The file is written to a temporary name and renamed, so a failure leaves no partial file.
+    The file is written to a temporary name and renamed (:mod:`mlip_plugins.atomic_files`), so a
+    failure leaves neither a partial file nor its temporary.
     """
-    path = Path(path)
-    text = format_nep(potential_to_nep(potential))
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(format_nep(potential_to_nep(potential)), path)
