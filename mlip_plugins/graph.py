@@ -2,7 +2,7 @@
 
 Every plugin (descriptor, router, long-range solver, charge model) receives an
 :class:`AtomicGraph`. It is built once per forward pass by :func:`build_atomic_graph` from a
-PyG batch that follows the data contract of ``DESIGN.md``. Edge vectors are recomputed here
+PyG batch that follows the data contract of ``docs/architecture.md``. Edge vectors are recomputed here
 from ``pos`` and a per-structure strain ``eps`` (zero-valued, but part of the autograd graph),
 so that
 

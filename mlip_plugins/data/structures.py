@@ -1,4 +1,4 @@
-"""Turn ASE ``Atoms`` (with labels) into graphs that follow the data contract of DESIGN.md."""
+"""Turn ASE ``Atoms`` (with labels) into graphs that follow the data contract of docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def check_geometry(atoms: Atoms, where: str, min_distance: float = 0.1) -> None:
 
 
 def atoms_to_graph(atoms: Atoms, cutoff: float, labels: dict | None = None, where: str = "structure") -> Data:
-    """Build one graph (data contract of DESIGN.md) with a vesin neighbour list.
+    """Build one graph (data contract of docs/architecture.md) with a vesin neighbour list.
 
     ``where`` ('file: frame k') names the structure in the error raised when its neighbour list
     would be too large (:func:`check_neighbor_count`). Missing labels are stored as zeros with
