@@ -101,7 +101,7 @@ def test_file_fingerprint_is_xxh3_128_of_the_bytes_streamed(tmp_path):
 
 
 def test_a_copy_with_the_same_size_and_mtime_but_other_labels_is_not_served_from_the_cache(tmp_path, cache):
-    from lightning_modules.datamodule import load_graph_file
+    from mlip_plugins.data.loading import load_graph_file
     from mlip_plugins.data.structures import LabelKeys
 
     path = tmp_path / "train.xyz"
@@ -131,7 +131,7 @@ def test_a_copy_with_the_same_size_and_mtime_but_other_labels_is_not_served_from
 
 # ------------------------------------------------------------------- item 10: temporaries
 def test_stale_cache_temporaries_are_swept_and_live_ones_kept(data_file, cache):
-    from lightning_modules.datamodule import load_graph_file
+    from mlip_plugins.data.loading import load_graph_file
     from mlip_plugins.data.structures import LabelKeys
 
     cache.mkdir()

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from lightning_modules.datamodule import load_graph_file
+    from mlip_plugins.data.loading import load_graph_file
     from mlip_plugins.calculator import MLIPCalculator
 
     calc = MLIPCalculator.from_file(args.model, dtype=args.dtype)
