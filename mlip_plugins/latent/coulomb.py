@@ -5,7 +5,7 @@ Charges are Gaussian clouds of width sigma_i (default: the covalent radius, Cord
 
     J_ij(r) = k_e erf(r / (sqrt(2) gamma_ij)) / r,   gamma_ij = sqrt(sigma_i^2 + sigma_j^2),
 
-with k_e = 14.3996 eV Å / e^2 (ASE's Hartree * Bohr).
+with k_e the project's Coulomb constant (:data:`mlip_plugins.units.COULOMB_CONSTANT`, 14.3996 eV Å / e^2).
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import math
 
 import torch
 from ase.data import covalent_radii
-from ase.units import Bohr, Hartree
 
-#: Coulomb constant in eV Å / e^2.
-COULOMB_CONSTANT: float = Hartree * Bohr
+from mlip_plugins.units import COULOMB_CONSTANT
 
 
 def gaussian_widths(atomic_numbers: torch.Tensor) -> torch.Tensor:

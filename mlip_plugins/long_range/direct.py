@@ -7,7 +7,8 @@ structures are rejected with a clear error: use ``ewald``, ``pme`` or ``p3m``.
 
 from __future__ import annotations
 
-from mlip_plugins.long_range.solver import COULOMB_CONSTANT, LongRangeSolver
+from mlip_plugins.long_range.solver import LongRangeSolver
+from mlip_plugins.units import COULOMB_CONSTANT
 
 
 class DirectSolver(LongRangeSolver):

@@ -34,11 +34,9 @@ import torch
 import torchpme
 from torch import nn
 
-from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.errors import MLIPError
-
-#: Coulomb constant 1/(4 pi eps0) in eV Å / e² (14.399645...), torch-pme's ``prefactors.eV_A``.
-COULOMB_CONSTANT: float = float(torchpme.prefactors.eV_A)
+from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.units import COULOMB_CONSTANT
 
 
 class LongRangeError(MLIPError, ValueError):

@@ -30,9 +30,8 @@ from torch import nn
 
 from mlip_plugins.descriptors.nep import NEPDescriptor
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.units import GPUMD_COULOMB_CONSTANT
 
-#: e^2 / (4 pi eps0) in eV Å, the value GPUMD uses
-COULOMB_CONSTANT = 14.399645
 #: the universal ZBL screening function: phi(x) = sum_k a_k exp(-b_k x)
 ZBL_UNIVERSAL = ((0.18175, 3.1998), (0.50986, 0.94229), (0.28022, 0.4029), (0.02817, 0.20162))
 #: 1 / 0.46848 Å: screening length a = 0.46848 / (Z_i^0.23 + Z_j^0.23)
@@ -141,7 +140,7 @@ class ZBLRepulsion(nn.Module):
             else:
                 r_out = torch.full_like(r, self.outer)
                 r_in = torch.full_like(r, self.inner)
-        pair_energy = COULOMB_CONSTANT * zi_f * zj_f / r * phi * _zbl_switch(r, r_in, r_out)
+        pair_energy = GPUMD_COULOMB_CONSTANT * zi_f * zj_f / r * phi * _zbl_switch(r, r_in, r_out)
         pair_energy = torch.where(r < r_out, pair_energy, torch.zeros_like(pair_energy))
         return 0.5 * pair_energy.new_zeros(graph.num_atoms).index_add(0, dst, pair_energy)
 
