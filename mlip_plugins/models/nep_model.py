@@ -30,6 +30,7 @@ from torch import nn
 
 from mlip_plugins.descriptors.nep import NEPDescriptor
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nn import sum_per_atom
 from mlip_plugins.units import GPUMD_COULOMB_CONSTANT
 
 #: the universal ZBL screening function: phi(x) = sum_k a_k exp(-b_k x)
@@ -142,7 +143,7 @@ class ZBLRepulsion(nn.Module):
                 r_in = torch.full_like(r, self.inner)
         pair_energy = GPUMD_COULOMB_CONSTANT * zi_f * zj_f / r * phi * _zbl_switch(r, r_in, r_out)
         pair_energy = torch.where(r < r_out, pair_energy, torch.zeros_like(pair_energy))
-        return 0.5 * pair_energy.new_zeros(graph.num_atoms).index_add(0, dst, pair_energy)
+        return 0.5 * sum_per_atom(pair_energy, dst, graph.num_atoms)
 
 
 def _zbl_from_config(zbl, num_species: int) -> ZBLRepulsion | None:
