@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from mlip_plugins.models.builder import build_potential
-from mlip_plugins.nn import MLP, PerElementLinear, chebyshev_basis, cosine_cutoff, mean_per_structure, sum_per_atom, sum_per_structure
+from mlip_plugins.nn import (
+    MLP,
+    PerElementLinear,
+    chebyshev_basis,
+    cosine_cutoff,
+    cosine_switch,
+    mean_per_structure,
+    sum_per_atom,
+    sum_per_structure,
+)
 
 MODEL = {
     "elements": ["Cu", "Au"], "cutoff": 4.0,
@@ -86,3 +95,13 @@ def test_mlp_shared_and_per_element():
     assert isinstance(per_element.layers[0], PerElementLinear)
     with pytest.raises(ValueError, match="widths"):
         MLP([3])
+
+
+def test_cosine_switch_is_a_c1_step():
+    r = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    s = cosine_switch(r, 1.0, 1.0)
+    torch.testing.assert_close(s.detach(), torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0], dtype=torch.float64))
+    (slope,) = torch.autograd.grad(s.sum(), r)
+    assert slope[1] == 0 and slope[3].abs() < 1e-15 and float(slope[2]) == pytest.approx(-math.pi / 2)
+    # the per-edge form (NEP's ZBL: start and width per pair) gives the same numbers
+    torch.testing.assert_close(cosine_switch(r, torch.ones(5, dtype=torch.float64), torch.ones(5, dtype=torch.float64)), s)

@@ -15,6 +15,7 @@ import math
 import torch
 from ase.data import covalent_radii
 
+from mlip_plugins.nn import cosine_switch
 from mlip_plugins.units import COULOMB_CONSTANT
 
 
@@ -33,6 +34,4 @@ def smooth_switch(distance: torch.Tensor, cutoff: float, width: float) -> torch.
     """1 below ``cutoff - width``, 0 beyond ``cutoff``, a cosine step in between (C1 continuous)."""
     if width <= 0:
         raise ValueError(f"switch width must be positive, got {width}")
-    start = cutoff - width
-    x = ((distance - start) / width).clamp(0.0, 1.0)
-    return 0.5 * (1.0 + torch.cos(math.pi * x))
+    return cosine_switch(distance, cutoff - width, width)

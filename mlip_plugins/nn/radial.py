@@ -1,7 +1,8 @@
-"""Radial building blocks: the smooth cosine cutoff and NEP's Chebyshev basis (GPUMD's form).
+"""Radial building blocks: the smooth cosine cutoff and switch, NEP's Chebyshev basis (GPUMD's form).
 
     f_c(r) = (1 + cos(pi r / r_c)) / 2                        r < r_c, else 0
     f_k(r) = (T_k(2 (r/r_c - 1)^2 - 1) + 1) / 2 * f_c(r)       k = 0..basis_size
+    s(r)   = (1 + cos(pi clamp((r - r_on) / w, 0, 1))) / 2    1 below r_on, 0 beyond r_on + w
 
 (Fan et al., PRB 104, 104309 (2021)). The cutoff may be one radius or a tensor of per-edge
 radii (NEP's per element pair cutoffs); the expressions are the same, so the radial, angular,
@@ -28,6 +29,16 @@ def cosine_cutoff(r: torch.Tensor, cutoff: float | torch.Tensor) -> torch.Tensor
     """
     inside, r_in = _inside(r, cutoff)
     return torch.where(inside, 0.5 * (1.0 + torch.cos(math.pi * r_in / cutoff)), torch.zeros_like(r))
+
+
+def cosine_switch(r: torch.Tensor, start: float | torch.Tensor, width: float | torch.Tensor) -> torch.Tensor:
+    """s(r) = 1 below ``start``, 0 beyond ``start + width``, (1 + cos(pi (r - start) / width)) / 2
+    in between: a C1 step (the ZBL switch of NEP, the switch-off of the latent-charge prior).
+
+    ``start`` and ``width`` may be floats or tensors broadcastable to ``r``; ``width`` must be > 0.
+    """
+    t = torch.clamp((r - start) / width, 0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(math.pi * t))
 
 
 def chebyshev_basis(r: torch.Tensor, cutoff: float | torch.Tensor, basis_size: int) -> torch.Tensor:
