@@ -42,12 +42,12 @@ from torch_geometric.data import Batch
 from mlip_plugins.data.default_dataset import load_default_dataset
 from mlip_plugins.data.statistics import energy_scale, fit_e0
 from mlip_plugins.data.structures import LabelKeys, atoms_to_graph, extract_labels
-from mlip_plugins.descriptors.basis import chebyshev_basis
 from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
 from mlip_plugins.models import build_potential
 from mlip_plugins.models.composition import split_output
 from mlip_plugins.moe.layer import MoEMLP, merge_moe
+from mlip_plugins.nn import chebyshev_basis, sum_per_structure
 
 ELEMENTS = ["Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"]
 CUTOFF = 5.0
@@ -128,7 +128,7 @@ def fast_predict(potential, pre: Precomputed, create_graph: bool = True) -> tupl
     features = torch.einsum("itk,itnk->in", pre.basis_sums, coefficients)
     atomic, extras = split_output(potential.energy_model.readout(features, graph))
     atomic = atomic * potential.energy_scale
-    energy = torch.zeros(graph.num_graphs, dtype=atomic.dtype).index_add(0, graph.batch, atomic + potential.e0[graph.species])
+    energy = sum_per_structure(atomic + potential.e0[graph.species], graph.batch, graph.num_graphs)
     (d_features,) = torch.autograd.grad(atomic.sum(), features, create_graph=create_graph)
     d_basis = torch.einsum("in,itnk->itk", d_features, coefficients)  # dE/d(basis sums)
     src, dst = graph.edge_index[0], graph.edge_index[1]

@@ -66,6 +66,7 @@ from ase.md.verlet import VelocityVerlet
 from scipy.special import erfc
 
 from mlip_plugins.data.neighbors import neighbor_list
+from mlip_plugins.units import COULOMB_CONSTANT
 
 GOAL = 1e-5  # eV/atom/ps
 RETRAIN_ABOVE = 0.2  # eV/Å: validation force RMSE above which a model is retrained longer
@@ -98,7 +99,7 @@ class BornMayerDSF(Calculator):
     """
 
     implemented_properties = ["energy", "forces"]
-    COULOMB = 14.399645  # eV Å / e^2
+    COULOMB = COULOMB_CONSTANT  # eV Å / e^2
 
     def __init__(self, charges: dict | None = None, a_rep: float = 1221.0, rho: float = 0.317,
                  alpha: float = 0.2, cutoff: float = 10.0, **kwargs):

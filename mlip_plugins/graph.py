@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mlip_plugins.nn import sum_per_structure
+
 
 @dataclass
 class AtomicGraph:
@@ -59,8 +61,7 @@ class AtomicGraph:
 
     def atoms_per_graph(self) -> torch.Tensor:
         """[B] number of atoms in each structure (as the dtype of ``pos``)."""
-        ones = torch.ones_like(self.pos[:, 0])
-        return torch.zeros(self.num_graphs, dtype=ones.dtype, device=ones.device).index_add_(0, self.batch, ones)
+        return sum_per_structure(torch.ones_like(self.pos[:, 0]), self.batch, self.num_graphs)
 
 
 def _batch_vector(data) -> torch.Tensor:

@@ -22,6 +22,7 @@ from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.models.readout import MLPReadout
+from mlip_plugins.nn import sum_per_structure
 
 
 def conserve_total_charge(raw: torch.Tensor, graph: AtomicGraph, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -36,8 +37,8 @@ def conserve_total_charge(raw: torch.Tensor, graph: AtomicGraph, weights: torch.
     if target.numel() != num:
         raise ValueError(f"total_charge has {target.numel()} entries for {num} structures")
     w = torch.ones_like(raw) if weights is None else weights.to(dtype)
-    excess = target - torch.zeros(num, dtype=dtype, device=raw.device).index_add(0, graph.batch, raw)
-    w_sum = torch.zeros(num, dtype=dtype, device=raw.device).index_add(0, graph.batch, w)
+    excess = target - sum_per_structure(raw, graph.batch, num)
+    w_sum = sum_per_structure(w, graph.batch, num)
     return raw + w * (excess / w_sum).index_select(0, graph.batch)
 
 
@@ -61,7 +62,7 @@ class FixedCharges(nn.Module):
             )
         charges = graph.charges.to(graph.pos.dtype)
         if self.check_total:
-            sums = torch.zeros(graph.num_graphs, dtype=charges.dtype, device=charges.device).index_add(0, graph.batch, charges)
+            sums = sum_per_structure(charges, graph.batch, graph.num_graphs)
             bad = (sums - graph.total_charge.to(charges.dtype)).abs() > self.tolerance
             if bool(bad.any()):
                 b = int(bad.nonzero()[0, 0])
@@ -93,7 +94,7 @@ class LatentCharges(nn.Module):
         in_dim: feature dimension D (injected).
         num_species: number of elements (injected).
         hidden: widths of the per-element MLP.
-        activation: activation name (see ``models.readout.ACTIVATIONS``).
+        activation: activation name (see ``mlip_plugins.nn.ACTIVATIONS``).
         redistribution: ``uniform`` (the excess charge is spread equally over the atoms of the
             structure) or ``weighted`` (in proportion to learned positive per-atom weights,
             a softness w_i = softplus(MLP'(x_i)), as in charge equilibration).

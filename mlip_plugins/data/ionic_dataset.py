@@ -30,8 +30,8 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlip_plugins.data.neighbors import neighbor_list
+from mlip_plugins.units import COULOMB_CONSTANT
 
-COULOMB = float(torchpme.prefactors.eV_A)
 MADELUNG_ROCKSALT = 1.7475645946
 
 
@@ -53,7 +53,7 @@ class IonicModel:
     def cation_anion_repulsion(self) -> tuple[float, float, float]:
         """(A, rho, 0) such that the perfect crystal is in equilibrium at ``lattice`` (nearest-neighbour balance)."""
         r0 = self.lattice / 2
-        a = COULOMB * self.charge**2 * MADELUNG_ROCKSALT * self.rho * math.exp(r0 / self.rho) / (6 * r0**2)
+        a = COULOMB_CONSTANT * self.charge**2 * MADELUNG_ROCKSALT * self.rho * math.exp(r0 / self.rho) / (6 * r0**2)
         return a, self.rho, 0.0
 
 
@@ -105,7 +105,7 @@ def reference_labels(atoms: Atoms, model: IonicModel) -> dict:
     pairs = torch.stack([torch.from_numpy(ii.astype(np.int64)), torch.from_numpy(jj.astype(np.int64))], 1)
     dist = (pos[pairs[:, 1]] - pos[pairs[:, 0]] + torch.from_numpy(ss.astype(np.int64)).to(dtype) @ cell).norm(dim=1)
     calculator = torchpme.EwaldCalculator(
-        torchpme.CoulombPotential(smearing=smearing, prefactor=COULOMB), lr_wavelength=smearing / 2.0
+        torchpme.CoulombPotential(smearing=smearing, prefactor=COULOMB_CONSTANT), lr_wavelength=smearing / 2.0
     ).to(dtype)
     potentials = calculator(q, cell, pos, pairs, dist)
     e_coul = (q * potentials).sum()

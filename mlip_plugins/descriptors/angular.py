@@ -21,9 +21,10 @@ import math
 import torch
 from torch import nn
 
-from mlip_plugins.descriptors.basis import PairCoefficients, chebyshev_basis
+from mlip_plugins.descriptors.basis import PairCoefficients
 from mlip_plugins.descriptors.harmonics import harmonic_slices, real_spherical_harmonics
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nn import chebyshev_basis, sum_per_atom
 
 NORMALIZATIONS = ("nep", "legendre")
 
@@ -100,8 +101,7 @@ class AngularDescriptor(nn.Module):
         harmonics = real_spherical_harmonics(unit, self.l_max)[:, self.l_min * self.l_min :]
         per_edge = g.unsqueeze(-1) * harmonics.unsqueeze(1)  # [E, n, H]
         # Scatter a 2-D view: a 3-D CPU index_add takes a much slower scatter path.
-        flat = per_edge.new_zeros(graph.num_atoms, per_edge.shape[1] * per_edge.shape[2])
-        flat = flat.index_add(0, graph.edge_index[1], per_edge.flatten(1))
+        flat = sum_per_atom(per_edge.flatten(1), graph.edge_index[1], graph.num_atoms)
         return flat.view(graph.num_atoms, per_edge.shape[1], per_edge.shape[2])
 
     def forward(self, graph: AtomicGraph) -> torch.Tensor:

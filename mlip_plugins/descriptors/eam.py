@@ -25,6 +25,7 @@ from torch import nn
 
 from mlip_plugins.descriptors.angular import SpeciesRadialFunctions
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nn import sum_per_atom
 
 
 def _sqrt(rho: torch.Tensor, eps: float) -> torch.Tensor:
@@ -88,7 +89,7 @@ class EAMDescriptor(nn.Module):
         """rho_n(i) = sum_j g_n(r_ij)^2: [N, n_densities]."""
         g = self.radial(graph)
         squares = g * g
-        return squares.new_zeros(graph.num_atoms, self.n_densities).index_add(0, graph.edge_index[1], squares)
+        return sum_per_atom(squares, graph.edge_index[1], graph.num_atoms)
 
     def forward(self, graph: AtomicGraph) -> torch.Tensor:
         rho = self.densities(graph)

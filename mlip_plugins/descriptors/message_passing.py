@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from torch_geometric.nn import MessagePassing
 
-from mlip_plugins.descriptors.basis import chebyshev_basis
 from mlip_plugins.graph import AtomicGraph
-from mlip_plugins.models.readout import activation as make_activation
+from mlip_plugins.nn import activation as make_activation
+from mlip_plugins.nn import chebyshev_basis
 
 
 class InteractionLayer(MessagePassing):

@@ -1,7 +1,7 @@
 """Radial two-body descriptor (NEP's radial part) as a torch-geometric ``MessagePassing`` module.
 
 q_n(i) = sum_{j in N(i)} g_n(r_ij),  g_n(r) = sum_k c[s_i, s_j, n, k] f_k(r),
-with f_k NEP's Chebyshev basis times a smooth cosine cutoff (see ``basis.py``).
+with f_k NEP's Chebyshev basis times a smooth cosine cutoff (:func:`mlip_plugins.nn.chebyshev_basis`).
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch_geometric.nn import MessagePassing
 
-from mlip_plugins.descriptors.basis import PairCoefficients, chebyshev_basis
+from mlip_plugins.descriptors.basis import PairCoefficients
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nn import chebyshev_basis
 
 
 class RadialDescriptor(MessagePassing):

@@ -5,7 +5,7 @@ Solvers (entry-point group ``mlip_plugins.long_range``: ``ewald``, ``pme``, ``p3
 ``Solver(**cfg)`` with ``cutoff`` (real-space cutoff, Å; at most the cutoff of the graphs'
 neighbour list), ``smearing`` (Å), method parameters (``lr_wavelength``; ``mesh_spacing``,
 ``interpolation_nodes``), ``accuracy`` (target for every parameter not given) and
-``prefactor`` (Coulomb constant, default :data:`COULOMB_CONSTANT` = 14.399645 eV Å/e², so
+``prefactor`` (Coulomb constant, default :data:`mlip_plugins.units.COULOMB_CONSTANT` = 14.3996455 eV Å/e², so
 charges in e give potentials in V and energies in eV).
 
 ``forward(graph: AtomicGraph, charges: Tensor[N]) -> {"potentials": [N], "energy": [B]}``
@@ -33,7 +33,7 @@ E_i = E_i^short(features [+ exterior potentials]) + 1/2 q_i phi_i; see :mod:`.mo
 For users: :func:`electrostatics` (energy and forces of an ASE ``Atoms``).
 """
 
-from mlip_plugins.long_range.solver import COULOMB_CONSTANT, LongRangeError, LongRangeSolver
+from mlip_plugins.long_range.solver import LongRangeError, LongRangeSolver
 from mlip_plugins.long_range.ewald import EwaldSolver
 from mlip_plugins.long_range.pme import PMESolver
 from mlip_plugins.long_range.p3m import P3MSolver
@@ -41,6 +41,7 @@ from mlip_plugins.long_range.direct import DirectSolver
 from mlip_plugins.charges.local import FixedCharges, LatentCharges, SpeciesCharges, conserve_total_charge
 from mlip_plugins.long_range.tuning import tune_parameters
 from mlip_plugins.long_range.ase_electrostatics import electrostatics
+from mlip_plugins.units import COULOMB_CONSTANT  # re-exported: public API (defined in mlip_plugins.units)
 
 __all__ = [
     "COULOMB_CONSTANT",

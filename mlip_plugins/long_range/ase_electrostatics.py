@@ -23,8 +23,8 @@ from mlip_plugins.long_range.direct import DirectSolver
 from mlip_plugins.long_range.ewald import EwaldSolver
 from mlip_plugins.long_range.p3m import P3MSolver
 from mlip_plugins.long_range.pme import PMESolver
-from mlip_plugins.long_range.solver import COULOMB_CONSTANT
 from mlip_plugins.long_range.tuning import tune_parameters
+from mlip_plugins.units import COULOMB_CONSTANT
 
 SOLVERS = {"ewald": EwaldSolver, "pme": PMESolver, "p3m": P3MSolver, "direct": DirectSolver}
 

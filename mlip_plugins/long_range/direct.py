@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from mlip_plugins.long_range.solver import COULOMB_CONSTANT, LongRangeSolver
+from mlip_plugins.long_range.solver import LongRangeSolver
+from mlip_plugins.units import COULOMB_CONSTANT
 
 
 class DirectSolver(LongRangeSolver):

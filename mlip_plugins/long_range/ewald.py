@@ -24,7 +24,8 @@ from torch.nn.utils.rnn import pad_sequence
 from torchpme.lib import generate_kvectors_for_ewald
 
 from mlip_plugins.graph import AtomicGraph
-from mlip_plugins.long_range.solver import COULOMB_CONSTANT, LongRangeSolver
+from mlip_plugins.long_range.solver import LongRangeSolver
+from mlip_plugins.units import COULOMB_CONSTANT
 
 
 def default_lr_wavelength(smearing: float, accuracy: float) -> float:

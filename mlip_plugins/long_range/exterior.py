@@ -18,15 +18,12 @@ import torch
 from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
-from mlip_plugins.models.readout import PerElementLinear
+from mlip_plugins.nn import PerElementLinear, mean_per_structure
 
 
 def neutralise(raw: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
     """Subtract the per-structure mean of every channel of raw [N, C] (each structure sums to zero)."""
-    num = graph.num_graphs
-    sums = torch.zeros(num, raw.shape[1], dtype=raw.dtype, device=raw.device).index_add(0, graph.batch, raw)
-    counts = torch.bincount(graph.batch, minlength=num).to(raw.dtype).clamp(min=1).unsqueeze(-1)
-    return raw - (sums / counts).index_select(0, graph.batch)
+    return raw - mean_per_structure(raw, graph.batch, graph.num_graphs).index_select(0, graph.batch)
 
 
 class ExteriorPotentialFeatures(nn.Module):

@@ -12,7 +12,8 @@ import torch
 import torchpme
 from torchpme.lib import get_ns_mesh
 
-from mlip_plugins.long_range.solver import COULOMB_CONSTANT, LongRangeError, LongRangeSolver
+from mlip_plugins.long_range.solver import LongRangeError, LongRangeSolver
+from mlip_plugins.units import COULOMB_CONSTANT
 
 #: refuse meshes larger than this (points) instead of exhausting memory
 MAX_MESH_POINTS = 2**25

@@ -34,12 +34,11 @@ import torch
 import torchpme
 from torch import nn
 
+from mlip_plugins.errors import MLIPError
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.long_range.potentials import PairPotential
-from mlip_plugins.errors import MLIPError
-
-#: Coulomb constant 1/(4 pi eps0) in eV Å / e² (14.399645...), torch-pme's ``prefactors.eV_A``.
-COULOMB_CONSTANT: float = float(torchpme.prefactors.eV_A)
+from mlip_plugins.nn import sum_per_atom, sum_per_structure
+from mlip_plugins.units import COULOMB_CONSTANT
 
 
 class LongRangeError(MLIPError, ValueError):
@@ -135,7 +134,7 @@ class LongRangeSolver(nn.Module):
         per_atom = 0.5 * charges * phi
         if per_atom.dim() == 2:
             per_atom = per_atom.sum(-1)
-        energy = torch.zeros(graph.num_graphs, dtype=per_atom.dtype, device=per_atom.device).index_add(0, graph.batch, per_atom)
+        energy = sum_per_structure(per_atom, graph.batch, graph.num_graphs)
         return {"potentials": phi, "energy": energy}
 
     def potentials(
@@ -206,7 +205,7 @@ class LongRangeSolver(nn.Module):
             src, dst, r = src.index_select(0, index), dst.index_select(0, index), r.index_select(0, index)
         kernel = potential.sr_from_dist(r).to(q.dtype)
         contributions = q.index_select(0, src) * kernel.unsqueeze(-1)
-        return torch.zeros_like(q).index_add(0, dst, contributions)
+        return sum_per_atom(contributions, dst, q.shape[0])
 
     def _direct(self, graph: AtomicGraph, q: torch.Tensor, slices, periodic: list[bool], radius, degree) -> torch.Tensor:
         """Dense pair sums over all j != i within each non-periodic structure (padded, batched)."""

@@ -11,6 +11,7 @@ from mlip_plugins import keys
 from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
 from mlip_plugins.models.outputs import NodeOutput
+from mlip_plugins.nn import sum_per_structure
 
 
 class Potential(nn.Module):
@@ -76,7 +77,7 @@ class Potential(nn.Module):
         unscaled = extras.pop(keys.ATOMIC_ENERGY_UNSCALED, None)
         if unscaled is not None:
             atomic = atomic + unscaled
-        energy = torch.zeros(num_graphs, dtype=dtype, device=pos.device).index_add(0, graph.batch, atomic)
+        energy = sum_per_structure(atomic, graph.batch, num_graphs)
         out = {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic, **extras}
         inputs = ([pos] if compute_forces else []) + ([strain] if compute_stress else [])
         if inputs:

@@ -32,9 +32,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from mlip_plugins import registry
 from mlip_plugins.graph import AtomicGraph
-from mlip_plugins.models.readout import activation
+from mlip_plugins.nn import activation, sum_per_atom
 from mlip_plugins.moe.routers.gating import RouterOutput, load_balancing_loss
 
 EXPERT_KINDS = ("nonlinear", "linear")
@@ -99,7 +98,7 @@ class Dispatch(NamedTuple):
     def combine(self, y: torch.Tensor, num_atoms: int, scale: float = 1.0) -> torch.Tensor:
         """Gate-weighted sum over each atom's experts of the padded outputs y [E, C, O] -> [N, O]."""
         pairs = y[self.expert, self.slot] * (self.weight * scale).unsqueeze(-1)
-        return y.new_zeros(num_atoms, y.shape[-1]).index_add(0, self.atom, pairs)
+        return sum_per_atom(pairs, self.atom, num_atoms)
 
 
 def make_dispatch(gates: torch.Tensor) -> Dispatch:

@@ -45,6 +45,7 @@ from torch import nn
 
 from mlip_plugins.descriptors.harmonics import real_spherical_harmonics
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nn import chebyshev_basis
 
 #: Coefficients of the 4-body invariant q_n222 in the Cartesian l = 2 moments: the Wigner symbol
 #: (2 2 2; 0 0 0) = -sqrt(2/35) times the cube of the Y_20 normalisation sqrt(5/(16 pi)), times
@@ -80,19 +81,6 @@ def parse_l_max(l_max) -> tuple[int, bool, bool]:
     if values[2] and not values[1]:
         raise ValueError("l_max: the 5-body term needs the 4-body term (GPUMD: l_max L 2 1)")
     return values[0], bool(values[1]), bool(values[2])
-
-
-def chebyshev_radial_basis(r: torch.Tensor, rc: torch.Tensor, basis_size: int) -> torch.Tensor:
-    """NEP's f_k(r), k = 0..basis_size, with a per-edge cutoff ``rc`` (same shape as r): [E, K+1]."""
-    inside = r < rc
-    r_in = torch.where(inside, r, torch.zeros_like(r))  # keep the gradient finite outside
-    fc = torch.where(inside, 0.5 * (1.0 + torch.cos(math.pi * r_in / rc)), torch.zeros_like(r))
-    x = 2.0 * (r_in / rc - 1.0) ** 2 - 1.0
-    polys = [torch.ones_like(x), x]
-    for _ in range(2, basis_size + 1):
-        polys.append(2.0 * x * polys[-1] - polys[-2])
-    t = torch.stack(polys[: basis_size + 1], dim=-1)
-    return 0.5 * (t + 1.0) * fc.unsqueeze(-1)
 
 
 def cartesian_moments_l12(unit: torch.Tensor) -> torch.Tensor:
@@ -236,7 +224,7 @@ class NEPDescriptor(nn.Module):
         s = self.num_species
         pair = graph.species[dst] * s + graph.species[src]
         rc = self.pair_cutoff_radial.to(graph.edge_len.dtype)[pair]
-        basis = chebyshev_radial_basis(graph.edge_len, rc, self.basis_size_radial)  # [E, K+1]
+        basis = chebyshev_basis(graph.edge_len, rc, self.basis_size_radial)  # [E, K+1]
         sums = basis.new_zeros(graph.num_atoms * s, basis.shape[1]).index_add(0, dst * s + graph.species[src], basis)
         sums = sums.view(graph.num_atoms, 1, -1)  # [N, 1, S (K+1)]
         return torch.bmm(sums, self._atom_coefficients(self.c_radial, graph.species)).squeeze(1)
@@ -252,7 +240,7 @@ class NEPDescriptor(nn.Module):
         rc = self.pair_cutoff_angular.to(graph.edge_len.dtype)[pair]
         keep = (graph.edge_len < rc).nonzero().view(-1)
         r, vec, rc, dst, neighbor = graph.edge_len[keep], graph.edge_vec[keep], rc[keep], dst[keep], graph.species[src[keep]]
-        basis = chebyshev_radial_basis(r, rc, self.basis_size_angular)  # [Ea, K+1]
+        basis = chebyshev_basis(r, rc, self.basis_size_angular)  # [Ea, K+1]
         unit = vec / r.unsqueeze(-1)
         columns = []
         if self.l_max > 0:

@@ -30,9 +30,9 @@ from torch import nn
 
 from mlip_plugins.nep.descriptor import NEPDescriptor
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nn import cosine_switch, per_element, sum_per_atom
+from mlip_plugins.units import GPUMD_COULOMB_CONSTANT
 
-#: e^2 / (4 pi eps0) in eV Å, the value GPUMD uses
-COULOMB_CONSTANT = 14.399645
 #: the universal ZBL screening function: phi(x) = sum_k a_k exp(-b_k x)
 ZBL_UNIVERSAL = ((0.18175, 3.1998), (0.50986, 0.94229), (0.28022, 0.4029), (0.02817, 0.20162))
 #: 1 / 0.46848 Å: screening length a = 0.46848 / (Z_i^0.23 + Z_j^0.23)
@@ -50,13 +50,6 @@ COVALENT_RADIUS = (
     1.73333, 1.73333, 1.81333, 1.74667, 1.84, 1.89333, 2.68, 2.41333, 2.22667, 2.10667,
     2.02667, 2.04, 2.05333, 2.06667,
 )
-
-
-def _zbl_switch(r: torch.Tensor, r_in: torch.Tensor, r_out: torch.Tensor) -> torch.Tensor:
-    """1 below r_in, (1 + cos(pi (r - r_in) / (r_out - r_in))) / 2 up to r_out, 0 beyond."""
-    width = torch.clamp(r_out - r_in, min=1e-12)
-    t = torch.clamp((r - r_in) / width, 0.0, 1.0)
-    return 0.5 * (1.0 + torch.cos(math.pi * t))
 
 
 class ZBLRepulsion(nn.Module):
@@ -141,9 +134,9 @@ class ZBLRepulsion(nn.Module):
             else:
                 r_out = torch.full_like(r, self.outer)
                 r_in = torch.full_like(r, self.inner)
-        pair_energy = COULOMB_CONSTANT * zi_f * zj_f / r * phi * _zbl_switch(r, r_in, r_out)
+        pair_energy = GPUMD_COULOMB_CONSTANT * zi_f * zj_f / r * phi * cosine_switch(r, r_in, torch.clamp(r_out - r_in, min=1e-12))
         pair_energy = torch.where(r < r_out, pair_energy, torch.zeros_like(pair_energy))
-        return 0.5 * pair_energy.new_zeros(graph.num_atoms).index_add(0, dst, pair_energy)
+        return 0.5 * sum_per_atom(pair_energy, dst, graph.num_atoms)
 
 
 def _zbl_from_config(zbl, num_species: int) -> ZBLRepulsion | None:
@@ -258,15 +251,13 @@ class NEPModel(nn.Module):
 
     def network(self, q: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """sum_mu w1 tanh(w0 q - b0) - b1 with each atom's element network: [N]."""
-        if self.version == 3 or self.num_species == 1:
-            hidden = torch.tanh(q @ self.w0[0].T - self.b0[0])
-            return hidden @ self.w1[0] - self.b1
-        out = q.new_zeros(q.shape[0])
-        for s in range(self.num_species):
-            index = (species == s).nonzero().view(-1)
-            hidden = torch.tanh(q.index_select(0, index) @ self.w0[s].T - self.b0[s])
-            out = out.index_copy(0, index, hidden @ self.w1[s])
-        return out - self.b1
+        if self.version == 3 or self.num_species == 1:  # one network for every atom
+            return self._element_network(0, q) - self.b1
+        return per_element(self._element_network, q, species, self.num_species) - self.b1
+
+    def _element_network(self, s: int, q: torch.Tensor) -> torch.Tensor:
+        """sum_mu w1 tanh(w0 q - b0) of element s (without the shared bias b1): [n_s]."""
+        return torch.tanh(q @ self.w0[s].T - self.b0[s]) @ self.w1[s]
 
     def forward(self, graph: AtomicGraph) -> torch.Tensor:
         energy = self.network(self.scaled_descriptor(graph), graph.species)

@@ -21,6 +21,7 @@ import torch
 
 from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY
 from mlip_plugins.models.outputs import NodeOutput
+from mlip_plugins.nn import sum_per_structure
 from mlip_plugins.testing import structures as st
 from mlip_plugins.testing.harness import PluginCase, default_dtype, scale_of
 
@@ -197,7 +198,7 @@ def _charge_model_contract(case: PluginCase) -> None:
         charges = out["charges"] if isinstance(out, dict) else out
         if tuple(charges.shape) != (graph.num_atoms,):
             raise AssertionError(f"{case}: charges shape {tuple(charges.shape)} != [N] = [{graph.num_atoms}]")
-        sums = torch.zeros(graph.num_graphs, dtype=torch.float64).index_add(0, graph.batch, charges.detach())
+        sums = sum_per_structure(charges.detach(), graph.batch, graph.num_graphs)
         _assert_close(sums, np.full(graph.num_graphs, total), 1e-9, f"{case}: charges must sum to each structure's total_charge ({total})")
 
 

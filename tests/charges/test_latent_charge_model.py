@@ -101,7 +101,7 @@ def test_force_training_gradient_is_exact(float64):
     potential = randomised(build_potential(model_config()).double(), seed=4)
     batch = batch_of([cluster()], [-1.0])
     charge_model = potential.energy_model.charge_model
-    params = [charge_model.temperature_raw, charge_model.correction_layers[-1].weight]
+    params = [charge_model.temperature_raw, charge_model.correction.layers[-1].weight]
 
     def loss() -> torch.Tensor:
         return potential(batch, create_graph=True)["forces"].pow(2).sum()

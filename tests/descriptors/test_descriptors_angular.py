@@ -18,7 +18,6 @@ from torch_geometric.data import Batch
 
 from mlip_plugins.data.structures import atoms_to_graph
 from mlip_plugins.descriptors.angular import AngularDescriptor
-from mlip_plugins.descriptors.basis import chebyshev_basis
 from mlip_plugins.descriptors.harmonics import (
     harmonic_slices,
     legendre_polynomials,
@@ -28,6 +27,7 @@ from mlip_plugins.descriptors.harmonics import (
 )
 from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
+from mlip_plugins.nn import chebyshev_basis
 
 ELEMENTS = ["Cu", "Au"]
 

@@ -12,11 +12,11 @@ from ase.build import bulk
 from torch_geometric.data import Batch
 
 from mlip_plugins.data.structures import atoms_to_graph
-from mlip_plugins.descriptors.basis import chebyshev_basis
 from mlip_plugins.descriptors.eam import EAMDescriptor
 from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
 from mlip_plugins.models.builder import build_potential
+from mlip_plugins.nn import chebyshev_basis
 
 ELEMENTS = ["Cu", "Au"]
 

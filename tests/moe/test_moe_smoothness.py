@@ -83,7 +83,7 @@ def _feature_routed_pair():
         n1 = router.norm(_features(hard, 2.4)[0][0])
         n2 = router.norm(_features(hard, 3.6)[0][0])
         v = n1 - n2
-        score = router.score
+        score = router.score.layers[0]  # no hidden layer: one linear map
         score.weight.copy_(torch.stack([v, -v]))
         score.bias.copy_(torch.stack([-v @ (n1 + n2) / 2, v @ (n1 + n2) / 2]))
     soft.load_state_dict(hard.state_dict())

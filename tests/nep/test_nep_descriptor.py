@@ -17,10 +17,11 @@ from ase.build import bulk
 from torch_geometric.data import Batch
 
 from mlip_plugins.data.structures import atoms_to_graph
-from mlip_plugins.nep.descriptor import NEPDescriptor, chebyshev_radial_basis
+from mlip_plugins.nep.descriptor import NEPDescriptor
 from mlip_plugins.graph import build_atomic_graph
 from mlip_plugins.models.builder import build_potential
 from mlip_plugins.nep.model import NEPModel, fit_descriptor_scaler, nep_regularization
+from mlip_plugins.nn import chebyshev_basis
 
 ELEMENTS = ["Cu", "Au"]
 
@@ -128,7 +129,7 @@ def test_three_body_moments_equal_the_explicit_triplet_sum():
     vectors = torch.tensor(positions[1:] - positions[0])
     r = vectors.norm(dim=1)
     inside = r < 3.5
-    basis = chebyshev_radial_basis(r, torch.full_like(r, 3.5), 3)
+    basis = chebyshev_basis(r, torch.full_like(r, 3.5), 3)
     g = torch.stack([basis @ descriptor.c_angular[0, species[j + 1]].T for j in range(6)])[:, :]  # [6, n, n]
     g = torch.stack([g[j, j] for j in range(6)]) * inside.unsqueeze(-1)  # [6, n_max+1]
     unit = vectors / r.unsqueeze(-1)
@@ -155,7 +156,7 @@ def test_four_body_term_is_the_wigner_3j_contraction():
     q222 = float(descriptor_of(descriptor, atoms, cutoff=5.0)[0, -1])
     vectors = positions[1:]
     r = np.linalg.norm(vectors, axis=1)
-    basis = chebyshev_radial_basis(torch.as_tensor(r), torch.full((5,), 5.0), 2)
+    basis = chebyshev_basis(torch.as_tensor(r), torch.full((5,), 5.0), 2)
     g = (basis @ descriptor.c_angular[0, 0, 0].detach()).numpy()
     theta = np.arccos(vectors[:, 2] / r)
     phi = np.arctan2(vectors[:, 1], vectors[:, 0])

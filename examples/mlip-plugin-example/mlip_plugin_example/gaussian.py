@@ -9,19 +9,11 @@ which takes the features and their first derivatives smoothly to zero at r_c (th
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
-
-
-def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """(1 + cos(pi r / rc)) / 2 inside the cutoff, 0 outside; C1-continuous at rc."""
-    inside = r < cutoff
-    value = 0.5 * (torch.cos(math.pi * r / cutoff) + 1.0)
-    return torch.where(inside, value, torch.zeros_like(r))
+from mlip_plugins.nn import cosine_cutoff, sum_per_atom  # shared building blocks: reuse, do not rewrite
 
 
 class GaussianDescriptor(nn.Module):
@@ -72,9 +64,7 @@ class GaussianDescriptor(nn.Module):
             weights = self.weights[graph.species[dst], graph.species[src]]
         else:
             weights = self.weights[0, 0].expand_as(radial)
-        per_edge = radial * weights
-        features = per_edge.new_zeros(graph.num_atoms, self.dim)
-        return features.index_add(0, dst, per_edge)
+        return sum_per_atom(radial * weights, dst, graph.num_atoms)
 
     def extra_repr(self) -> str:
         return f"cutoff={self.cutoff}, num_gaussians={self.dim}, width={self.width:.3f}, per_pair={self.per_pair}"

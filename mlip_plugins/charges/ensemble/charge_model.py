@@ -41,7 +41,7 @@ from mlip_plugins.charges.ensemble.atomic_data import (
 )
 from mlip_plugins.charges.ensemble.ensemble import EnsembleResult, solve_ensemble
 from mlip_plugins.charges.ensemble.ion_pair_prior import ion_pair_stabilisation
-from mlip_plugins.models.readout import PerElementLinear, activation
+from mlip_plugins.nn import MLP
 
 MAX_Z = max(ATOMIC_STATE_DATA)
 
@@ -172,13 +172,10 @@ class EnsembleChargeModel(nn.Module):
         self.charged_states = [k for k, q in enumerate(self.state_charges) if q != 0]
         if self.in_dim > 0:
             widths = [self.in_dim, *[int(h) for h in hidden], len(self.charged_states)]
-            self.correction_layers = nn.ModuleList(
-                PerElementLinear(a, b, self.num_species) for a, b in zip(widths[:-1], widths[1:])
-            )
-            nn.init.zeros_(self.correction_layers[-1].weight)
-            self.act = activation(activation_name)
+            self.correction = MLP(widths, activation_name, num_species=self.num_species)
+            nn.init.zeros_(self.correction.layers[-1].weight)
         else:
-            self.correction_layers = None
+            self.correction = None
 
     # -- pieces -------------------------------------------------------------------------------
     @property
@@ -194,25 +191,18 @@ class EnsembleChargeModel(nn.Module):
             t = t + alpha[species] * coupling
         return t
 
-    def _mlp(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        for k, layer in enumerate(self.correction_layers):
-            x = layer(x, species)
-            if k < len(self.correction_layers) - 1:
-                x = self.act(x)
-        return x
-
     def corrections(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         """[N, K] learned state-energy corrections, zero for the neutral state and for isolated atoms."""
         n, k = species.shape[0], len(self.state_charges)
         out = torch.zeros(n, k, dtype=torch.float64, device=species.device)
-        if self.correction_layers is None:
+        if self.correction is None:
             return out
         if features.shape[-1] != self.in_dim:
             raise ValueError(f"ensemble charge model expects {self.in_dim} features per atom, got {features.shape[-1]}")
-        isolated = self._mlp(
+        isolated = self.correction(
             features.new_zeros(self.num_species, self.in_dim), torch.arange(self.num_species, device=species.device)
         )
-        delta = self._mlp(features, species) - isolated[species]
+        delta = self.correction(features, species) - isolated[species]
         return out.index_copy(1, torch.tensor(self.charged_states, device=species.device), delta.to(torch.float64))
 
     def _check_elements(self, z: torch.Tensor) -> None:

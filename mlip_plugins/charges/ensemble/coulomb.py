@@ -5,7 +5,7 @@ Charges are Gaussian clouds of width sigma_i (default: the covalent radius, Cord
 
     J_ij(r) = k_e erf(r / (sqrt(2) gamma_ij)) / r,   gamma_ij = sqrt(sigma_i^2 + sigma_j^2),
 
-with k_e = 14.3996 eV Å / e^2 (ASE's Hartree * Bohr).
+with k_e the project's Coulomb constant (:data:`mlip_plugins.units.COULOMB_CONSTANT`, 14.3996 eV Å / e^2).
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import math
 
 import torch
 from ase.data import covalent_radii
-from ase.units import Bohr, Hartree
 
-#: Coulomb constant in eV Å / e^2.
-COULOMB_CONSTANT: float = Hartree * Bohr
+from mlip_plugins.nn import cosine_switch
+from mlip_plugins.units import COULOMB_CONSTANT
 
 
 def gaussian_widths(atomic_numbers: torch.Tensor) -> torch.Tensor:
@@ -35,6 +34,4 @@ def smooth_switch(distance: torch.Tensor, cutoff: float, width: float) -> torch.
     """1 below ``cutoff - width``, 0 beyond ``cutoff``, a cosine step in between (C1 continuous)."""
     if width <= 0:
         raise ValueError(f"switch width must be positive, got {width}")
-    start = cutoff - width
-    x = ((distance - start) / width).clamp(0.0, 1.0)
-    return 0.5 * (1.0 + torch.cos(math.pi * x))
+    return cosine_switch(distance, cutoff - width, width)

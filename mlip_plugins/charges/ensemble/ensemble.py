@@ -29,7 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
 from mlip_plugins.errors import MLIPError
+from mlip_plugins.nn import sum_per_structure
 
 
 class InfeasibleChargeError(MLIPError, ValueError):
@@ -68,10 +70,6 @@ class EnsembleResult:
         return internal + self.temperature * entropy_term
 
 
-def _segment_sum(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-    return torch.zeros(num_graphs, dtype=values.dtype, device=values.device).index_add(0, batch, values)
-
-
 def _occupations(energies, state_charges, mask, temperature, mu_atom):
     logits = -(energies + mu_atom.unsqueeze(-1) * state_charges) / temperature.unsqueeze(-1)
     logits = logits.masked_fill(~mask, float("-inf"))
@@ -95,8 +93,8 @@ def check_feasible(
     qk = state_charges.to(torch.float64).expand(mask.shape)
     q_max = torch.where(mask, qk, torch.full_like(qk, -big)).amax(-1)
     q_min = torch.where(mask, qk, torch.full_like(qk, big)).amin(-1)
-    upper = _segment_sum(q_max, batch, num_graphs)
-    lower = _segment_sum(q_min, batch, num_graphs)
+    upper = sum_per_structure(q_max, batch, num_graphs)
+    lower = sum_per_structure(q_min, batch, num_graphs)
     total = total_charge.to(torch.float64)
     bad = ((total > upper - 1e-9) | (total < lower + 1e-9)).nonzero().view(-1)
     if bad.numel():
@@ -117,13 +115,13 @@ def _root_of_total_charge(energies, qk, mask, temperature, batch, total_charge, 
     mu = torch.zeros(num_graphs, dtype=torch.float64, device=energies.device)
     for _ in range(max_steps):
         _, q, slope = _charge_and_slope(energies, qk, mask, temperature, mu[batch])
-        excess = _segment_sum(q, batch, num_graphs) - total_charge
+        excess = sum_per_structure(q, batch, num_graphs) - total_charge
         if float(excess.abs().max()) <= tolerance:
             break
         # the total charge decreases with mu: too much positive charge -> the root lies above mu
         lo = torch.where(excess > 0, mu, lo)
         hi = torch.where(excess > 0, hi, mu)
-        derivative = _segment_sum(slope, batch, num_graphs)
+        derivative = sum_per_structure(slope, batch, num_graphs)
         newton = mu - excess / torch.where(derivative < 0, derivative, torch.full_like(derivative, -1e-300))
         inside = (newton > lo) & (newton < hi) & torch.isfinite(newton)
         mu = torch.where(inside, newton, 0.5 * (lo + hi))
@@ -177,9 +175,9 @@ def solve_ensemble(
     offset = None
     for _ in range(newton_steps):
         _, q, slope = _charge_and_slope(energies, qk, mask, temperature, mu[batch])
-        residual = _segment_sum(q, batch, num_graphs) - total_charge
+        residual = sum_per_structure(q, batch, num_graphs) - total_charge
         offset = residual.detach() if offset is None else offset
-        derivative = _segment_sum(slope, batch, num_graphs).clamp(max=-tiny)
+        derivative = sum_per_structure(slope, batch, num_graphs).clamp(max=-tiny)
         mu = mu - (residual - offset) / derivative
     weights = _occupations(energies, qk, mask, temperature, mu[batch])
     charges = (weights * qk).sum(-1)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 
 from mlip_plugins.charges.ensemble.coulomb import gaussian_widths, shielded_coulomb, smooth_switch
+from mlip_plugins.nn import sum_per_atom
 
 
 def ion_pair_stabilisation(
@@ -71,6 +72,6 @@ def ion_pair_stabilisation(
     cation_pair = torch.sigmoid((coulomb - (ip[dst] - ea[src])) / pair_width)  # (i+, j-) bound
     anion_pair = torch.sigmoid((coulomb - (ip[src] - ea[dst])) / pair_width)  # (j+, i-) bound
     weights = switch.unsqueeze(-1) * torch.stack([cation_pair, anion_pair], dim=-1)
-    numerator = torch.zeros(num_atoms, 2, dtype=torch.float64, device=r.device).index_add(0, dst, weights * coulomb.unsqueeze(-1))
-    count = torch.zeros(num_atoms, 2, dtype=torch.float64, device=r.device).index_add(0, dst, weights)
+    numerator = sum_per_atom(weights * coulomb.unsqueeze(-1), dst, num_atoms)
+    count = sum_per_atom(weights, dst, num_atoms)
     return numerator / (1.0 + count)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nn import MLP
 from mlip_plugins.moe.routers.gating import RouterOutput, effective_top_k, select_top_k
 
 
@@ -54,11 +55,7 @@ class FeatureRouter(nn.Module):
         self.embedding = nn.Parameter(torch.randn(int(num_species), int(embedding_dim))) if embedding_dim else None
         width = int(in_dim) + int(embedding_dim)
         hidden = int(hidden)
-        self.score = (
-            nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, self.num_experts))
-            if hidden > 0
-            else nn.Linear(width, self.num_experts)
-        )
+        self.score = MLP([width, hidden, self.num_experts] if hidden > 0 else [width, self.num_experts], "silu")
 
     def logits(self, features: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
         """[N, E] router scores."""

@@ -16,16 +16,10 @@ import torch
 from torch import nn
 
 from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nn import MLP, mean_per_structure
 from mlip_plugins.moe.routers.gating import RouterOutput, effective_top_k, select_top_k
 
 SOURCES = ("composition", "features", "both")
-
-
-def structure_mean(values: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-    """[B, D] mean of per-atom ``values`` [N, D] over the atoms of each structure."""
-    sums = values.new_zeros(num_graphs, values.shape[-1]).index_add(0, batch, values)
-    counts = values.new_zeros(num_graphs).index_add(0, batch, torch.ones_like(values[:, 0]))
-    return sums / counts.clamp(min=1.0).unsqueeze(-1)
 
 
 class GlobalRouter(nn.Module):
@@ -72,19 +66,15 @@ class GlobalRouter(nn.Module):
             self.feature_norm = nn.LayerNorm(int(in_dim))
             width += int(in_dim)
         hidden = int(hidden)
-        self.score = (
-            nn.Sequential(nn.Linear(width, hidden), nn.SiLU(), nn.Linear(hidden, self.num_experts))
-            if hidden > 0
-            else nn.Linear(width, self.num_experts)
-        )
+        self.score = MLP([width, hidden, self.num_experts] if hidden > 0 else [width, self.num_experts], "silu")
 
     def structure_route(self, features: torch.Tensor, graph: AtomicGraph) -> RouterOutput:
         """Gates and probabilities of each structure, [B, E] each."""
         parts = []
         if self.source in ("composition", "both"):
-            parts.append(structure_mean(self.embedding[graph.species], graph.batch, graph.num_graphs))
+            parts.append(mean_per_structure(self.embedding[graph.species], graph.batch, graph.num_graphs))
         if self.source in ("features", "both"):
-            parts.append(self.feature_norm(structure_mean(features, graph.batch, graph.num_graphs)))
+            parts.append(self.feature_norm(mean_per_structure(features, graph.batch, graph.num_graphs)))
         logits = self.score(torch.cat(parts, dim=-1))
         return select_top_k(logits, self.top_k, self.temperature, self.renormalize)
 
