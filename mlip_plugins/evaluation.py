@@ -12,6 +12,7 @@ from torch_geometric.loader import DataLoader
 
 from mlip_plugins import keys
 from mlip_plugins.targets import ErrorMetrics, residuals
+from mlip_plugins.plotting import save_figure
 
 
 #: the targets evaluation reports (charges have no parity plot of their own yet)
@@ -99,10 +100,7 @@ def parity_plot(pred: dict[str, np.ndarray], path: str | os.PathLike, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def write_json(data: dict, path: str | os.PathLike) -> None:

@@ -82,6 +82,18 @@ def _check_finite(array: np.ndarray, where: str) -> None:
         raise DataError(f"{where}: contains NaN or inf (first at index {bad})")
 
 
+def _per_atom_label(value, shape: tuple[int, ...], what: str, where: str, unit: str) -> np.ndarray:
+    """A per-atom label as float64 of ``shape``, finite and of a physical magnitude."""
+    array = np.asarray(value, dtype=np.float64)
+    if len(shape) == 1:
+        array = array.reshape(-1)
+    if array.shape != shape:
+        raise DataError(f"{where}: shape {array.shape}, expected {shape} ({shape[0]} atoms)")
+    _check_finite(array, where)
+    _check_magnitude(array, what, where, unit)
+    return array
+
+
 def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bool = False) -> dict:
     """Read and check the labels of one structure. Missing labels are simply absent."""
     n = len(atoms)
@@ -98,12 +110,7 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
         raise DataError(f"{where}: field {keys.energy!r}: missing (no such key in info, arrays or calculator results)")
     forces = _lookup(atoms, keys.forces)
     if forces is not None:
-        forces = np.asarray(forces, dtype=np.float64)
-        if forces.shape != (n, 3):
-            raise DataError(f"{where}: field {keys.forces!r}: shape {forces.shape}, expected ({n}, 3)")
-        _check_finite(forces, f"{where}: field {keys.forces!r}")
-        _check_magnitude(forces, "forces", f"{where}: field {keys.forces!r}", "eV/Å")
-        labels["forces"] = forces
+        labels["forces"] = _per_atom_label(forces, (n, 3), "forces", f"{where}: field {keys.forces!r}", "eV/Å")
     stress = _lookup(atoms, keys.stress)
     if stress is not None:
         labels["stress"] = _as_stress_matrix(stress, f"{where}: field {keys.stress!r}")
@@ -120,12 +127,7 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
             _check_magnitude(labels["stress"], "stress", f"{where}: field {keys.virial!r} (as stress)", "eV/Å³")
     charges = _lookup(atoms, keys.charges)
     if charges is not None:
-        charges = np.asarray(charges, dtype=np.float64).reshape(-1)
-        if charges.shape != (n,):
-            raise DataError(f"{where}: field {keys.charges!r}: {charges.size} values for {n} atoms")
-        _check_finite(charges, f"{where}: field {keys.charges!r}")
-        _check_magnitude(charges, "charges", f"{where}: field {keys.charges!r}", "e")
-        labels["charges"] = charges
+        labels["charges"] = _per_atom_label(charges, (n,), "charges", f"{where}: field {keys.charges!r}", "e")
     total_charge = _lookup(atoms, keys.total_charge)
     if total_charge is not None:
         labels["total_charge"] = float(np.asarray(total_charge, dtype=np.float64).reshape(-1)[0])

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from mlip_plugins.design.loop import AdaptiveDesign, Trial
+from mlip_plugins.plotting import save_figure
 
 COLUMNS = [
     "id", "parent", "move", "model", "params", "score", "energy_rmse_meV_atom", "forces_rmse_meV_A", "stress_rmse_meV_A3",
@@ -102,10 +103,7 @@ def pareto_plot(design: AdaptiveDesign, path: Path) -> Path:
     if scatter is not None:
         fig.colorbar(scatter, ax=axes, label="sloppy directions / parameters", shrink=0.85)
     fig.suptitle("Adaptive design: candidates (numbers = trial id)", fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def write_best_config(design: AdaptiveDesign, directory: Path, name: str = "designed") -> tuple[Path, Path]:

@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 from mlip_plugins.fim.report import FisherReport
+from mlip_plugins.plotting import save_figure
 
 
 def _pyplot():
@@ -59,11 +60,7 @@ def plot_spectrum(report: FisherReport, path: str | Path, title: str | None = No
         summary += f", spread {decades:.1f} decades"
     fig.suptitle(title or f"Fisher information spectrum ({report.method}): {summary}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_attribution(report: FisherReport, path: str | Path, title: str | None = None) -> Path:
@@ -101,11 +98,7 @@ def plot_attribution(report: FisherReport, path: str | Path, title: str | None =
     ax_terms.legend(fontsize=7)
     fig.suptitle(title or "Attribution of Fisher modes to terms", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def save_report(report: FisherReport, directory: str | Path, stem: str = "fisher") -> dict[str, Path]:

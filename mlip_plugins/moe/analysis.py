@@ -23,6 +23,7 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from mlip_plugins.moe.layer import MoEMLP, moe_layers
+from mlip_plugins.plotting import save_figure
 
 # period boundaries (last atomic number of each period)
 _PERIOD_ENDS = (2, 10, 18, 36, 54, 86, 118)
@@ -275,10 +276,7 @@ def plot_gate_pca(layer: LayerRouting, path: str | Path) -> Path:
     fig.colorbar(image, ax=ax_heat)
     fig.suptitle(layer.name)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def _slug(name: str) -> str:

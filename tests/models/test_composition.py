@@ -9,7 +9,6 @@ dataset (loss decreases under a few plain-torch Adam steps).
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,14 +31,6 @@ ANGULAR = {
 }
 EAM = {"name": "embedding", "descriptor": {"name": "eam", "n_densities": 2, "basis_size": 3}, "readout": {"name": "mlp", "hidden": [3]}}
 PRESETS = ["default", "radial", "angular", "eam", "mp", "radial_angular_sum", "radial_angular_product", "nested", "small_linear"]
-
-
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
 
 
 def _batch() -> Batch:

@@ -18,6 +18,7 @@ import torch
 from ase.data import chemical_symbols
 
 from mlip_plugins.charges.ensemble.atomic_data import STATE_NAMES
+from mlip_plugins.plotting import save_figure
 
 
 @dataclass
@@ -103,11 +104,7 @@ class StateWeights:
         ax_q.set_ylabel("charge (e)")
         ax_q.set_xticks(x, [f"{i}:{s}" for i, s in enumerate(self.symbols)], rotation=90 if n > 12 else 0)
         fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return save_figure(fig, path, dpi=120)
 
 
 def state_weights_of(output, graph, structure: int = 0) -> StateWeights:
