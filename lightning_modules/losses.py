@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from mlip_plugins.models.builder import ConfigError
+
+LOSS_KINDS = ("mse", "huber")
+
 
 @dataclass
 class LossWeights:
@@ -18,13 +22,21 @@ class LossWeights:
     kind: str = "mse"
     huber_delta: float = 0.01
 
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ConfigError(f"loss.kind: expected one of {', '.join(LOSS_KINDS)}, got {self.kind!r}")
+        for name in ("energy", "forces", "stress", "charges", "huber_delta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ConfigError(f"loss.{name}: expected a finite number >= 0, got {value!r}")
+
 
 def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
     if kind == "mse":
         return diff.pow(2)
     if kind == "huber":
         return torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=delta)
-    raise ValueError(f"loss.kind must be 'mse' or 'huber', got {kind!r}")
+    raise ConfigError(f"loss.kind must be 'mse' or 'huber', got {kind!r}")
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,7 +61,8 @@ def errors(batch, out: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         w = (weight * batch.has_stress.view(-1)).view(-1, 1, 1).expand(-1, 3, 3)
         result["stress"] = (out["stress"] - batch.stress.view(-1, 3, 3), w)
     if "charges" in out and getattr(batch, "charges", None) is not None:
-        result["charges"] = (out["charges"] - batch.charges, torch.ones_like(batch.charges))
+        # unit weight per atom (frame weights do not scale charges), zero for zero-weight frames (DDP padding)
+        result["charges"] = (out["charges"] - batch.charges, (weight > 0).to(batch.charges.dtype)[batch.batch])
     return result
 
 
@@ -72,5 +85,5 @@ def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = Non
         parts[key] = term.detach()
         loss = coefficient * term if loss is None else loss + coefficient * term
     if loss is None:
-        raise ValueError("loss: every loss weight is zero, nothing to train on")
+        raise ConfigError("loss: every loss weight is zero, nothing to train on")
     return loss, parts

@@ -14,6 +14,7 @@ Plugins are looked up by short name or dotted path in the registry; the builder 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,7 +60,9 @@ def instantiate_plugin(group: str, spec: Mapping, where: str, **injected: Any) -
             spec[key] = value
     try:
         return factory(**spec)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a constructor refusing its config keys or values
+        if isinstance(exc, MLIPError):  # already names its config path or file
+            raise
         raise ConfigError(f"{where}: {exc}") from exc
 
 
@@ -94,6 +97,54 @@ def build_energy_model(spec: Mapping, num_species: int, cutoff: float, _path: st
     return Term(descriptor, readout, name=name)
 
 
+def _is_cutoff_key(key: str) -> bool:
+    return key in ("cutoff", "typewise_cutoffs") or key.startswith("cutoff_") or key.endswith("_cutoff")
+
+
+def _check_cutoff_value(value: Any, path: str) -> None:
+    if isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            _check_cutoff_value(item, f"{path}[{k}]")
+        return
+    number = None if isinstance(value, bool) else value
+    if isinstance(number, str):
+        try:
+            number = float(number)
+        except ValueError:
+            number = None
+    if not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"{path}: a cutoff must be a finite number > 0 (Å), got {value!r}")
+
+
+def validate_cutoffs(model_cfg: Mapping) -> float:
+    """Check ``model.cutoff`` and every cutoff in the energy tree (keys ``cutoff``,
+    ``cutoff_*``, ``*_cutoff``, ``typewise_cutoffs``): each a finite number > 0, ``null``
+    allowed below the top level (an optional cutoff). Returns the model cutoff as a float.
+
+    A zero cutoff gives a NaN loss and a negative one a term that silently sees no neighbour,
+    so both stop here, naming the config path.
+    """
+    cfg = _plain(model_cfg)
+    if "cutoff" not in cfg:
+        raise ConfigError("model: missing 'cutoff'")
+    _check_cutoff_value(cfg["cutoff"], "model.cutoff")
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                where = f"{path}.{key}"
+                if _is_cutoff_key(str(key)) and value is not None and not isinstance(value, Mapping):
+                    _check_cutoff_value(value, where)
+                else:
+                    walk(value, where)
+        elif isinstance(node, (list, tuple)):
+            for k, item in enumerate(node):
+                walk(item, f"{path}[{k}]")
+
+    walk(cfg.get("energy"), "model.energy")
+    return float(cfg["cutoff"])
+
+
 def build_potential(model_cfg: Mapping) -> nn.Module:
     """The full ``Potential`` from the ``model`` section of the config."""
     from mlip_plugins.models.potential import Potential
@@ -102,9 +153,10 @@ def build_potential(model_cfg: Mapping) -> nn.Module:
     for key in ("elements", "cutoff", "energy"):
         if key not in cfg:
             raise ConfigError(f"model: missing {key!r}")
+    cutoff = validate_cutoffs(cfg)
     potential = Potential(
         elements=cfg["elements"],
-        cutoff=float(cfg["cutoff"]),
+        cutoff=cutoff,
         energy_model_spec=cfg["energy"],
     )
     return potential
