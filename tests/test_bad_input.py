@@ -3,6 +3,7 @@ leaves no run directory behind."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -182,7 +183,7 @@ def test_cli_config_mistakes_one_line_exit_2_and_no_run_dir(tmp_path, good_file,
         "random checkpoint": ([f"ckpt_path={hostile_files / 'random.ckpt'}"], "cannot resume: not a PyTorch checkpoint"),
         "plugin syntax error": (["model.energy.descriptor.name=plugin_syntax:Desc"], "the module raised SyntaxError"),
     }
-    env = {**__import__("os").environ, "PYTHONPATH": str(hostile_files)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(hostile_files), os.environ.get("PYTHONPATH", "")]))}
     for name, (args, message) in cases.items():
         result = subprocess.run(
             [sys.executable, "-m", "lightning_modules.train", f"data.path={good_file}", "model.elements=[Cu]", *args,

@@ -28,13 +28,12 @@ import torch
 from fake_distributions import fake_site  # noqa: F401 - a fixture
 from hydra import compose, initialize_config_module
 
-from lightning_modules.run_dir import HOLDER_NAME, RunDirectory, RunDirectoryBusyError
 from lightning_modules.train import run_training
 from mlip_plugins.models.builder import ConfigError, build_potential
 
 TINY = ["model.energy.descriptor.n_max=3", "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]",
         "model.cutoff=4.0", "data.batch_size=4", "trainer.enable_progress_bar=false", "scheduler.warmup_steps=2",
-        "+trainer.enable_model_summary=false"]
+        "++trainer.enable_model_summary=false"]
 
 
 def compose_config(overrides: list[str]):
@@ -79,6 +78,8 @@ def test_a_failed_run_removes_the_directories_it_created_and_nothing_else(tmp_pa
 
 
 def test_claim_records_what_it_created(tmp_path):
+    from lightning_modules.run_dir import RunDirectory
+
     (tmp_path / "a").mkdir()
     claim = RunDirectory.claim(tmp_path / "a" / "b" / "c")
     try:
@@ -96,6 +97,8 @@ def test_claim_records_what_it_created(tmp_path):
 
 # ----------------------------------------------------------------------------- 2. lock
 def test_a_second_run_into_a_locked_directory_stops_and_writes_nothing(tmp_path):
+    from lightning_modules.run_dir import HOLDER_NAME, RunDirectory, RunDirectoryBusyError
+
     run_dir = tmp_path / "live"
     holder = RunDirectory.claim(run_dir)  # this test process plays the live first run
     try:
