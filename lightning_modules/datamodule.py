@@ -18,11 +18,13 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 from torch_geometric.loader import DataLoader
 
+from lightning_modules.config_checks import check_keywords
 from mlip_plugins.data.default_dataset import cache_dir, default_dataset_path
 from mlip_plugins.data.fingerprint import file_fingerprint
 from mlip_plugins.data.graph_cache import build_graphs, cache_key, load_graphs, save_graphs
 from mlip_plugins.data.reading import read_structures
 from mlip_plugins.data.structures import DataError, LabelKeys
+from mlip_plugins.models.builder import ConfigError
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -167,8 +169,11 @@ class AtomsDataModule(L.LightningDataModule):
         self.path = path
         self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
         self.default_dataset = dict(default_dataset or {})
+        check_keywords(LabelKeys, dict(keys or {}), "data.keys")
         self.keys = LabelKeys(**dict(keys or {}))
         self.file_format = file_format
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error: expected raise or skip, got {on_error!r}")
         self.on_error = on_error
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self.split_seed = int(split_seed)
