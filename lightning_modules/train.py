@@ -7,8 +7,10 @@
     mlip-train ckpt_path=runs/<date>/<time>/checkpoints/last.ckpt   # resume
 
 The run directory receives ``config.yaml`` (resolved), ``split.json``, ``checkpoints/``,
-``logs/``, ``metrics.json`` and ``parity.png``. Known input errors print one line and exit
-with status 2 (``debug=true`` shows the traceback).
+``logs/``, ``metrics.json`` and ``parity.png``. Known input errors (``MLIPError``) print one
+line and exit with status 2 (``debug=true`` shows the traceback). The run directory is locked
+for the run, and after an error only what this invocation created is removed
+(:mod:`lightning_modules.run_dir`).
 """
 
 from __future__ import annotations
