@@ -12,9 +12,9 @@ DFT data) or the live directory of another run. So:
 * **Lock.** The launching process holds an exclusive ``filelock`` on ``<run dir>/.mlip-train.lock``
   for the whole run, and writes ``host:pid`` into ``.mlip-train.pid`` (a sidecar: filelock
   truncates the lock file when another process tries it). A second run into a locked
-  directory stops with one line naming the directory and the holder. DDP processes started
-  by Lightning (``LOCAL_RANK`` > 0) and other nodes (``NODE_RANK`` > 0) never take the lock:
-  the launching process holds it for them.
+  directory stops with one line naming the directory and the holder. Only global rank 0 takes
+  it: DDP processes started by Lightning and the other tasks of torchrun, srun or mpirun
+  (a rank > 0 in their environment, :data:`RANK_VARIABLES`) run under rank 0's lock.
 
 With Hydra, :class:`ClaimRunDirectory` (a Hydra callback in ``conf/train.yaml``) claims the
 directory in ``on_run_start``, before Hydra creates it and writes ``.hydra/`` and the log
@@ -45,9 +45,15 @@ class RunDirectoryBusyError(MLIPError, RuntimeError):
     """Another run holds the lock on the run directory."""
 
 
+#: environment variables in which launchers give a process its rank: Lightning's own DDP
+#: launcher (LOCAL_RANK, NODE_RANK), torchrun (RANK), srun (SLURM_PROCID), mpirun (Open MPI, PMI)
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
 def is_launching_process() -> bool:
-    """Whether this is the process a user started (not a DDP process Lightning spawned)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+    """Whether this is global rank 0: the process a user started, not one Lightning spawned
+    for DDP nor another task of torchrun, srun or mpirun."""
+    return all(os.environ.get(name, "0").strip() in ("", "0") for name in RANK_VARIABLES)
 
 
 def exit_with_user_error(exc: BaseException) -> NoReturn:

@@ -119,6 +119,21 @@ def test_a_second_run_into_a_locked_directory_stops_and_writes_nothing(tmp_path)
     RunDirectory.claim(run_dir).release()  # free again once released
 
 
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"])
+def test_only_global_rank_zero_takes_the_lock(monkeypatch, variable):
+    """srun, torchrun and mpirun start every rank themselves: a rank > 0 must not try the lock
+    that rank 0 holds (it would stop with 'in use')."""
+    from lightning_modules.run_dir import RANK_VARIABLES, is_launching_process
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert is_launching_process()
+    monkeypatch.setenv(variable, "0")
+    assert is_launching_process()
+    monkeypatch.setenv(variable, "3")
+    assert not is_launching_process()
+
+
 # ----------------------------------------------------------------------------- 3, 6. resume
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory, tiny_xyz):
