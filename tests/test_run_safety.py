@@ -222,6 +222,10 @@ def test_every_cutoff_is_checked_at_build_time_naming_its_path(bad):
     with pytest.raises(ConfigError, match=r"^model\.cutoff: a cutoff must be a finite number > 0"):
         build_potential(_model_cfg(cutoff=bad))
     assert build_potential(_model_cfg()).cutoff == 4.0
+    nep = {"elements": ["Cu"], "cutoff": 4.0, "energy": {"model": {"name": "nep", "cutoff": 4.0, "cutoff_angular": bad}}}
+    if not isinstance(bad, str):  # numeric cutoff_* keys are checked too (text there is the plugin's to refuse)
+        with pytest.raises(ConfigError, match=r"^model\.energy\.model\.cutoff_angular: a cutoff must be a finite number > 0"):
+            build_potential(nep)
 
 
 # ----------------------------------------------------------------------------- 8. DDP padding

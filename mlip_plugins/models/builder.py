@@ -97,8 +97,13 @@ def build_energy_model(spec: Mapping, num_species: int, cutoff: float, _path: st
     return Term(descriptor, readout, name=name)
 
 
-def _is_cutoff_key(key: str) -> bool:
-    return key in ("cutoff", "typewise_cutoffs") or key.startswith("cutoff_") or key.endswith("_cutoff")
+def _is_cutoff_key(key: str, value: Any) -> bool:
+    """``cutoff`` and ``typewise_cutoffs`` always; ``cutoff_*``/``*_cutoff`` when they hold
+    numbers (a plugin may name a flag or a function that way: ``use_x_cutoff: true``)."""
+    if key in ("cutoff", "typewise_cutoffs"):
+        return True
+    numeric = isinstance(value, (int, float, list, tuple)) and not isinstance(value, bool)
+    return numeric and (key.startswith("cutoff_") or key.endswith("_cutoff"))
 
 
 def _check_cutoff_value(value: Any, path: str) -> None:
@@ -118,8 +123,8 @@ def _check_cutoff_value(value: Any, path: str) -> None:
 
 def validate_cutoffs(model_cfg: Mapping) -> float:
     """Check ``model.cutoff`` and every cutoff in the energy tree (keys ``cutoff``,
-    ``cutoff_*``, ``*_cutoff``, ``typewise_cutoffs``): each a finite number > 0, ``null``
-    allowed below the top level (an optional cutoff). Returns the model cutoff as a float.
+    ``typewise_cutoffs`` and numeric ``cutoff_*``/``*_cutoff``): each a finite number > 0,
+    ``null`` allowed below the top level (an optional cutoff). Returns the model cutoff.
 
     A zero cutoff gives a NaN loss and a negative one a term that silently sees no neighbour,
     so both stop here, naming the config path.
@@ -133,7 +138,7 @@ def validate_cutoffs(model_cfg: Mapping) -> float:
         if isinstance(node, Mapping):
             for key, value in node.items():
                 where = f"{path}.{key}"
-                if _is_cutoff_key(str(key)) and value is not None and not isinstance(value, Mapping):
+                if _is_cutoff_key(str(key), value) and value is not None and not isinstance(value, Mapping):
                     _check_cutoff_value(value, where)
                 else:
                     walk(value, where)
