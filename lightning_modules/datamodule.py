@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 from torch_geometric.loader import DataLoader
 
+from lightning_modules.config_checks import check_keywords
 from mlip_plugins.data.default_dataset import default_dataset_path
+from mlip_plugins.data.fingerprint import file_fingerprint
 from mlip_plugins.data.loading import load_graph_file
 from mlip_plugins.data.structures import DataError, LabelKeys
+from mlip_plugins.models.builder import ConfigError
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -32,9 +36,12 @@ class EpochSeededSampler(DistributedSampler):
     the same permutation, so the union of the processes' k-th batches of size B is exactly the
     single-process k-th batch of size ``num_replicas * B`` (with the global loss normalisation
     of ``PotentialModule``, DDP then trains like one process on the global batch). If the
-    number of samples is not a multiple of ``num_replicas``, the permutation is padded with its
-    first indices, as ``DistributedSampler`` does. Being a ``DistributedSampler``, it is used
-    by Lightning as it is (Lightning would otherwise re-shuffle it with its own seed).
+    number of samples is not a multiple of ``num_replicas``, every process must still take the
+    same number of steps, so the permutation is padded with its first indices, as
+    ``DistributedSampler`` does, but addressed as ``index + num_samples``: :class:`PaddedGraphs`
+    serves those as zero-weight copies, which add nothing to any loss or its denominator, so
+    DDP equals one process for every training-set size. Being a ``DistributedSampler``, it is
+    used by Lightning as it is (Lightning would otherwise re-shuffle it with its own seed).
     """
 
     def __init__(self, num_samples: int, seed: int = 0, num_replicas: int = 1, rank: int = 0):
@@ -53,11 +60,49 @@ class EpochSeededSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         order = torch.randperm(self.dataset_size, generator=generator).tolist()
-        order += order[: self.total_size - len(order)]
+        missing = self.total_size - len(order)
+        order += [self.dataset_size + i for i in (order * -(-missing // max(1, len(order))))[:missing]]
         return iter(order[self.rank : self.total_size : self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+#: the config key of each source role of a split
+SOURCE_KEYS = {"all": "data.path", "train": "data.train_path", "val": "data.val_path", "test": "data.test_path"}
+
+
+def _describe_change(role: str, before: Mapping | None, now: Mapping | None) -> str | None:
+    """What differs between a recorded and a current source file (None: the same data)."""
+    key = SOURCE_KEYS.get(role, role)
+    if before is None or now is None:
+        return f"{key} {'added' if before is None else 'no longer set'}"
+    if before.get("fingerprint") == now["fingerprint"] and before.get("frames") == now["frames"]:
+        return None  # the same bytes, possibly moved: the split still applies
+    parts = [f"{before.get('path')} -> {now['path']}"] if before.get("path") != now["path"] else []
+    if before.get("frames") != now["frames"]:
+        parts.append(f"{before.get('frames')} -> {now['frames']} frames")
+    if before.get("fingerprint") != now["fingerprint"]:
+        parts.append("file content changed")
+    return f"{key}: {', '.join(parts)}"
+
+
+class PaddedGraphs(Dataset):
+    """The training graphs; index ``len + i`` is a zero-weight copy of graph ``i`` (DDP padding,
+    see :class:`EpochSeededSampler`)."""
+
+    def __init__(self, graphs: list):
+        self.graphs = graphs
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, index: int):
+        if index < len(self.graphs):
+            return self.graphs[index]
+        padding = self.graphs[index - len(self.graphs)].clone()
+        padding.weight = torch.zeros_like(padding.weight)
+        return padding
 
 
 class AtomsDataModule(L.LightningDataModule):
@@ -69,7 +114,8 @@ class AtomsDataModule(L.LightningDataModule):
             ``train_path``) selects the embedded default dataset.
         train_path, val_path, test_path: separate files instead of fractions.
         keys: label keys (see ``LabelKeys``: energy, forces, stress, virial, charges, weight).
-        split_file: where the split is saved; an existing file is reused (resume).
+        split_file: where the split is saved; an existing file is reused (resume) if its
+            source files' fingerprints and frame counts match, and refused otherwise.
     """
 
     def __init__(
@@ -99,8 +145,11 @@ class AtomsDataModule(L.LightningDataModule):
         self.path = path
         self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
         self.default_dataset = dict(default_dataset or {})
+        check_keywords(LabelKeys, dict(keys or {}), "data.keys")
         self.keys = LabelKeys(**dict(keys or {}))
         self.file_format = file_format
+        if on_error not in ("raise", "skip"):
+            raise ConfigError(f"data.on_error: expected raise or skip, got {on_error!r}")
         self.on_error = on_error
         self.val_fraction, self.test_fraction = float(val_fraction), float(test_fraction)
         self.split_seed = int(split_seed)
@@ -133,42 +182,58 @@ class AtomsDataModule(L.LightningDataModule):
         if self._loaded:
             return
         if self.train_path:
-            train = self._load(self.train_path)
-            sources = {"train": self.train_path}
-            if self.val_path:
-                self.val_graphs = self._load(self.val_path)
-                self.train_graphs = train
-                split = {"train": list(range(len(train)))}
-                sources["val"] = self.val_path
-            else:
-                split = self._split(len(train))
-                self.train_graphs = [train[i] for i in split["train"]]
-                self.val_graphs = [train[i] for i in split["val"]]
-                self.test_graphs = [train[i] for i in split["test"]]
-            if self.test_path:
-                self.test_graphs = self._load(self.test_path)
-                sources["test"] = self.test_path
+            sources = {"train": self.train_path, "val": self.val_path, "test": self.test_path}
+            sources = {role: path for role, path in sources.items() if path}
         else:
-            path = self.path or str(default_dataset_path(**self.default_dataset))
-            graphs = self._load(path)
-            split = self._split(len(graphs))
+            sources = {"all": self.path or str(default_dataset_path(**self.default_dataset))}
+        loaded = {role: self._load(path) for role, path in sources.items()}
+        files = {role: {"path": str(path), "fingerprint": file_fingerprint(path), "frames": len(loaded[role])}
+                 for role, path in sources.items()}
+        saved = self._saved_split(files)
+        graphs = loaded.get("all", loaded.get("train"))
+        if "val" in loaded:
+            self.train_graphs, self.val_graphs = graphs, loaded["val"]
+            split = {"train": list(range(len(graphs)))}
+        else:
+            split = saved or self._fraction_split(len(graphs))
             self.train_graphs = [graphs[i] for i in split["train"]]
             self.val_graphs = [graphs[i] for i in split["val"]]
             self.test_graphs = [graphs[i] for i in split["test"]]
-            sources = {"all": path}
+        if "test" in loaded:
+            self.test_graphs = loaded["test"]
         if not self.train_graphs:
             raise DataError(f"{sources}: no training structures after the split")
-        self.split = {"sources": sources, **{k: v for k, v in split.items()}}
+        self.split = {"sources": sources, "files": files, **split}
         self._loaded = True
 
-    def _split(self, n: int) -> dict[str, list[int]]:
-        if self.split_file and os.path.exists(self.split_file):
-            with open(self.split_file) as handle:
-                saved = json.load(handle)
+    def _saved_split(self, files: dict[str, dict]) -> dict[str, list[int]] | None:
+        """The split of an existing ``split_file`` (resume), if it was drawn from these files.
+
+        The split stores each source file's fingerprint and frame count; a file that changed
+        since (frames appended, another file under the same name) is refused: its old indices
+        would silently leave out the new frames or pick other structures.
+        """
+        if not (self.split_file and os.path.exists(self.split_file)):
+            return None
+        with open(self.split_file) as handle:
+            saved = json.load(handle)
+        recorded = saved.get("files")
+        if recorded is None:  # written before fingerprints were stored: reuse if the indices fit
             indices = [i for part in ("train", "val", "test") for i in saved.get(part, [])]
-            if indices and max(indices) < n:
-                return {part: list(saved.get(part, [])) for part in ("train", "val", "test")}
-        return self._fraction_split(n)
+            n = next(iter(files.values()))["frames"]
+            if not indices or max(indices) >= n:
+                return None
+            warnings.warn(f"{self.split_file}: no data fingerprints (an older split.json); reusing its split unchecked", stacklevel=2)
+        else:
+            changes = [_describe_change(role, recorded.get(role), files.get(role)) for role in sorted(set(recorded) | set(files))]
+            changes = [change for change in changes if change]
+            if changes:
+                raise DataError(
+                    f"{self.split_file}: the data changed since this run's split was drawn ({'; '.join(changes)}); "
+                    "restore the original data to resume, or train in a new run directory (another hydra.run.dir) "
+                    "to draw a new split"
+                )
+        return {part: list(saved.get(part, [])) for part in ("train", "val", "test")}
 
     def save_split(self, path: str | os.PathLike) -> None:
         """Write the split (indices into each source file) as JSON, atomically."""
@@ -186,7 +251,7 @@ class AtomsDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
         sampler = EpochSeededSampler(len(self.train_graphs), self.shuffle_seed, num_replicas=world, rank=rank)
-        return DataLoader(self.train_graphs, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        return DataLoader(PaddedGraphs(self.train_graphs), batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_graphs or self.train_graphs[:1], batch_size=self.val_batch_size, num_workers=self.num_workers)

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from mlip_plugins.targets import Residual, residuals, weighted_mean
+from mlip_plugins.models.builder import ConfigError
+
+LOSS_KINDS = ("mse", "huber")
 
 
 @dataclass
@@ -20,13 +23,21 @@ class LossWeights:
     kind: str = "mse"
     huber_delta: float = 0.01
 
+    def __post_init__(self) -> None:
+        if self.kind not in LOSS_KINDS:
+            raise ConfigError(f"loss.kind: expected one of {', '.join(LOSS_KINDS)}, got {self.kind!r}")
+        for name in ("energy", "forces", "stress", "charges", "huber_delta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ConfigError(f"loss.{name}: expected a finite number >= 0, got {value!r}")
+
 
 def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
     if kind == "mse":
         return diff.pow(2)
     if kind == "huber":
         return torch.nn.functional.huber_loss(diff, torch.zeros_like(diff), reduction="none", delta=delta)
-    raise ValueError(f"loss.kind must be 'mse' or 'huber', got {kind!r}")
+    raise ConfigError(f"loss.kind must be 'mse' or 'huber', got {kind!r}")
 
 
 def errors(batch, out: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -59,5 +70,5 @@ def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = Non
         parts[key] = term.detach()
         loss = coefficient * term if loss is None else loss + coefficient * term
     if loss is None:
-        raise ValueError("loss: every loss weight is zero, nothing to train on")
+        raise ConfigError("loss: every loss weight is zero, nothing to train on")
     return loss, parts

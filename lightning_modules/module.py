@@ -18,12 +18,19 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from lightning_modules.config_checks import check_keywords
 from lightning_modules.losses import LossWeights, errors, errors_from, total_loss
 from mlip_plugins import keys
-from mlip_plugins.models.builder import _plain, build_potential
+from mlip_plugins.errors import MLIPError
+from mlip_plugins.models.builder import ConfigError, _plain, build_potential
 from mlip_plugins.targets import ErrorMetrics, residuals
 
 TARGETS = keys.TARGETS
+
+
+class NonFiniteLossError(MLIPError, FloatingPointError):
+    """The loss or a gradient became NaN/inf (``nan_policy=raise``): fixable by the user
+    (learning rate, data), so reported in one line."""
 
 
 def regularization_losses(model: nn.Module) -> torch.Tensor | None:
@@ -71,7 +78,7 @@ class PotentialModule(L.LightningModule):
     ):
         super().__init__()
         if nan_policy not in ("raise", "skip"):
-            raise ValueError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}")
+            raise ConfigError(f"nan_policy must be 'raise' or 'skip', got {nan_policy!r}")
         self.save_hyperparameters(
             {"model": _plain(model), "loss": _plain(loss or {}), "optimizer": _plain(optimizer or {}),
              "scheduler": _plain(scheduler or {}), "ema": _plain(ema), "nan_policy": nan_policy}
@@ -81,6 +88,7 @@ class PotentialModule(L.LightningModule):
         self._consecutive_skips = 0
         self._skip_this_step = False
         self.model = build_potential(model)
+        check_keywords(LossWeights, _plain(loss) or {}, "loss")
         self.loss_weights = LossWeights(**(_plain(loss) or {}))
         self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
         self.scheduler_cfg = dict(_plain(scheduler) or {"name": "none"})
@@ -122,11 +130,11 @@ class PotentialModule(L.LightningModule):
     def _non_finite(self, message: str) -> None:
         """Raise (nan_policy=raise) or count a skipped step and warn (nan_policy=skip)."""
         if self.nan_policy == "raise":
-            raise FloatingPointError(f"{message}; lower the learning rate or check the data (or set nan_policy=skip)")
+            raise NonFiniteLossError(f"{message}; lower the learning rate or check the data (or set nan_policy=skip)")
         self.skipped_steps += 1
         self._consecutive_skips += 1
         if self._consecutive_skips > self.MAX_CONSECUTIVE_SKIPS:
-            raise FloatingPointError(f"{message}; {self._consecutive_skips} consecutive steps skipped, stopping")
+            raise NonFiniteLossError(f"{message}; {self._consecutive_skips} consecutive steps skipped, stopping")
         rank_zero_warn(f"{message}: step skipped (nan_policy=skip, {self.skipped_steps} skipped so far)")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -204,7 +212,8 @@ class PotentialModule(L.LightningModule):
         name = cfg.pop("name", "adam").lower()
         classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
         if name not in classes:
-            raise ValueError(f"optimizer.name must be one of {', '.join(classes)}, got {name!r}")
+            raise ConfigError(f"optimizer.name must be one of {', '.join(classes)}, got {name!r}")
+        check_keywords(classes[name], cfg, "optimizer", exclude=("params",))
         optimizer = classes[name](self.model.parameters(), **cfg)
         sched = dict(self.scheduler_cfg)
         kind = str(sched.pop("name", "none")).lower()
@@ -228,7 +237,7 @@ class PotentialModule(L.LightningModule):
                 optimizer, factor=float(sched.get("factor", 0.5)), patience=int(sched.get("patience", 5))
             )
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val/loss"}}
-        raise ValueError(f"scheduler.name must be cosine, plateau or none, got {kind!r}")
+        raise ConfigError(f"scheduler.name must be cosine, plateau or none, got {kind!r}")
 
     # -- checkpoints -------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

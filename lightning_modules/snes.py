@@ -29,6 +29,7 @@ from torch import nn
 
 from lightning_modules.losses import errors
 from lightning_modules.module import PotentialModule
+from mlip_plugins.models.builder import ConfigError
 from mlip_plugins.nep.model import NEPModel
 from mlip_plugins.optim.snes import SNES
 
@@ -74,7 +75,7 @@ def group_fitness(batch, out: dict, weights, structure_mask: torch.Tensor) -> to
         term = float(lam) * _masked_rmse(diff, w.to(diff.dtype), mask)
         total = term if total is None else total + term
     if total is None:
-        raise ValueError("SNES: every loss weight is zero, nothing to fit")
+        raise ConfigError("loss: every loss weight is zero, nothing for SNES to fit")
     return total
 
 
@@ -88,7 +89,7 @@ class SNESModule(PotentialModule):
         cfg = dict(self.optimizer_cfg)
         unknown = set(cfg) - SNES_KEYS
         if unknown:
-            raise ValueError(f"optimizer: unknown SNES settings {sorted(unknown)} (known: {', '.join(sorted(SNES_KEYS - {'lr', 'weight_decay'}))})")
+            raise ConfigError(f"optimizer: unknown SNES settings {sorted(unknown)} (known: {', '.join(sorted(SNES_KEYS - {'lr', 'weight_decay'}))})")
         self.population = int(cfg.get("population", 50))
         self.sigma0 = float(cfg.get("sigma0", 0.1))
         self.per_element_ranking = bool(cfg.get("per_element_ranking", True))

@@ -7,8 +7,10 @@
     mlip-train ckpt_path=runs/<date>/<time>/checkpoints/last.ckpt   # resume
 
 The run directory receives ``config.yaml`` (resolved), ``split.json``, ``checkpoints/``,
-``logs/``, ``metrics.json`` and ``parity.png``. Known input errors print one line and exit
-with status 2 (``debug=true`` shows the traceback).
+``logs/``, ``metrics.json`` and ``parity.png``. Known input errors (``MLIPError``) print one
+line and exit with status 2 (``debug=true`` shows the traceback). The run directory is locked
+for the run, and after an error only what this invocation created is removed
+(:mod:`lightning_modules.run_dir`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,27 +25,31 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
+from lightning_modules.config_checks import check_group_overrides, check_keywords, check_trainer_config
 from lightning_modules.datamodule import AtomsDataModule
+from lightning_modules.resume import check_resume
+from lightning_modules.run_dir import RunDirectory, exit_with_user_error, is_launching_process
 from mlip_plugins import registry
 from mlip_plugins.data.statistics import e0_from_mapping, energy_scale, fit_e0
-from mlip_plugins.data.structures import DataError
 from mlip_plugins.elements import UnknownElementError, to_atomic_numbers
+from mlip_plugins.errors import MLIPError
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
-from mlip_plugins.models.builder import ConfigError, _plain, instantiate_plugin
+from mlip_plugins.models.builder import ConfigError, _plain, instantiate_plugin, validate_cutoffs
 
 log = logging.getLogger("mlip_plugins.train")
 
-#: errors a user can fix from the message alone: reported in one line, no traceback
-USER_ERRORS = (DataError, ConfigError, registry.PluginError, UnknownElementError, FileNotFoundError, ValueError, FloatingPointError)
+#: errors a user can fix from the message alone: reported in one line, no traceback. Only the
+#: project's own classes: anything else is an internal bug and keeps its traceback.
+USER_ERRORS = (MLIPError,)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def _rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+_rank_zero = is_launching_process
 
 
 def apply_nep_in(cfg: DictConfig) -> DictConfig:
@@ -65,7 +70,10 @@ def resolve_elements(cfg_elements: Any, datamodule: AtomsDataModule) -> list[int
     present = datamodule.elements()
     if cfg_elements in (None, "auto"):
         return present
-    known = set(to_atomic_numbers(list(cfg_elements)))
+    try:
+        known = set(to_atomic_numbers(list(cfg_elements)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model.elements: {exc}") from None
     for graph in datamodule.train_graphs + datamodule.val_graphs + datamodule.test_graphs:
         bad = sorted(set(graph.z.tolist()) - known)
         if bad:
@@ -136,10 +144,14 @@ def run_training(cfg: DictConfig) -> dict:
     in-process callers (tests, ``mlip-design``) are not affected.
     """
     previous = torch.get_default_dtype()
+    claimed_by_caller = RunDirectory.is_claimed(cfg.run_dir)
+    run_dir = RunDirectory.claim(cfg.run_dir, lock=_rank_zero())
     try:
         return _run_training(cfg)
     finally:
         torch.set_default_dtype(previous)
+        if not claimed_by_caller:
+            run_dir.release()
 
 
 def _run_training(cfg: DictConfig) -> dict:
@@ -148,15 +160,21 @@ def _run_training(cfg: DictConfig) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype: expected float32 or float64, got {cfg.dtype!r}")
+    trainer_cfg = _plain(cfg.trainer)
+    check_trainer_config(trainer_cfg)  # before the (slow) data loading
     torch.set_default_dtype(DTYPES[cfg.dtype])
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    data_cfg = _plain(cfg.data)
-    split_file = run_dir / "split.json"
-    datamodule = AtomsDataModule(cutoff=float(cfg.model.cutoff), split_file=str(split_file), **data_cfg)
-    datamodule.setup("fit")
     model_cfg = _plain(cfg.model)
+    cutoff = validate_cutoffs(model_cfg)
+    data_cfg = _plain(cfg.data)
+    check_keywords(AtomsDataModule, data_cfg, "data", exclude=("cutoff", "split_file"))
+    split_file = run_dir / "split.json"
+    datamodule = AtomsDataModule(cutoff=cutoff, split_file=str(split_file), **data_cfg)
+    datamodule.setup("fit")
     model_cfg["elements"] = resolve_elements(model_cfg.get("elements"), datamodule)
+    if cfg.get("ckpt_path"):
+        check_resume(cfg.ckpt_path, model_cfg)
 
     module_cls = _module_class(cfg)
     module = module_cls(
@@ -179,14 +197,17 @@ def _run_training(cfg: DictConfig) -> dict:
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = L.Trainer(
-        **_plain(cfg.trainer),
-        callbacks=callbacks,
-        logger=loggers or False,
-        default_root_dir=str(run_dir),
-        inference_mode=False,
-        plugins=[AtomicCheckpointIO()],  # a crash while saving never leaves a corrupt last.ckpt
-    )
+    try:
+        trainer = L.Trainer(
+            **trainer_cfg,
+            callbacks=callbacks,
+            logger=loggers or False,
+            default_root_dir=str(run_dir),
+            inference_mode=False,
+            plugins=[AtomicCheckpointIO()],  # a crash while saving never leaves a corrupt last.ckpt
+        )
+    except MisconfigurationException as exc:  # Lightning's own "your settings do not fit" error
+        raise ConfigError(f"trainer: {exc}") from None
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     checkpoint_dir = run_dir / "checkpoints"
@@ -212,29 +233,30 @@ def _run_training(cfg: DictConfig) -> dict:
     return result
 
 
-def _clean_failed_run(run_dir: Path) -> None:
-    """Remove a run directory that holds no checkpoint, so no half-written run looks complete."""
-    if run_dir.exists() and not any((run_dir / "checkpoints").glob("*.ckpt")):
-        shutil.rmtree(run_dir, ignore_errors=True)
-    elif run_dir.exists():
-        (run_dir / "FAILED").write_text("training stopped with an error; see the log\n")
-
-
 @hydra.main(version_base=None, config_path="pkg://mlip_plugins.conf", config_name="train")
 def _hydra_main(cfg: DictConfig) -> None:
     debug = bool(cfg.get("debug")) or os.environ.get("MLIP_DEBUG", "") not in ("", "0")
+    try:
+        run_dir = RunDirectory.claim(cfg.run_dir, lock=_rank_zero())  # claimed already by ClaimRunDirectory
+    except USER_ERRORS as exc:
+        exit_with_user_error(exc)
     try:
         run_training(cfg)
     except USER_ERRORS as exc:
         if debug:
             raise
-        _clean_failed_run(Path(cfg.run_dir))
-        print(f"mlip-train: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        run_dir.clean_failed()  # removes only what this invocation created
+        exit_with_user_error(exc)
+    finally:
+        run_dir.release()
 
 
 def main() -> None:
     """Console entry point of ``mlip-train``."""
+    try:
+        check_group_overrides(sys.argv[1:])  # errors Hydra would report with a traceback
+    except USER_ERRORS as exc:
+        exit_with_user_error(exc)
     _hydra_main()
 
 

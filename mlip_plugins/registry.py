@@ -192,6 +192,9 @@ def _import_dotted(path: str) -> Any:
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise PluginError(f"cannot import plugin from dotted path {path!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - the plugin's module raised or has a syntax error
+        raise PluginError(f"cannot import plugin from dotted path {path!r}: the module raised "
+                          f"{type(exc).__name__}: {exc} (debug=true shows the traceback)") from exc
     return obj
 
 

@@ -99,7 +99,9 @@ def residuals(batch, output: Mapping[str, torch.Tensor], labelled_only: bool = T
     if keys.CHARGES in output and getattr(batch, keys.CHARGES, None) is not None:
         charges = output[keys.CHARGES]
         every = torch.ones_like(charges, dtype=torch.bool)
-        result[keys.CHARGES] = Residual(charges, label_of(keys.CHARGES, charges), every, every.to(dtype), batch.batch)
+        # unit weight per atom (frame weights do not scale charges), zero for zero-weight frames (DDP padding)
+        unit = (structure_weight > 0).to(dtype)[batch.batch]
+        result[keys.CHARGES] = Residual(charges, label_of(keys.CHARGES, charges), every, unit, batch.batch)
     return result
 
 

@@ -3,6 +3,7 @@ leaves no run directory behind."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,83 @@ def test_the_neighbour_estimate_matches_real_structures():
     thin = Atoms("Cu", cell=np.diag([100.0, 100.0, 0.01]), pbc=True)
     edges, _ = neighbor_list(thin.positions, thin.cell.array, thin.pbc, 5.0)
     assert neighbor_estimate(thin.positions, thin.cell.array, thin.pbc, 5.0).per_atom >= edges.shape[1]
+# ----------------------------------------------------------------------------- config mistakes (issue 14)
+BROKEN_PLUGINS = {"plugin_raises.py": "raise RuntimeError('this plugin needs a GPU driver')\n",
+                  "plugin_syntax.py": "def broken(:\n"}
+
+
+@pytest.fixture
+def hostile_files(tmp_path, monkeypatch):
+    """An empty and a random-bytes checkpoint, and plugin modules that fail at import."""
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    (tmp_path / "random.ckpt").write_bytes(np.random.default_rng(0).bytes(4096))
+    for name, source in BROKEN_PLUGINS.items():
+        (tmp_path / name).write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+CONFIG_MISTAKES = {
+    "trainer key": (["+trainer.max_epoch=3"], r"trainer.max_epoch: not an option of Trainer; did you mean trainer.max_epochs\?"),
+    "trainer key set by mlip-train": (["+trainer.logger=false"], r"trainer.logger: set by mlip-train itself"),
+    "data key": (["+data.bach_size=3"], r"data.bach_size: not an option of AtomsDataModule; did you mean data.batch_size\?"),
+    "optimizer key": (["+optimizer.weight_decy=0.1"], r"optimizer.weight_decy: not an option of Adam; did you mean optimizer.weight_decay\?"),
+    "loss key": (["+loss.forcs=1.0"], r"loss.forcs: not an option of LossWeights; did you mean loss.forces\?"),
+    "data label key": (["+data.keys.enrgy=E"], r"data.keys.enrgy: not an option of LabelKeys; did you mean data.keys.energy\?"),
+    "data on_error": (["data.on_error=ignore"], r"data.on_error: expected raise or skip, got 'ignore'"),
+    "trainer value": (["trainer.max_epochs=abc"], r"trainer.max_epochs: 'abc' is not a valid value \(expected Optional\[int\]\)"),
+    "cutoff zero": (["model.cutoff=0"], r"model.cutoff: a cutoff must be a finite number > 0"),
+    "cutoff negative": (["model.cutoff=-2"], r"model.cutoff: a cutoff must be a finite number > 0"),
+    "cutoff inf": (["model.cutoff=inf"], r"model.cutoff: a cutoff must be a finite number > 0 \(Å\), got inf"),
+    "cutoff nan": (["model.cutoff=nan"], r"model.cutoff: a cutoff must be a finite number > 0 \(Å\), got nan"),
+    "cutoff text": (["model.cutoff=abc"], r"model.cutoff: a cutoff must be a finite number > 0 \(Å\), got 'abc'"),
+    "e0 text": (["e0={Cu: abc}"], r"e0.Cu: expected a finite reference energy in eV, got 'abc'"),
+    "e0 unknown element": (["e0={Cu: -3.0, Qq: 1.0}"], r"e0.Qq: unknown element 'Qq'"),
+    "e0 missing element": (["e0={Au: -3.0}"], r"e0: no reference energy for Cu"),
+    "empty checkpoint": (["ckpt_path={tmp}/empty.ckpt"], r"empty.ckpt: the file is empty"),
+    "random checkpoint": (["ckpt_path={tmp}/random.ckpt"], r"random.ckpt: cannot resume: not a PyTorch checkpoint"),
+    "plugin raises at import": (["model.energy.descriptor.name=plugin_raises:Desc"],
+                                r"'plugin_raises:Desc': the module raised RuntimeError: this plugin needs a GPU driver"),
+    "plugin syntax error": (["model.energy.descriptor.name=plugin_syntax:Desc"], r"'plugin_syntax:Desc': the module raised SyntaxError"),
+    "no gpu": (["trainer=gpu"], r"trainer.accelerator=gpu: no CUDA GPU is available on this machine"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_MISTAKES))
+def test_config_mistakes_are_user_errors_naming_the_key(case, good_file, hostile_files):
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from lightning_modules.train import run_training
+    from mlip_plugins.errors import MLIPError
+
+    if case == "no gpu" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args, message = CONFIG_MISTAKES[case]
+    args = [arg.replace("{tmp}", str(hostile_files)) for arg in args]
+    with initialize_config_module("mlip_plugins.conf", version_base=None):
+        cfg = compose("train", overrides=[f"data.path={good_file}", "model.elements=[Cu]", "trainer.max_epochs=1",
+                                          "logger=[]", "trainer.enable_progress_bar=false", *args,
+                                          f"run_dir={hostile_files / 'run'}"])
+    with pytest.raises(MLIPError, match=message) as info:
+        run_training(cfg)
+    assert "\n" not in str(info.value) and "weights_only" not in str(info.value)
+
+
+def test_cli_config_mistakes_one_line_exit_2_and_no_run_dir(tmp_path, good_file, hostile_files):
+    cases = {
+        "trainer key": (["+trainer.foo=1"], "trainer.foo: not an option of Trainer"),
+        "null group": (["logger=null"], "logger=null: a config group cannot be null; use logger=[]"),
+        "random checkpoint": ([f"ckpt_path={hostile_files / 'random.ckpt'}"], "cannot resume: not a PyTorch checkpoint"),
+    }
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(hostile_files), os.environ.get("PYTHONPATH", "")]))}
+    for name, (args, message) in cases.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "lightning_modules.train", f"data.path={good_file}", "model.elements=[Cu]", *args,
+             "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        error_lines = [line for line in result.stderr.splitlines() if line.startswith("mlip-train: error:")]
+        assert len(error_lines) == 1 and message in error_lines[0], (name, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr and "weights_only" not in result.stderr, name
+        assert not (tmp_path / "run").exists(), name

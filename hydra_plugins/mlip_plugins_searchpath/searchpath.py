@@ -8,6 +8,7 @@ as warnings: a broken plugin distribution must never stop Hydra from composing a
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import warnings
@@ -68,6 +69,29 @@ def plugin_config_sources() -> list[tuple[str, str]]:
     return sources
 
 
+#: config packages already reported as unusable (one warning per package and process)
+_REPORTED: set[str] = set()
+
+
+def config_package_usable(provider: str, path: str) -> bool:
+    """Whether the ``pkg://`` config package of an entry point imports. A broken one (missing,
+    raising at import) is reported once as a warning and left out: Hydra would otherwise fail
+    every run, even runs that use none of its configs."""
+    module = path[len("pkg://"):]
+    try:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError(f"{module} is not an importable package")
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - any failure of a plugin package must not stop composition
+        if path not in _REPORTED:
+            _REPORTED.add(path)
+            warnings.warn(f"mlip-plugins: ignoring the config package {module!r} of {provider.removeprefix(PROVIDER_PREFIX + ':')} "
+                          f"(entry point group mlip_plugins.configs): {type(exc).__name__}: {exc}", stacklevel=2)
+        return False
+    return True
+
+
 class MlipPluginsSearchPathPlugin(SearchPathPlugin):
     """Append the config package of every installed mlip-plugins plugin (after the core tree)."""
 
@@ -81,6 +105,6 @@ class MlipPluginsSearchPathPlugin(SearchPathPlugin):
             return
         present = {element.path for element in search_path.get_path()}
         for provider, path in sources:
-            if path not in present:
+            if path not in present and config_package_usable(provider, path):
                 search_path.append(provider=provider, path=path)
                 present.add(path)

@@ -36,13 +36,24 @@ def fit_e0(graphs: Sequence, elements: Sequence[int], ridge: float = 1e-8) -> np
 
 def e0_from_mapping(mapping: Mapping, elements: Sequence[int]) -> np.ndarray:
     """E0 vector from an explicit {symbol or Z: energy} dict; missing elements are an error."""
+    from mlip_plugins.models.builder import ConfigError
+
     by_number = {}
     for key, value in mapping.items():
-        number = atomic_numbers[key] if isinstance(key, str) and not key.isdigit() else int(key)
-        by_number[number] = float(value)
+        try:
+            number = atomic_numbers[key] if isinstance(key, str) and not key.isdigit() else int(key)
+        except (KeyError, ValueError):
+            raise ConfigError(f"e0.{key}: unknown element {key!r} (use chemical symbols such as Cu)") from None
+        try:
+            energy = float(value)
+        except (TypeError, ValueError):
+            energy = float("nan")
+        if not np.isfinite(energy):
+            raise ConfigError(f"e0.{key}: expected a finite reference energy in eV, got {value!r}")
+        by_number[number] = energy
     missing = [chemical_symbols[z] for z in elements if z not in by_number]
     if missing:
-        raise ValueError(f"data.e0: no reference energy for {', '.join(missing)}")
+        raise ConfigError(f"e0: no reference energy for {', '.join(missing)} (give every element of the model, or e0=fit)")
     return np.array([by_number[z] for z in elements])
 
 

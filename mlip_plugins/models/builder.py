@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -97,7 +98,9 @@ def _instantiate(group: str, spec: Mapping, where: str, injected: Mapping[str, A
             spec[key] = value
     try:
         return factory(**spec)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a constructor refusing its config keys or values
+        if isinstance(exc, MLIPError):  # already names its config path or file
+            raise
         raise ConfigError(f"{where}: {exc}") from exc
 
 
@@ -137,6 +140,59 @@ def _build_energy_tree(spec: Any, path: str, injected: Mapping[str, Any], counte
     return Term(descriptor, readout, name=name)
 
 
+def _is_cutoff_key(key: str, value: Any) -> bool:
+    """``cutoff`` and ``typewise_cutoffs`` always; ``cutoff_*``/``*_cutoff`` when they hold
+    numbers (a plugin may name a flag or a function that way: ``use_x_cutoff: true``)."""
+    if key in ("cutoff", "typewise_cutoffs"):
+        return True
+    numeric = isinstance(value, (int, float, list, tuple)) and not isinstance(value, bool)
+    return numeric and (key.startswith("cutoff_") or key.endswith("_cutoff"))
+
+
+def _check_cutoff_value(value: Any, path: str) -> None:
+    if isinstance(value, (list, tuple)):
+        for k, item in enumerate(value):
+            _check_cutoff_value(item, f"{path}[{k}]")
+        return
+    number = None if isinstance(value, bool) else value
+    if isinstance(number, str):
+        try:
+            number = float(number)
+        except ValueError:
+            number = None
+    if not isinstance(number, (int, float)) or not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"{path}: a cutoff must be a finite number > 0 (Å), got {value!r}")
+
+
+def validate_cutoffs(model_cfg: Mapping) -> float:
+    """Check ``model.cutoff`` and every cutoff in the energy tree (keys ``cutoff``,
+    ``typewise_cutoffs`` and numeric ``cutoff_*``/``*_cutoff``): each a finite number > 0,
+    ``null`` allowed below the top level (an optional cutoff). Returns the model cutoff.
+
+    A zero cutoff gives a NaN loss and a negative one a term that silently sees no neighbour,
+    so both stop here, naming the config path.
+    """
+    cfg = _plain(model_cfg)
+    if "cutoff" not in cfg:
+        raise ConfigError("model: missing 'cutoff'")
+    _check_cutoff_value(cfg["cutoff"], "model.cutoff")
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                where = f"{path}.{key}"
+                if _is_cutoff_key(str(key), value) and value is not None and not isinstance(value, Mapping):
+                    _check_cutoff_value(value, where)
+                else:
+                    walk(value, where)
+        elif isinstance(node, (list, tuple)):
+            for k, item in enumerate(node):
+                walk(item, f"{path}[{k}]")
+
+    walk(cfg.get("energy"), "model.energy")
+    return float(cfg["cutoff"])
+
+
 def build_potential(model_cfg: Mapping) -> nn.Module:
     """The full ``Potential`` from the ``model`` section of the config: the energy tree is built
     first (top-down), then handed to the ``Potential``."""
@@ -145,6 +201,6 @@ def build_potential(model_cfg: Mapping) -> nn.Module:
         if key not in cfg:
             raise ConfigError(f"model: missing {key!r}")
     elements = ElementMap(cfg["elements"])
-    cutoff = float(cfg["cutoff"])
+    cutoff = validate_cutoffs(cfg)
     energy_model = build(ENERGY_TREE, cfg["energy"], "model.energy", num_species=elements.num_species, cutoff=cutoff)
     return Potential(elements=cfg["elements"], cutoff=cutoff, energy_model=energy_model, energy_model_spec=cfg["energy"])
