@@ -7,6 +7,7 @@ split is drawn from a seed, saved as ``split.json`` with the run, and reused on 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,6 +22,8 @@ from mlip_plugins.data.default_dataset import cache_dir, default_dataset_path
 from mlip_plugins.data.graph_cache import build_graphs, cache_key, load_graphs, save_graphs
 from mlip_plugins.data.reading import read_structures
 from mlip_plugins.data.structures import DataError, LabelKeys
+
+log = logging.getLogger("mlip_plugins.data")
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -90,7 +93,8 @@ class AtomsDataModule(L.LightningDataModule):
     Args:
         cutoff: neighbour-list cutoff (the model's cutoff).
         path: one file split by ``val_fraction``/``test_fraction``; None (and no
-            ``train_path``) selects the embedded default dataset.
+            ``train_path``) selects the embedded default dataset, unless ``default_dataset``
+            is False (``data=file``), which makes a missing path an error.
         train_path, val_path, test_path: separate files instead of fractions.
         keys: label keys (see ``LabelKeys``: energy, forces, stress, virial, charges, weight).
         split_file: where the split is saved; an existing file is reused (resume).
@@ -103,7 +107,7 @@ class AtomsDataModule(L.LightningDataModule):
         train_path: str | None = None,
         val_path: str | None = None,
         test_path: str | None = None,
-        default_dataset: Mapping | None = None,
+        default_dataset: Mapping | bool | None = None,
         keys: Mapping | None = None,
         file_format: str | None = None,
         on_error: str = "raise",
@@ -122,7 +126,7 @@ class AtomsDataModule(L.LightningDataModule):
         self.cutoff = float(cutoff)
         self.path = path
         self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
-        self.default_dataset = dict(default_dataset or {})
+        self.default_dataset = None if default_dataset is False else dict(default_dataset or {})
         self.keys = LabelKeys(**dict(keys or {}))
         self.file_format = file_format
         self.on_error = on_error
@@ -173,7 +177,7 @@ class AtomsDataModule(L.LightningDataModule):
                 self.test_graphs = self._load(self.test_path)
                 sources["test"] = self.test_path
         else:
-            path = self.path or str(default_dataset_path(**self.default_dataset))
+            path = self.path or self._default_dataset()
             graphs = self._load(path)
             split = self._split(len(graphs))
             self.train_graphs = [graphs[i] for i in split["train"]]
@@ -184,6 +188,15 @@ class AtomsDataModule(L.LightningDataModule):
             raise DataError(f"{sources}: no training structures after the split")
         self.split = {"sources": sources, **{k: v for k, v in split.items()}}
         self._loaded = True
+
+    def _default_dataset(self) -> str:
+        """The embedded EMT set's file, announced in one line; an error where it is switched off."""
+        if self.default_dataset is None:
+            raise DataError("data: no data file given: set data.path=FILE (or data.train_path=FILE); "
+                            "data=file does not fall back to the embedded demo set")
+        path = str(default_dataset_path(**self.default_dataset))
+        log.info("training on the embedded demo dataset (seven EMT metals, %s); set data.path=FILE for your own data", path)
+        return path
 
     def _split(self, n: int) -> dict[str, list[int]]:
         if self.split_file and os.path.exists(self.split_file):

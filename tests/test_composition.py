@@ -119,10 +119,23 @@ def test_forces_of_a_product_match_finite_differences(float64):
         assert abs(fd - forces[atom, axis]) < 1e-7 * (1 + abs(fd))
 
 
+#: the seven metals of the embedded demo set (presets say ``elements: auto``; mlip-train fills them in from the data)
+DEMO_ELEMENTS = "model.elements=[Al,Ni,Cu,Pd,Ag,Pt,Au]"
+
+
 def _compose(preset: str, overrides: list[str] | None = None):
     hydra = pytest.importorskip("hydra")
     with hydra.initialize_config_module(config_module="mlip_plugins.conf", version_base=None):
-        return hydra.compose("train", overrides=[f"model={preset}", *(overrides or [])]).model
+        return hydra.compose("train", overrides=[f"model={preset}", DEMO_ELEMENTS, *(overrides or [])]).model
+
+
+def _readme_parameter_counts() -> dict[str, int]:
+    """The README's preset table: ``| `preset` | energy | parameters (7 elements) |``."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `(\w+)` \| [^|]+ \| (\d+) \|$", text, re.M)}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -131,6 +144,7 @@ def test_presets_compose_build_and_report_counts(preset):
     potential = build_potential(model_cfg)
     counts = potential.parameter_counts()
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total") > 0
+    assert counts["total"] == _readme_parameter_counts()[preset], "README's preset table (7 elements) is out of date"
     crystal = bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1))
     crystal.symbols[1] = "Au"
     out = potential(Batch.from_data_list([atoms_to_graph(crystal, potential.cutoff)]))

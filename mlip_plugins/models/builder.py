@@ -102,6 +102,9 @@ def build_potential(model_cfg: Mapping) -> nn.Module:
     for key in ("elements", "cutoff", "energy"):
         if key not in cfg:
             raise ConfigError(f"model: missing {key!r}")
+    if cfg["elements"] in (None, "auto"):
+        raise ConfigError("model.elements: 'auto' takes the elements of the training data, which only mlip-train "
+                          "knows; give a list here (e.g. ['Cu', 'Au'])")
     potential = Potential(
         elements=cfg["elements"],
         cutoff=float(cfg["cutoff"]),

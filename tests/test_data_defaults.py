@@ -1,0 +1,89 @@
+"""Elements come from the data (issue 15, item 2): presets default to ``elements: auto``,
+``data=file`` without a path is an error, and the embedded demo set announces itself."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+
+import mlip_plugins
+
+PRESETS = sorted(p.stem for p in (Path(mlip_plugins.__file__).parent.parent / "conf" / "model").glob("*.yaml"))
+TINY = ["model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
+        "model.cutoff=4.0", "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "logger=[]"]
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_module("mlip_plugins.conf", version_base=None):
+        return compose("train", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def cuau_xyz(tmp_path_factory) -> Path:
+    """Eight rattled Cu/Au EMT cells: two elements, none of the other five metals."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for k in range(8):
+        atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+        atoms.symbols[k % 4] = "Au"
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "stress": atoms.get_stress()}
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    path = tmp_path_factory.mktemp("cuau") / "cuau.xyz"
+    write(path, frames, format="extxyz")
+    return path
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_takes_its_elements_from_the_data(preset):
+    assert _compose([f"model={preset}"]).model.elements == "auto"
+
+
+def test_a_two_element_file_builds_a_two_element_model(tmp_path, cuau_xyz):
+    from lightning_modules.train import run_training
+
+    cfg = _compose([f"data.path={cuau_xyz}", f"run_dir={tmp_path / 'run'}", *TINY])
+    result = run_training(cfg)
+    from mlip_plugins.checkpoint import load_potential
+
+    potential = load_potential(result["last_ckpt"])
+    assert [int(z) for z in potential.atomic_numbers] == [29, 79]
+
+
+def test_data_file_without_a_path_is_a_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lightning_modules.train", "data=file", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=200)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "data.path" in lines[0], result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_on_the_demo_set_says_so(caplog):
+    from lightning_modules.datamodule import AtomsDataModule
+
+    with caplog.at_level(logging.INFO, logger="mlip_plugins.data"):
+        AtomsDataModule(cutoff=4.0, default_dataset={"n_structures": 6}).setup("fit")
+    notes = [r.getMessage() for r in caplog.records if "demo dataset" in r.getMessage()]
+    assert len(notes) == 1 and "data.path" in notes[0]
+
+
+def test_build_potential_rejects_auto_with_a_hint():
+    from mlip_plugins.models import build_potential
+    from mlip_plugins.models.builder import ConfigError
+
+    with pytest.raises(ConfigError, match="model.elements"):
+        build_potential(_compose([]).model)
