@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.datamodule import AtomsDataModule
+from lightning_modules.trainer_args import reconcile_precision, trainer_kwargs
 from mlip_plugins import registry
 from mlip_plugins.data.statistics import e0_from_mapping, energy_scale, fit_e0
 from mlip_plugins.data.structures import DataError
@@ -143,7 +144,7 @@ def run_training(cfg: DictConfig) -> dict:
 
 
 def _run_training(cfg: DictConfig) -> dict:
-    cfg = apply_nep_in(cfg)
+    cfg = reconcile_precision(apply_nep_in(cfg))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.dtype not in DTYPES:
@@ -180,7 +181,7 @@ def _run_training(cfg: DictConfig) -> dict:
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = L.Trainer(
-        **_plain(cfg.trainer),
+        **trainer_kwargs(_plain(cfg.trainer)),
         callbacks=callbacks,
         logger=loggers or False,
         default_root_dir=str(run_dir),
@@ -234,8 +235,18 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console entry point of ``mlip-train``."""
-    _hydra_main()
+    """Console entry point of ``mlip-train``: a bad override is one line and exit status 2."""
+    from lightning_modules.hydra_errors import COMPOSITION_ERRORS, explain
+
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises, so its composition errors reach us
+    try:
+        _hydra_main()
+    except COMPOSITION_ERRORS as exc:
+        if user_full_error:
+            raise
+        print(f"mlip-train: error: {explain(exc)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
