@@ -22,12 +22,21 @@ def _suggest(word: str, known: list[str], prefix: str = "") -> str:
     return f"did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
 
 
-def _missing_option(exc: MissingConfigException) -> str:
-    path = exc.missing_cfg_file or ""
+def group_options(group: str) -> list[str]:
+    """The options of config group ``group`` on mlip-train's search path (plugins' configs included)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("mlip_plugins.conf", version_base=None):
+        return list(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
+def _missing_option(path: str, options: list[str] | None, fallback: str) -> str:
     group, _, option = path.rpartition("/")
-    options = [str(o) for o in (exc.options or [])]
+    options = [str(o) for o in (options or [])] or (group_options(group) if group else [])
     if not group or not options:  # a missing primary config or a search-path problem
-        return str(exc).strip().splitlines()[0]
+        return fallback
     hint = _suggest(option, options, f"{group}=")
     return f"{group}={option}: no such option in config group '{group}'{'; ' + hint if hint else ''} (options: {', '.join(options)})"
 
@@ -47,9 +56,12 @@ def _unknown_key(message: str, cause: BaseException | None) -> str | None:
 
 def explain(exc: BaseException) -> str:
     """One line saying what is wrong with the overrides behind ``exc`` (a Hydra composition error)."""
-    if isinstance(exc, MissingConfigException):
-        return _missing_option(exc)
     message = str(exc).strip()
+    if isinstance(exc, MissingConfigException):
+        return _missing_option(exc.missing_cfg_file or "", exc.options, message.splitlines()[0])
+    not_loaded = re.search(r"Could not load '([^']+)'", message)  # an option inside a list: logger=[csv,tensorbord]
+    if not_loaded:
+        return _missing_option(not_loaded.group(1), None, message.splitlines()[0])
     if isinstance(exc, OverrideParseException):
         override = " ".join(exc.override.split())
         why = "an override is one line (join the lines)" if "\n" in exc.override else exc.message.strip().splitlines()[0]

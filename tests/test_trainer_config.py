@@ -84,9 +84,17 @@ def _cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     ("trainer.track_grad_norm=2", "+trainer.track_grad_norm=..."),
     ("+trainer.max_epochs=3", "without the '+'"),
     ("+model.energy={product: [\n  {name: a}]}", "one line"),
+    ("model=defualt", "did you mean model=default?"),           # not 17-24 lines of search path
+    ("logger=[csv,tensorbord]", "did you mean logger=tensorboard?"),
 ])
 def test_a_bad_override_is_one_line_with_a_hint(tmp_path, override, expected):
     result = _cli([override], tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("mlip-train: error: ") and expected in lines[0]
+
+
+def test_help_names_the_app(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "lightning_modules.train", "--help"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=200)
+    assert result.returncode == 0 and result.stdout.startswith("mlip-train is powered by Hydra"), result.stdout[:200]

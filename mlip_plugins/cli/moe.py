@@ -1,11 +1,13 @@
 """``mlip-moe``: routing statistics and PCA plot of a trained MoE model.
 
-    mlip-moe MODEL [--data FILE | --default-data] [--out DIR] [--max-structures N]
+    mlip-moe MODEL [--data FILE | --default-data] [-o DIR] [--max-structures N]
 
 MODEL is anything :func:`mlip_plugins.checkpoint.load_potential` reads (a training
 checkpoint or an exported model). Element-wise routers need no data; global and feature
 routers are averaged over the structures of ``--data`` (any file ASE reads) or of the
-built-in seven-metal dataset (``--default-data``).
+built-in seven-metal dataset (``--default-data``). The files go to ``-o DIR``, by default
+beside the model: ``<run>/moe_analysis`` for ``<run>/checkpoints/*.ckpt`` (where the
+``moe_analysis`` training callback writes), else ``moe_analysis/`` in the model's folder.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from torch import nn
 
@@ -44,13 +47,20 @@ def load_graphs(args: argparse.Namespace, cutoff: float) -> list:
     return [atoms_to_graph(atoms, cutoff) for atoms in atoms_list[: args.max_structures]]
 
 
+def default_output_dir(model_path: str) -> Path:
+    """``<run>/moe_analysis`` for a model in ``<run>/checkpoints/``, else ``moe_analysis/`` beside the model."""
+    folder = Path(model_path).resolve().parent
+    return (folder.parent if folder.name == "checkpoints" else folder) / "moe_analysis"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip-moe", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="checkpoint or exported model")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data", help="structures for data-dependent routers (any ASE-readable file)")
     source.add_argument("--default-data", action="store_true", help="use the built-in seven-metal dataset")
-    parser.add_argument("--out", default="moe_analysis", help="output directory (default: ./moe_analysis)")
+    parser.add_argument("-o", "--out", default=None,
+                        help="output directory (default: <run>/moe_analysis for <run>/checkpoints/*.ckpt, else beside the model)")
     parser.add_argument("--max-structures", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-plot", action="store_true", help="skip the PCA plot")
@@ -63,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     model = load_model(args.model)
     graphs = load_graphs(args, float(getattr(model, "cutoff", 5.0)))
-    summary = write_moe_analysis(model, args.out, graphs, args.batch_size, plot=not args.no_plot)
+    out = Path(args.out) if args.out else default_output_dir(args.model)
+    summary = write_moe_analysis(model, out, graphs, args.batch_size, plot=not args.no_plot)
     if not summary["layers"]:
         print("mlip-moe: the model has no routed MoE layer (or its router needs --data)", file=sys.stderr)
         return 1
