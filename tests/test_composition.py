@@ -207,3 +207,19 @@ def test_small_preset_trains_on_the_default_dataset():
         losses.append(float(loss.detach()))
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_swapping_a_composite_terms_descriptor_names_the_option_and_how_to_replace_the_node():
+    """Hydra merges ``...descriptor.name=eam`` (and ``...descriptor={name: eam}``) into the preset's node, so
+    the radial options stay; the error names them, the plugin, and the ``~``/``+`` pair, which works."""
+    from mlip_plugins.models.builder import ConfigError
+
+    for swap in ("model.energy.sum.0.descriptor.name=eam", "model.energy.sum.0.descriptor={name: eam}"):
+        with pytest.raises(ConfigError) as info:
+            build_potential(_compose("radial_angular_sum", [swap]))
+        message = str(info.value)
+        assert "plugin 'eam'" in message and "'n_max'" in message and "basis_size" in message
+        assert "'~model.energy.sum.0.descriptor' '+model.energy.sum.0.descriptor={name: eam}'" in message
+    replaced = _compose("radial_angular_sum", ["~model.energy.sum.0.descriptor", "+model.energy.sum.0.descriptor={name: eam}"])
+    assert dict(replaced.energy.sum[0].descriptor) == {"name": "eam"}
+    assert build_potential(replaced).parameter_counts()["two_body"] > 0
