@@ -35,6 +35,7 @@ from mlip_plugins.data.structures import DataError
 from mlip_plugins.elements import UnknownElementError, to_atomic_numbers
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
 from mlip_plugins.models.builder import ConfigError, _plain, instantiate_plugin
+from mlip_plugins.threads import local_processes, set_threads
 
 log = logging.getLogger("mlip_plugins.train")
 
@@ -225,6 +226,7 @@ def _clean_failed_run(run_dir: Path) -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     debug = bool(cfg.get("debug")) or os.environ.get("MLIP_DEBUG", "") not in ("", "0")
     try:
+        set_threads(cfg.get("threads"), local_processes(cfg.trainer))  # process-wide: the app's choice, not run_training's
         run_training(cfg)
     except USER_ERRORS as exc:
         if debug:

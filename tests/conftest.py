@@ -12,6 +12,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # One intra-op thread: on small CPU machines multi-threaded scatter kernels stall on
 # contention (tiny tensors), and tests should not depend on the core count.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"  # and the commands (mlip_plugins.threads) choose one too, in-process and in subprocesses
 
 
 @pytest.fixture(scope="session", autouse=True)

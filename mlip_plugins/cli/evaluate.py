@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from mlip_plugins.cli._options import add_format_argument, add_threads_argument, apply_threads
 from mlip_plugins.data.structures import DataError, LabelKeys
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
 
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncertainty", default=None, metavar="FILE",
                         help="a Fisher uncertainty model (mlip-fim ... --save-uncertainty FILE): also report how well "
                              "its predicted std ranks the actual errors (Spearman) and the coverage")
+    add_format_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> dict:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(potential.e0.dtype)
     try:
-        graphs = load_graph_file(args.data, potential.cutoff, keys, on_error=args.on_error, use_cache=False)
+        graphs = load_graph_file(args.data, potential.cutoff, keys, file_format=args.data_format, on_error=args.on_error,
+                                 use_cache=False)
     finally:
         torch.set_default_dtype(previous)
     pred = predict(potential, graphs, batch_size=args.batch_size)
@@ -65,6 +69,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    apply_threads(args, "mlip-eval")
     try:
         run(args)
     except (DataError, FileNotFoundError, ValueError, KeyError) as exc:

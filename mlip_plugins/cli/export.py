@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mlip_plugins.cli._options import add_threads_argument, apply_threads
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=["nep", "pt"], default=None, help="output format (default: from the output name)")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights of a checkpoint, not its EMA average")
     parser.add_argument("--no-check", action="store_true", help="skip reading the written nep.txt back")
+    add_threads_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -107,6 +110,7 @@ def run(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point of ``mlip-export``."""
     args = build_parser().parse_args(argv)
+    apply_threads(args, "mlip-export")
     try:
         run(args)
     except (ValueError, FileNotFoundError, KeyError, OSError) as exc:

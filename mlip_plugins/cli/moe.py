@@ -20,6 +20,8 @@ from pathlib import Path
 
 from torch import nn
 
+from mlip_plugins.cli._options import add_format_argument, add_threads_argument, apply_threads
+
 
 def load_model(path: str) -> nn.Module:
     """The ``Potential`` stored at ``path`` (via the checkpoint module)."""
@@ -37,7 +39,7 @@ def load_graphs(args: argparse.Namespace, cutoff: float) -> list:
     if args.data:
         from mlip_plugins.data.reading import read_structures
 
-        atoms_list = [s.atoms for s in read_structures(args.data, on_error="skip")]
+        atoms_list = [s.atoms for s in read_structures(args.data, on_error="skip", file_format=args.data_format)]
     elif args.default_data:
         from mlip_plugins.data.default_dataset import load_default_dataset
 
@@ -64,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-structures", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--no-plot", action="store_true", help="skip the PCA plot")
+    add_format_argument(parser)
+    add_threads_argument(parser)
     return parser
 
 
@@ -71,6 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mlip_plugins.routers.analysis import write_moe_analysis
 
     args = build_parser().parse_args(argv)
+    apply_threads(args, "mlip-moe")
     model = load_model(args.model)
     graphs = load_graphs(args, float(getattr(model, "cutoff", 5.0)))
     out = Path(args.out) if args.out else default_output_dir(args.model)
