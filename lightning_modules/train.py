@@ -61,6 +61,25 @@ def apply_nep_in(cfg: DictConfig) -> DictConfig:
     return merged
 
 
+def show_job_config_with_nep_in(argv: list[str]) -> bool:
+    """``mlip-train --cfg job nep_in=FILE ...``: print the job config *after* the nep.in keywords
+    are merged (Hydra prints ``--cfg`` before the task, so without them). Returns whether it did;
+    other ``--cfg`` uses (and ``-cd``/``-cp``/``-cn``, which Hydra resolves itself) are left to Hydra."""
+    flags = [k for k, arg in enumerate(argv) if arg in ("--cfg", "-c")]
+    if not flags or argv[flags[0] + 1 : flags[0] + 2] != ["job"] or not any(a.startswith("nep_in=") for a in argv):
+        return False
+    if any(a.split("=")[0] in ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-p", "--package") for a in argv):
+        return False
+    from hydra import compose, initialize_config_module
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    with initialize_config_module("mlip_plugins.conf", version_base=None):
+        cfg = apply_nep_in(compose("train", overrides=overrides))
+    print(f"# mlip-train job config with the keywords of {cfg.nep_in} merged")
+    print(OmegaConf.to_yaml(cfg, resolve="--resolve" in argv), end="")
+    return True
+
+
 def resolve_elements(cfg_elements: Any, datamodule: AtomsDataModule) -> list[int]:
     """The model's element list; 'auto' takes the data's. Unknown data elements are an error
     naming the file and frame."""
@@ -243,11 +262,15 @@ def main() -> None:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises, so its composition errors reach us
     try:
-        _hydra_main()
+        if not show_job_config_with_nep_in(sys.argv[1:]):
+            _hydra_main()
     except COMPOSITION_ERRORS as exc:
         if user_full_error:
             raise
         print(f"mlip-train: error: {explain(exc)}", file=sys.stderr)
+        sys.exit(2)
+    except USER_ERRORS as exc:  # from show_job_config_with_nep_in (a bad nep.in); the run reports its own
+        print(f"mlip-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 
