@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -25,25 +24,11 @@ def _compose(overrides: list[str]):
 
 
 @pytest.fixture(scope="module")
-def cuau_xyz(tmp_path_factory) -> Path:
-    """Eight rattled Cu/Au EMT cells: two elements, none of the other five metals."""
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
+def cuau_xyz(tmp_path_factory, cuau_frames) -> Path:
     from ase.io import write
 
-    rng = np.random.default_rng(0)
-    frames = []
-    for k in range(8):
-        atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
-        atoms.symbols[k % 4] = "Au"
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        atoms.calc = EMT()
-        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "stress": atoms.get_stress()}
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
     path = tmp_path_factory.mktemp("cuau") / "cuau.xyz"
-    write(path, frames, format="extxyz")
+    write(path, cuau_frames(8, seed=0), format="extxyz")
     return path
 
 

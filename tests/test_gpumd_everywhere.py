@@ -21,27 +21,13 @@ TINY = ["model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3
 
 
 @pytest.fixture(scope="module")
-def gpumd_xyz(tmp_path_factory) -> Path:
-    """Six rattled Cu/Au EMT cells written as GPUMD writes train.xyz (lattice=, virial=, force column)."""
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-    from ase.calculators.singlepoint import SinglePointCalculator
-
+def gpumd_xyz(tmp_path_factory, cuau_frames) -> Path:
+    """Six Cu/Au EMT cells written as GPUMD writes train.xyz (lattice=, virial=, a force column)."""
     from mlip_plugins.io.gpumd_xyz import write_gpumd_xyz
 
-    rng = np.random.default_rng(1)
-    frames = []
-    for k in range(6):
-        atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
-        atoms.symbols[k % 4] = "Au"
-        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
-        atoms.calc = EMT()
-        results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "stress": atoms.get_stress()}
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        frames.append(atoms)
     path = tmp_path_factory.mktemp("gpumd") / "train.xyz"
     with open(path, "w") as handle:
-        write_gpumd_xyz(handle, frames)
+        write_gpumd_xyz(handle, cuau_frames(6, seed=1))
     assert "lattice=" in path.read_text().splitlines()[1]
     return path
 
