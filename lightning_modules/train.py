@@ -30,7 +30,7 @@ from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.datamodule import AtomsDataModule
 from lightning_modules.trainer_args import reconcile_precision, trainer_kwargs
 from mlip_plugins import registry
-from mlip_plugins.data.statistics import e0_from_mapping, energy_scale, fit_e0
+from mlip_plugins.data.statistics import energy_scale, fit_e0
 from mlip_plugins.data.structures import DataError
 from mlip_plugins.elements import UnknownElementError, to_atomic_numbers
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
@@ -134,7 +134,10 @@ def _accepts(cls, name: str) -> bool:
 
 
 def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> None:
-    """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set."""
+    """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set.
+
+    An explicit mapping that leaves out some of the model's elements fixes the listed E0 and
+    fits the others (least squares on the training energies less the fixed part)."""
     model = module.model
     elements = model.atomic_numbers
     if isinstance(e0_cfg, str):
@@ -142,7 +145,7 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
             raise ConfigError(f"e0: expected 'fit' or a mapping element -> energy, got {e0_cfg!r}")
         e0 = fit_e0(datamodule.train_graphs, elements)
     else:
-        e0 = e0_from_mapping(_plain(e0_cfg), elements)
+        e0 = fit_e0(datamodule.train_graphs, elements, fixed=_plain(e0_cfg))
     scale = energy_scale(datamodule.train_graphs, elements, e0)
     with torch.no_grad():
         for target in [model] + ([module.ema.module] if module.ema is not None else []):

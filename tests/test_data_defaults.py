@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 
@@ -72,3 +73,27 @@ def test_build_potential_rejects_auto_with_a_hint():
 
     with pytest.raises(ConfigError, match="model.elements"):
         build_potential(_compose([]).model)
+
+
+def test_explicit_e0_of_some_elements_fits_the_others():
+    """``e0={Cu: -3.51, Au: -3.81}`` on seven-element data: Cu and Au as given, the other five fitted."""
+    from ase import Atoms
+
+    from mlip_plugins.data.statistics import fit_e0
+    from mlip_plugins.data.structures import atoms_to_graph
+
+    true = {13: -1.5, 29: -3.51, 79: -3.81, 47: -2.0}
+    rng = np.random.default_rng(0)
+    graphs = []
+    for _ in range(30):
+        numbers = rng.choice(sorted(true), size=rng.integers(2, 6)).tolist()
+        atoms = Atoms(numbers=numbers, positions=rng.normal(size=(len(numbers), 3)) * 5)
+        graphs.append(atoms_to_graph(atoms, 1.0, {"energy": sum(true[z] for z in numbers)}))
+    elements = sorted(true)
+    e0 = fit_e0(graphs, elements, fixed={"Cu": -3.51, "Au": -9.0})   # Au deliberately off: it stays fixed
+    assert e0[elements.index(29)] == -3.51 and e0[elements.index(79)] == -9.0
+    assert np.isfinite(e0).all() and not np.allclose(e0[elements.index(13)], -1.5, atol=1e-3)  # compensates for Au
+    e0 = fit_e0(graphs, elements, fixed={"Cu": -3.51, "Au": -3.81})
+    np.testing.assert_allclose(e0, [true[z] for z in elements], atol=1e-6)
+    with pytest.raises(ValueError, match="unknown element 'Xx'"):
+        fit_e0(graphs, elements, fixed={"Xx": 1.0})

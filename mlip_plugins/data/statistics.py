@@ -19,27 +19,42 @@ def composition_matrix(graphs: Sequence, elements: Sequence[int]) -> np.ndarray:
     return counts
 
 
-def fit_e0(graphs: Sequence, elements: Sequence[int], ridge: float = 1e-8) -> np.ndarray:
+def _by_number(mapping: Mapping) -> dict[int, float]:
+    """{atomic number: energy} from a {symbol or Z: energy} dict."""
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"e0: expected 'fit' or a mapping element -> energy, got {mapping!r}")
+    by_number = {}
+    for key, value in mapping.items():
+        if isinstance(key, str) and not key.isdigit() and key not in atomic_numbers:
+            raise ValueError(f"e0: unknown element {key!r}")
+        by_number[atomic_numbers[key] if isinstance(key, str) and not key.isdigit() else int(key)] = float(value)
+    return by_number
+
+
+def fit_e0(graphs: Sequence, elements: Sequence[int], ridge: float = 1e-8, fixed: Mapping | None = None) -> np.ndarray:
     """Least-squares E0 per element: min ||C e0 - E||² over structures with an energy label.
 
     Elements that never vary independently (e.g. only in fixed ratios) are handled by the
-    small ridge term, which picks the minimum-norm solution.
+    small ridge term, which picks the minimum-norm solution. ``fixed`` ({symbol or Z: energy})
+    sets some elements' E0; only the others are fitted (on the energies less the fixed part).
     """
+    fixed = {z: e for z, e in _by_number(fixed or {}).items() if z in elements}
+    e0 = np.array([fixed.get(z, 0.0) for z in elements])
+    free = [k for k, z in enumerate(elements) if z not in fixed]
     labelled = [g for g in graphs if bool(g.has_energy.item())]
-    if not labelled:
-        return np.zeros(len(elements))
+    if not labelled or not free:
+        return e0
     counts = composition_matrix(labelled, elements)
-    energies = np.array([float(g.energy.item()) for g in labelled])
-    gram = counts.T @ counts + ridge * np.eye(len(elements))
-    return np.linalg.solve(gram, counts.T @ energies)
+    energies = np.array([float(g.energy.item()) for g in labelled]) - counts @ e0
+    counts = counts[:, free]
+    gram = counts.T @ counts + ridge * np.eye(len(free))
+    e0[free] = np.linalg.solve(gram, counts.T @ energies)
+    return e0
 
 
 def e0_from_mapping(mapping: Mapping, elements: Sequence[int]) -> np.ndarray:
     """E0 vector from an explicit {symbol or Z: energy} dict; missing elements are an error."""
-    by_number = {}
-    for key, value in mapping.items():
-        number = atomic_numbers[key] if isinstance(key, str) and not key.isdigit() else int(key)
-        by_number[number] = float(value)
+    by_number = _by_number(mapping)
     missing = [chemical_symbols[z] for z in elements if z not in by_number]
     if missing:
         raise ValueError(f"data.e0: no reference energy for {', '.join(missing)}")
