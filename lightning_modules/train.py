@@ -265,15 +265,17 @@ def main() -> None:
     user_full_error = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises, so its composition errors reach us
     try:
-        if not show_job_config_with_nep_in(sys.argv[1:]):
+        try:
+            shown = show_job_config_with_nep_in(sys.argv[1:])
+        except USER_ERRORS as exc:  # a bad nep.in (a run reports its own errors in _hydra_main)
+            print(f"mlip-train: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        if not shown:
             _hydra_main()
     except COMPOSITION_ERRORS as exc:
         if user_full_error:
             raise
         print(f"mlip-train: error: {explain(exc)}", file=sys.stderr)
-        sys.exit(2)
-    except USER_ERRORS as exc:  # from show_job_config_with_nep_in (a bad nep.in); the run reports its own
-        print(f"mlip-train: error: {exc}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -143,6 +143,7 @@ def run_readme(scratch: Scratch, train: bool) -> list[str]:
     """Run the README in ``scratch``; returns what was skipped (command and reason)."""
     text = README.read_text()
     skipped = []
+    quickstart = None  # the trained plain `mlip-train`: what the README's resume line resumes
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "MPLBACKEND": "Agg", "WANDB_MODE": "offline"}
     for language, code in readme_blocks(text):
         if language == "yaml":
@@ -172,11 +173,16 @@ def run_readme(scratch: Scratch, train: bool) -> list[str]:
                 compose_train(words[1:], scratch)
                 if not train or any(w in NEEDS_GPU for w in words):
                     continue
+                if quickstart is not None:  # resume the README's own quickstart run, not a run of another config
+                    words = [f"ckpt_path={quickstart}" if w.startswith("ckpt_path=") else w for w in words]
+                plain = words == ["mlip-train"]
                 words = _tiny(_tiny(words, TINY_TRAINING), TINY_IF_SET, add=False)
                 if not any(w.startswith(("data.path=", "data.train_path=", "nep_in=", "ckpt_path=")) for w in words):
                     words = _tiny(words, TINY_DEMO)
                 if not any(w.startswith("hydra.run.dir=") for w in words):
                     words.append(f"hydra.run.dir=runs/readme/{len(list((scratch.folder / 'runs').glob('readme/*')))}")
+                if plain:
+                    quickstart = scratch.folder / words[-1].split("=", 1)[1] / "checkpoints" / "last.ckpt"
             elif name == "mlip-design":
                 if not train:
                     skipped.append("mlip-design (trains: -m slow)")
