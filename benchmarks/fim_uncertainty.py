@@ -84,6 +84,7 @@ def main() -> None:
 
     config = default_model_config()
     graphs = load_graphs("default", float(config["cutoff"]))
+    config["elements"] = sorted({int(z) for g in graphs for z in g.z.tolist()})  # the preset says 'auto'
     train, held_out = split(graphs, 0.2, 0, None)
     torch.manual_seed(0)
     potential = build_potential(config)

@@ -271,7 +271,7 @@ def train(case: ModelCase, data_path: Path, run_dir: Path, epochs: int, seed: in
         *case.overrides, "model.elements=auto", f"data.path={data_path}", f"run_dir={run_dir}",
         f"trainer.max_epochs={max(epochs, 1)}", "trainer.enable_progress_bar=false", "logger=[]", "data.batch_size=4",
         "data.val_fraction=0.1", "data.test_fraction=0.0", "scheduler.warmup_steps=10", f"seed={seed}",
-        "+trainer.enable_model_summary=false",
+        "trainer.enable_model_summary=false",
     ]
     with initialize_config_module("mlip_plugins.conf", version_base=None):
         cfg = compose("train", overrides=overrides)

@@ -7,6 +7,7 @@ split is drawn from a seed, saved as ``split.json`` with the run, and reused on 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,8 @@ from mlip_plugins.data.fingerprint import file_fingerprint
 from mlip_plugins.data.loading import load_graph_file
 from mlip_plugins.data.structures import DataError, LabelKeys
 from mlip_plugins.models.builder import ConfigError
+
+log = logging.getLogger("mlip_plugins.data")
 
 
 class EpochSeededSampler(DistributedSampler):
@@ -111,7 +114,8 @@ class AtomsDataModule(L.LightningDataModule):
     Args:
         cutoff: neighbour-list cutoff (the model's cutoff).
         path: one file split by ``val_fraction``/``test_fraction``; None (and no
-            ``train_path``) selects the embedded default dataset.
+            ``train_path``) selects the embedded default dataset, unless ``default_dataset``
+            is False (``data=file``), which makes a missing path an error.
         train_path, val_path, test_path: separate files instead of fractions.
         keys: label keys (see ``LabelKeys``: energy, forces, stress, virial, charges, weight).
         split_file: where the split is saved; an existing file is reused (resume) if its
@@ -125,7 +129,7 @@ class AtomsDataModule(L.LightningDataModule):
         train_path: str | None = None,
         val_path: str | None = None,
         test_path: str | None = None,
-        default_dataset: Mapping | None = None,
+        default_dataset: Mapping | bool | None = None,
         keys: Mapping | None = None,
         file_format: str | None = None,
         on_error: str = "raise",
@@ -144,7 +148,7 @@ class AtomsDataModule(L.LightningDataModule):
         self.cutoff = float(cutoff)
         self.path = path
         self.train_path, self.val_path, self.test_path = train_path, val_path, test_path
-        self.default_dataset = dict(default_dataset or {})
+        self.default_dataset = None if default_dataset is False else dict(default_dataset or {})
         check_keywords(LabelKeys, dict(keys or {}), "data.keys")
         self.keys = LabelKeys(**dict(keys or {}))
         self.file_format = file_format
@@ -185,7 +189,7 @@ class AtomsDataModule(L.LightningDataModule):
             sources = {"train": self.train_path, "val": self.val_path, "test": self.test_path}
             sources = {role: path for role, path in sources.items() if path}
         else:
-            sources = {"all": self.path or str(default_dataset_path(**self.default_dataset))}
+            sources = {"all": self.path or self._default_dataset()}
         loaded = {role: self._load(path) for role, path in sources.items()}
         files = {role: {"path": str(path), "fingerprint": file_fingerprint(path), "frames": len(loaded[role])}
                  for role, path in sources.items()}
@@ -205,6 +209,15 @@ class AtomsDataModule(L.LightningDataModule):
             raise DataError(f"{sources}: no training structures after the split")
         self.split = {"sources": sources, "files": files, **split}
         self._loaded = True
+
+    def _default_dataset(self) -> str:
+        """The embedded EMT set's file, announced in one line; an error where it is switched off."""
+        if self.default_dataset is None:
+            raise DataError("data: no data file given: set data.path=FILE (or data.train_path=FILE); "
+                            "data=file does not fall back to the embedded demo set")
+        path = str(default_dataset_path(**self.default_dataset))
+        log.info("training on the embedded demo dataset (seven EMT metals, %s); set data.path=FILE for your own data", path)
+        return path
 
     def _saved_split(self, files: dict[str, dict]) -> dict[str, list[int]] | None:
         """The split of an existing ``split_file`` (resume), if it was drawn from these files.

@@ -33,12 +33,14 @@ from lightning_modules.config_checks import check_group_overrides, check_keyword
 from lightning_modules.datamodule import AtomsDataModule
 from lightning_modules.resume import check_resume
 from lightning_modules.run_dir import RunDirectory, exit_with_user_error, is_launching_process
+from lightning_modules.trainer_args import reconcile_precision, trainer_kwargs
 from mlip_plugins import registry
-from mlip_plugins.data.statistics import e0_from_mapping, energy_scale, fit_e0
+from mlip_plugins.data.statistics import energy_scale, fit_e0
 from mlip_plugins.elements import UnknownElementError, to_atomic_numbers
 from mlip_plugins.errors import MLIPError
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
 from mlip_plugins.models.builder import ConfigError, _plain, instantiate_plugin, validate_cutoffs
+from mlip_plugins.threads import local_processes, set_threads
 
 log = logging.getLogger("mlip_plugins.train")
 
@@ -62,6 +64,25 @@ def apply_nep_in(cfg: DictConfig) -> DictConfig:
     overrides = nep_in_to_overrides(cfg.nep_in, cfg)
     merged = OmegaConf.merge(cfg, OmegaConf.create(overrides))
     return merged
+
+
+def show_job_config_with_nep_in(argv: list[str]) -> bool:
+    """``mlip-train --cfg job nep_in=FILE ...``: print the job config *after* the nep.in keywords
+    are merged (Hydra prints ``--cfg`` before the task, so without them). Returns whether it did;
+    other ``--cfg`` uses (and ``-cd``/``-cp``/``-cn``, which Hydra resolves itself) are left to Hydra."""
+    flags = [k for k, arg in enumerate(argv) if arg in ("--cfg", "-c")]
+    if not flags or argv[flags[0] + 1 : flags[0] + 2] != ["job"] or not any(a.startswith("nep_in=") for a in argv):
+        return False
+    if any(a.split("=")[0] in ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-p", "--package") for a in argv):
+        return False
+    from hydra import compose, initialize_config_module
+
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
+    with initialize_config_module("mlip_plugins.conf", version_base=None):
+        cfg = apply_nep_in(compose("train", overrides=overrides))
+    print(f"# mlip-train job config with the keywords of {cfg.nep_in} merged")
+    print(OmegaConf.to_yaml(cfg, resolve="--resolve" in argv), end="")
+    return True
 
 
 def resolve_elements(cfg_elements: Any, datamodule: AtomsDataModule) -> list[int]:
@@ -121,7 +142,10 @@ def _accepts(cls, name: str) -> bool:
 
 
 def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> None:
-    """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set."""
+    """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set.
+
+    An explicit mapping that leaves out some of the model's elements fixes the listed E0 and
+    fits the others (least squares on the training energies less the fixed part)."""
     model = module.model
     elements = model.atomic_numbers
     if isinstance(e0_cfg, str):
@@ -129,7 +153,7 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
             raise ConfigError(f"e0: expected 'fit' or a mapping element -> energy, got {e0_cfg!r}")
         e0 = fit_e0(datamodule.train_graphs, elements)
     else:
-        e0 = e0_from_mapping(_plain(e0_cfg), elements)
+        e0 = fit_e0(datamodule.train_graphs, elements, fixed=_plain(e0_cfg))
     scale = energy_scale(datamodule.train_graphs, elements, e0)
     with torch.no_grad():
         for target in [model] + ([module.ema.module] if module.ema is not None else []):
@@ -155,12 +179,12 @@ def run_training(cfg: DictConfig) -> dict:
 
 
 def _run_training(cfg: DictConfig) -> dict:
-    cfg = apply_nep_in(cfg)
+    cfg = reconcile_precision(apply_nep_in(cfg))
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype: expected float32 or float64, got {cfg.dtype!r}")
-    trainer_cfg = _plain(cfg.trainer)
+    trainer_cfg = trainer_kwargs(_plain(cfg.trainer))
     check_trainer_config(trainer_cfg)  # before the (slow) data loading
     torch.set_default_dtype(DTYPES[cfg.dtype])
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -241,6 +265,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     except USER_ERRORS as exc:
         exit_with_user_error(exc)
     try:
+        set_threads(cfg.get("threads"), local_processes(cfg.trainer))  # process-wide: the app's choice, not run_training's
         run_training(cfg)
     except USER_ERRORS as exc:
         if debug:
@@ -252,12 +277,23 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console entry point of ``mlip-train``."""
+    """Console entry point of ``mlip-train``: a bad override is one line and exit status 2."""
+    from lightning_modules.hydra_errors import COMPOSITION_ERRORS, explain
+
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises, so its composition errors reach us
     try:
-        check_group_overrides(sys.argv[1:])  # errors Hydra would report with a traceback
-    except USER_ERRORS as exc:
-        exit_with_user_error(exc)
-    _hydra_main()
+        try:
+            check_group_overrides(sys.argv[1:])  # errors Hydra would report with a traceback
+            shown = show_job_config_with_nep_in(sys.argv[1:])
+        except USER_ERRORS as exc:  # a bad nep.in (a run reports its own errors in _hydra_main)
+            exit_with_user_error(exc)
+        if not shown:
+            _hydra_main()
+    except COMPOSITION_ERRORS as exc:
+        if user_full_error:
+            raise
+        exit_with_user_error(explain(exc))
 
 
 if __name__ == "__main__":

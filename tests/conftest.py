@@ -12,6 +12,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # One intra-op thread: on small CPU machines multi-threaded scatter kernels stall on
 # contention (tiny tensors), and tests should not depend on the core count.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"  # and the commands (mlip_plugins.threads) choose one too, in-process and in subprocesses
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -62,3 +63,27 @@ def tiny_xyz(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "tiny.xyz"
     write(path, generate_default_dataset(n_structures=24, seed=1), format="extxyz")
     return path
+
+
+@pytest.fixture(scope="session")
+def cuau_frames():
+    """A factory: ``cuau_frames(n, seed)`` gives n rattled 4-atom Cu/Au fcc cells with EMT energy, forces
+    and stress (two elements: none of the demo set's other five metals)."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    def make(n: int, seed: int = 0) -> list:
+        rng = np.random.default_rng(seed)
+        frames = []
+        for k in range(n):
+            atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+            atoms.symbols[k % 4] = "Au"
+            atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+            atoms.calc = EMT()
+            results = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "stress": atoms.get_stress()}
+            atoms.calc = SinglePointCalculator(atoms, **results)
+            frames.append(atoms)
+        return frames
+
+    return make

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from mlip_plugins.cli._options import add_format_argument, add_threads_argument, apply_threads
 
 from mlip_plugins.cli._errors import UsageError, cli_main
 
@@ -53,12 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.05, help="parsimony window of the best-candidate rule")
     p.add_argument("--start", default=None, help="YAML file with the start energy spec (a conf/model file or its 'energy')")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_threads_argument(p)
+    add_format_argument(p)
     p.add_argument("-o", "--output", default="design", help="output directory (default ./design)")
     return p
 
 
-def load_graphs(data: str, cutoff: float) -> list:
+def load_graphs(data: str, cutoff: float, file_format: str | None = None) -> list:
     from mlip_plugins.data.graph_cache import build_graphs
     from mlip_plugins.data.reading import read_structures
 
@@ -66,7 +68,7 @@ def load_graphs(data: str, cutoff: float) -> list:
         from mlip_plugins.data.default_dataset import default_dataset_path
 
         data = str(default_dataset_path())
-    return build_graphs(read_structures(data, require_energy=True), cutoff)
+    return build_graphs(read_structures(data, require_energy=True, file_format=file_format), cutoff)
 
 
 def split(graphs: list, val_fraction: float, seed: int, max_structures: int | None) -> tuple[list, list]:
@@ -97,14 +99,13 @@ def _start_spec(path: str | None) -> dict | None:
 @cli_main("mlip-design")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args, "mlip-design")
     from mlip_plugins.data.statistics import elements_in
     from mlip_plugins.design import AdaptiveDesign, DesignLimits, DesignSettings, TrainSettings
     from mlip_plugins.design.report import write_all
 
     started = time.perf_counter()
-    graphs = load_graphs(args.data, args.cutoff)
+    graphs = load_graphs(args.data, args.cutoff, args.data_format)
     train, val = split(graphs, args.val_fraction, args.seed, args.max_structures)
     elements = elements_in(graphs) if args.elements == "auto" else [e.strip() for e in args.elements.split(",")]
     eos = {"auto": "emt" if args.data == "default" else None, "none": None}.get(args.eos, args.eos)

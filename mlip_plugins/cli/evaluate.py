@@ -12,6 +12,7 @@ import torch
 from mlip_plugins.cli._errors import cli_main
 from mlip_plugins.data.structures import LabelKeys
 from mlip_plugins.elements import check_known_elements
+from mlip_plugins.cli._options import add_format_argument, add_threads_argument, apply_threads
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
 
 
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncertainty", default=None, metavar="FILE",
                         help="a Fisher uncertainty model (mlip-fim ... --save-uncertainty FILE): also report how well "
                              "its predicted std ranks the actual errors (Spearman) and the coverage")
+    add_format_argument(parser)
+    add_threads_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -43,7 +46,8 @@ def run(args: argparse.Namespace) -> dict:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(potential.e0.dtype)
     try:
-        graphs = load_graph_file(args.data, potential.cutoff, keys, on_error=args.on_error, use_cache=False)
+        graphs = load_graph_file(args.data, potential.cutoff, keys, file_format=args.data_format, on_error=args.on_error,
+                                 use_cache=False)
     finally:
         torch.set_default_dtype(previous)
     check_known_elements(graphs, potential.atomic_numbers)
@@ -68,7 +72,9 @@ def run(args: argparse.Namespace) -> dict:
 
 @cli_main("mlip-eval")
 def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    apply_threads(args, "mlip-eval")
+    run(args)
     return 0
 
 

@@ -28,6 +28,7 @@ import torch
 from mlip_plugins.atomic_files import sweep_stale_temporaries
 from mlip_plugins.cli._errors import UsageError, cli_main
 from mlip_plugins.model_files import load_model_file
+from mlip_plugins.cli._options import add_threads_argument, apply_threads
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=["nep", "pt"], default=None, help="output format (default: from the output name)")
     parser.add_argument("--no-ema", action="store_true", help="export the raw weights of a checkpoint, not its EMA average")
     parser.add_argument("--no-check", action="store_true", help="skip reading the written nep.txt back")
+    add_threads_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -125,7 +127,9 @@ def run(args: argparse.Namespace) -> Path:
 @cli_main("mlip-export")
 def main(argv: list[str] | None = None) -> int:
     """Console entry point of ``mlip-export``."""
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    apply_threads(args, "mlip-export")
+    run(args)
     return 0
 
 

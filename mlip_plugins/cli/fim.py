@@ -19,7 +19,8 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+
+from mlip_plugins.cli._options import add_format_argument, add_threads_argument, apply_threads
 
 from mlip_plugins.cli._errors import cli_main
 
@@ -45,12 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncertainty-structures", type=int, default=32,
                         help="structures (evenly spaced over the data) the uncertainty model is fitted on (default 32)")
     parser.add_argument("--ridge", type=float, default=1e-4, help="relative ridge (prior precision) of the uncertainty model")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_threads_argument(parser)
+    add_format_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     return parser
 
 
-def load_probe(data: str, cutoff: float, start: int = 0, count: int | None = None) -> list:
+def load_probe(data: str, cutoff: float, start: int = 0, count: int | None = None, file_format: str | None = None) -> list:
     """Graphs of ``data`` (a file, or 'default') from ``start``, at most ``count`` of them."""
     from mlip_plugins.data.graph_cache import build_graphs
     from mlip_plugins.data.reading import read_structures
@@ -60,7 +62,7 @@ def load_probe(data: str, cutoff: float, start: int = 0, count: int | None = Non
 
         data = str(default_dataset_path())
     stop = "" if count is None else str(start + count)
-    structures = read_structures(data, index=f"{start}:{stop}")
+    structures = read_structures(data, index=f"{start}:{stop}", file_format=file_format)
     return build_graphs(structures, cutoff)
 
 
@@ -75,13 +77,12 @@ def format_groups(report) -> str:
 @cli_main("mlip-fim")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args, "mlip-fim")
     from mlip_plugins.fim.report import analyse
     from mlip_plugins.model_files import load_model_file
 
     potential = load_model_file(args.checkpoint)
-    graphs = load_probe(args.data, potential.cutoff, args.start, args.probe_size)
+    graphs = load_probe(args.data, potential.cutoff, args.start, args.probe_size, args.data_format)
     weights = {"energy": args.energy_weight, "forces": args.forces_weight, "stress": args.stress_weight}
     report = analyse(potential, graphs, weights=weights, method=args.method, sloppy_threshold=args.threshold,
                      n_modes=args.modes, top_k=args.top_k)
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.save_uncertainty:
         from mlip_plugins.uncertainty import FisherUncertainty
 
-        all_graphs = load_probe(args.data, potential.cutoff)
+        all_graphs = load_probe(args.data, potential.cutoff, file_format=args.data_format)
         unc = FisherUncertainty.fit(potential, all_graphs, ridge=args.ridge, max_structures=args.uncertainty_structures)
         unc.save(args.save_uncertainty)
         print(f"uncertainty model ({unc.info['rank_kept']} directions, fitted on {unc.info['n_structures']} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -114,6 +115,30 @@ def _xyz_frames(path: str) -> Iterator[tuple[int, int, str | Exception]]:
             frame += 1
 
 
+GPUMD_XYZ = "gpumd-xyz"
+
+
+def detect_format(path: str | os.PathLike) -> str | None:
+    """``"gpumd-xyz"`` for an XYZ file written to GPUMD's conventions, else None (ASE's choice).
+
+    Judged from the first frame's header: a count line, then a comment whose keys are
+    GPUMD's and not extxyz's: lower-case ``lattice=``/``properties=`` (ASE's extxyz needs
+    ``Lattice``/``Properties`` and would drop the cell and columns), or forces in a column
+    named ``force`` (ASE would keep them under a name the labels do not look for).
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            count, comment = handle.readline(), handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not _is_bare_count(count.split()[0] if count.split() else ""):
+        return None
+    keys = set(re.findall(r"(?:^|\s)([A-Za-z_]\w*)=", comment))
+    lowercase = ({"lattice", "properties"} & keys) and not ({"Lattice", "Properties"} & keys)
+    force_column = re.search(r"properties=\S*:force:R:3", comment, re.IGNORECASE)
+    return GPUMD_XYZ if lowercase or force_column else None
+
+
 def _frames(path: str, index: str, file_format: str | None) -> Iterator[tuple[int, str, Atoms | Exception, bool]]:
     """(frame, where in the file, Atoms or the parse error, whether reading goes on after an error)."""
     fmt = (file_format or "").lower()
@@ -156,6 +181,8 @@ def read_structures(
     """Read every frame of ``path`` and check positions, cell and labels.
 
     Args:
+        file_format: an ASE format name; None detects GPUMD's ``train.xyz`` conventions
+            (:func:`detect_format`) and otherwise lets ASE choose by the file name.
         on_error: ``"raise"`` stops at the first bad frame with an error naming the file,
             frame and field; ``"skip"`` drops bad frames with a warning and a count.
     """
@@ -169,6 +196,8 @@ def read_structures(
         raise DataError(f"{path}: is a directory, expected a structure file")
     if os.path.getsize(path) == 0:
         raise DataError(f"{path}: file is empty")
+    if file_format is None:
+        file_format = detect_format(path)
     structures: list[LabelledStructure] = []
     skipped: list[str] = []
     frames = 0

@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers
+from mlip_plugins.models.builder import ConfigError
 
 
 def composition_matrix(graphs: Sequence, elements: Sequence[int]) -> np.ndarray:
@@ -19,25 +20,11 @@ def composition_matrix(graphs: Sequence, elements: Sequence[int]) -> np.ndarray:
     return counts
 
 
-def fit_e0(graphs: Sequence, elements: Sequence[int], ridge: float = 1e-8) -> np.ndarray:
-    """Least-squares E0 per element: min ||C e0 - E||² over structures with an energy label.
-
-    Elements that never vary independently (e.g. only in fixed ratios) are handled by the
-    small ridge term, which picks the minimum-norm solution.
-    """
-    labelled = [g for g in graphs if bool(g.has_energy.item())]
-    if not labelled:
-        return np.zeros(len(elements))
-    counts = composition_matrix(labelled, elements)
-    energies = np.array([float(g.energy.item()) for g in labelled])
-    gram = counts.T @ counts + ridge * np.eye(len(elements))
-    return np.linalg.solve(gram, counts.T @ energies)
-
-
-def e0_from_mapping(mapping: Mapping, elements: Sequence[int]) -> np.ndarray:
-    """E0 vector from an explicit {symbol or Z: energy} dict; missing elements are an error."""
-    from mlip_plugins.models.builder import ConfigError
-
+def _by_number(mapping: Mapping) -> dict[int, float]:
+    """{atomic number: energy} from a {symbol or Z: energy} dict; a bad key or value is a
+    ConfigError naming ``e0.<key>``."""
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"e0: expected 'fit' or a mapping element -> energy, got {mapping!r}")
     by_number = {}
     for key, value in mapping.items():
         try:
@@ -51,10 +38,28 @@ def e0_from_mapping(mapping: Mapping, elements: Sequence[int]) -> np.ndarray:
         if not np.isfinite(energy):
             raise ConfigError(f"e0.{key}: expected a finite reference energy in eV, got {value!r}")
         by_number[number] = energy
-    missing = [chemical_symbols[z] for z in elements if z not in by_number]
-    if missing:
-        raise ConfigError(f"e0: no reference energy for {', '.join(missing)} (give every element of the model, or e0=fit)")
-    return np.array([by_number[z] for z in elements])
+    return by_number
+
+
+def fit_e0(graphs: Sequence, elements: Sequence[int], ridge: float = 1e-8, fixed: Mapping | None = None) -> np.ndarray:
+    """Least-squares E0 per element: min ||C e0 - E||² over structures with an energy label.
+
+    Elements that never vary independently (e.g. only in fixed ratios) are handled by the
+    small ridge term, which picks the minimum-norm solution. ``fixed`` ({symbol or Z: energy})
+    sets some elements' E0; only the others are fitted (on the energies less the fixed part).
+    """
+    fixed = {z: e for z, e in _by_number(fixed or {}).items() if z in elements}
+    e0 = np.array([fixed.get(z, 0.0) for z in elements])
+    free = [k for k, z in enumerate(elements) if z not in fixed]
+    labelled = [g for g in graphs if bool(g.has_energy.item())]
+    if not labelled or not free:
+        return e0
+    counts = composition_matrix(labelled, elements)
+    energies = np.array([float(g.energy.item()) for g in labelled]) - counts @ e0
+    counts = counts[:, free]
+    gram = counts.T @ counts + ridge * np.eye(len(free))
+    e0[free] = np.linalg.solve(gram, counts.T @ energies)
+    return e0
 
 
 def energy_scale(graphs: Sequence, elements: Sequence[int], e0: np.ndarray) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,25 @@ def _plain(cfg: Any) -> Any:
 
 #: the pseudo-group of :func:`build` for a node of the energy tree (term, sum, product, model)
 ENERGY_TREE = "energy"
+
+
+#: constructor arguments the builder passes itself (not options a config sets)
+BUILDER_ARGUMENTS = ("num_species", "in_dim", "build_child")
+
+
+def unexpected_options_message(where: str, name: str, unexpected: list[str], options: list[str]) -> str:
+    """One line naming the plugin, the options it does not take and the ones it does.
+
+    Hydra merges a dict override into the preset's node, so ``...descriptor.name=eam`` (or
+    ``...descriptor={name: eam}``) keeps the old descriptor's options; the message says how to
+    replace the node instead: delete it with ``~`` and add the new one with ``+``.
+    """
+    node = re.sub(r"\[(\d+)\]", r".\1", where)
+    return (f"{where}: plugin {name!r} takes no option {', '.join(repr(k) for k in unexpected)} (its options: "
+            f"{', '.join(options) or 'none'}); to replace a preset's node rather than merge into it: "
+            f"'~{node}' '+{node}={{name: {name}}}'")
+
+
 
 
 #: numbers the unnamed terms of one model (term0, term1, ...) across nested ``build`` calls
@@ -87,12 +107,16 @@ def _instantiate(group: str, spec: Mapping, where: str, injected: Mapping[str, A
     spec = dict(spec)
     if "name" not in spec:
         raise ConfigError(f"{where}: missing 'name' (a registered plugin name or a dotted path)")
-    factory = registry.resolve(group, spec.pop("name"))
+    name = spec.pop("name")
+    factory = registry.resolve(group, name)
     try:
         params = inspect.signature(factory).parameters
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     except (TypeError, ValueError):
         params, accepts_any = {}, True
+    unexpected = [] if accepts_any else sorted(key for key in spec if key not in params)
+    if unexpected:
+        raise ConfigError(unexpected_options_message(where, name, unexpected, [p for p in params if p not in BUILDER_ARGUMENTS]))
     for key, value in injected.items():
         if key not in spec and (accepts_any or key in params):
             spec[key] = value
@@ -200,6 +224,9 @@ def build_potential(model_cfg: Mapping) -> nn.Module:
     for key in ("elements", "cutoff", "energy"):
         if key not in cfg:
             raise ConfigError(f"model: missing {key!r}")
+    if cfg["elements"] in (None, "auto"):
+        raise ConfigError("model.elements: 'auto' takes the elements of the training data, which only mlip-train "
+                          "knows; give a list here (e.g. ['Cu', 'Au'])")
     elements = ElementMap(cfg["elements"])
     cutoff = validate_cutoffs(cfg)
     energy_model = build(ENERGY_TREE, cfg["energy"], "model.energy", num_species=elements.num_species, cutoff=cutoff)

@@ -2,7 +2,8 @@
 
 At ``on_fit_end`` (rank zero only) it writes ``moe_routing.json``, ``moe_routing.csv`` and
 ``moe_pca_<layer>.png`` (see :mod:`mlip_plugins.moe.analysis`) into
-``<trainer.log_dir or default_root_dir>/<dirname>``. Element-wise routers are read from their
+``<run directory>/<dirname>`` (``trainer.default_root_dir``, as the ``fisher`` callback; not the
+logger's ``logs/`` folder). Element-wise routers are read from their
 gate table; other routers are averaged over up to ``max_structures`` structures of the
 datamodule's ``split`` (``val``, falling back to ``train``).
 """
@@ -51,7 +52,7 @@ class MoEAnalysisCallback(L.Callback):
         return []
 
     def output_dir(self, trainer: L.Trainer) -> Path:
-        root = trainer.log_dir or trainer.default_root_dir or os.getcwd()
+        root = trainer.default_root_dir or trainer.log_dir or os.getcwd()
         return Path(root) / self.dirname
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -17,7 +17,7 @@ from lightning_modules.datamodule import AtomsDataModule, EpochSeededSampler
 from mlip_plugins.data.graph_cache import build_graphs, load_graphs, save_graphs
 from mlip_plugins.data.neighbors import neighbor_list
 from mlip_plugins.data.reading import read_structures
-from mlip_plugins.data.statistics import e0_from_mapping, fit_e0
+from mlip_plugins.data.statistics import fit_e0
 from mlip_plugins.data.structures import LabelKeys
 
 
@@ -114,9 +114,10 @@ def test_e0_least_squares_recovers_exact_references():
         graphs.append(atoms_to_graph(atoms, 1.0, {"energy": graph_energy}))
     e0 = fit_e0(graphs, sorted(true))
     np.testing.assert_allclose(e0, [true[z] for z in sorted(true)], atol=1e-6)
-    np.testing.assert_allclose(e0_from_mapping({"Cu": 1.0, "Al": 2.0, 79: 3.0}, [13, 29, 79]), [2.0, 1.0, 3.0])
-    with pytest.raises(ValueError, match="Au"):
-        e0_from_mapping({"Cu": 1.0, "Al": 2.0}, [13, 29, 79])
+    # a mapping fixes the listed elements (symbols or Z) and the rest is fitted on what remains
+    np.testing.assert_allclose(fit_e0(graphs, sorted(true), fixed={"Cu": 1.0, "Al": 2.0, 79: 3.0}), [2.0, 1.0, 3.0])
+    partial = fit_e0(graphs, sorted(true), fixed={sorted(true)[0]: true[sorted(true)[0]]})
+    np.testing.assert_allclose(partial, [true[z] for z in sorted(true)], atol=1e-6)
 
 
 def test_datamodule_fraction_split_saved_and_reused(tiny_xyz, tmp_path):

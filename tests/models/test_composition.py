@@ -110,10 +110,23 @@ def test_forces_of_a_product_match_finite_differences(float64):
         assert abs(fd - forces[atom, axis]) < 1e-7 * (1 + abs(fd))
 
 
+#: the seven metals of the embedded demo set (presets say ``elements: auto``; mlip-train fills them in from the data)
+DEMO_ELEMENTS = "model.elements=[Al,Ni,Cu,Pd,Ag,Pt,Au]"
+
+
 def _compose(preset: str, overrides: list[str] | None = None):
     hydra = pytest.importorskip("hydra")
     with hydra.initialize_config_module(config_module="mlip_plugins.conf", version_base=None):
-        return hydra.compose("train", overrides=[f"model={preset}", *(overrides or [])]).model
+        return hydra.compose("train", overrides=[f"model={preset}", DEMO_ELEMENTS, *(overrides or [])]).model
+
+
+def _readme_parameter_counts() -> dict[str, int]:
+    """The README's preset table: ``| `preset` | energy | parameters (7 elements) |``."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| `(\w+)` \| [^|]+ \| (\d+) \|$", text, re.M)}
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -122,6 +135,7 @@ def test_presets_compose_build_and_report_counts(preset):
     potential = build_potential(model_cfg)
     counts = potential.parameter_counts()
     assert counts["total"] == sum(v for k, v in counts.items() if k != "total") > 0
+    assert counts["total"] == _readme_parameter_counts()[preset], "README's preset table (7 elements) is out of date"
     crystal = bulk("Cu", "fcc", a=3.6).repeat((2, 1, 1))
     crystal.symbols[1] = "Au"
     out = potential(Batch.from_data_list([atoms_to_graph(crystal, potential.cutoff)]))
@@ -184,3 +198,19 @@ def test_small_preset_trains_on_the_default_dataset():
         losses.append(float(loss.detach()))
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_swapping_a_composite_terms_descriptor_names_the_option_and_how_to_replace_the_node():
+    """Hydra merges ``...descriptor.name=eam`` (and ``...descriptor={name: eam}``) into the preset's node, so
+    the radial options stay; the error names them, the plugin, and the ``~``/``+`` pair, which works."""
+    from mlip_plugins.models.builder import ConfigError
+
+    for swap in ("model.energy.sum.0.descriptor.name=eam", "model.energy.sum.0.descriptor={name: eam}"):
+        with pytest.raises(ConfigError) as info:
+            build_potential(_compose("radial_angular_sum", [swap]))
+        message = str(info.value)
+        assert "plugin 'eam'" in message and "'n_max'" in message and "basis_size" in message
+        assert "'~model.energy.sum.0.descriptor' '+model.energy.sum.0.descriptor={name: eam}'" in message
+    replaced = _compose("radial_angular_sum", ["~model.energy.sum.0.descriptor", "+model.energy.sum.0.descriptor={name: eam}"])
+    assert dict(replaced.energy.sum[0].descriptor) == {"name": "eam"}
+    assert build_potential(replaced).parameter_counts()["two_body"] > 0

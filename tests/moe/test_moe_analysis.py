@@ -102,14 +102,14 @@ def test_callback_writes_into_the_run_directory_at_fit_end(tmp_path):
     callback_cls = registry.resolve("callbacks", "moe_analysis")
     callback = callback_cls(split="val", max_structures=2)
     datamodule = SimpleNamespace(val_graphs=graphs(3), train_graphs=graphs(5))
-    trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path), default_root_dir=None, datamodule=datamodule)
+    trainer = SimpleNamespace(is_global_zero=True, log_dir=str(tmp_path / "logs"), default_root_dir=str(tmp_path), datamodule=datamodule)
     module = SimpleNamespace(model=model({"name": "global", "source": "features"}))
     callback.on_fit_end(trainer, module)
     written = json.loads((tmp_path / "moe_analysis" / "moe_routing.json").read_text())
     assert written["layers"][0]["source"] == "data"
     assert sum(e["n_atoms"] for e in written["layers"][0]["elements"]) == 8  # 2 structures x 4 atoms
     trainer.is_global_zero = False  # other ranks write nothing
-    trainer.log_dir = str(tmp_path / "rank1")
+    trainer.default_root_dir = str(tmp_path / "rank1")
     callback.on_fit_end(trainer, module)
     assert not (tmp_path / "rank1").exists()
 
@@ -127,10 +127,14 @@ def test_callback_in_a_lightning_fit(tmp_path, tiny_xyz):
     module = PotentialModule(model=model_cfg, optimizer={"name": "adam", "lr": 1e-3})
     datamodule = AtomsDataModule(cutoff=4.0, path=str(tiny_xyz), batch_size=8, cache=False)
     callback = registry.resolve("callbacks", "moe_analysis")(plot=False)
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(save_dir=str(tmp_path), name="logs", version="")  # as conf/logger/csv.yaml: log_dir is <run>/logs
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=logger, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
                         callbacks=[callback], inference_mode=False, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=datamodule)
+    assert not (tmp_path / "logs" / "moe_analysis").exists()  # the README's <run>/moe_analysis
     written = json.loads((tmp_path / "moe_analysis" / "moe_routing.json").read_text())
     assert [e["symbol"] for e in written["layers"][0]["elements"]] == model_cfg["elements"]
 
@@ -145,3 +149,16 @@ def test_mlip_moe_command_on_an_exported_model(tmp_path, capsys):
     assert "ElementRouter" in printed and "Cu (group 11)" in printed
     assert (tmp_path / "out" / "moe_routing.csv").exists()
     assert (tmp_path / "out" / "moe_pca_energy_model.readout.moe.png").exists()
+
+
+def test_mlip_moe_writes_beside_the_checkpoint_by_default(tmp_path, monkeypatch, capsys):
+    """Not into the current directory: <run>/moe_analysis for <run>/checkpoints/*.ckpt (as the callback)."""
+    from mlip_plugins.checkpoint import export_potential
+    from mlip_plugins.cli.moe import main
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    path = export_potential(model("element"), tmp_path / "run" / "checkpoints" / "moe.pt")
+    monkeypatch.chdir(tmp_path)
+    assert main([str(path), "--no-plot"]) == 0
+    assert (tmp_path / "run" / "moe_analysis" / "moe_routing.json").exists()
+    assert not (tmp_path / "moe_analysis").exists()

@@ -219,6 +219,7 @@ def test_hydra_configs_build_the_moe_model():
     model.pop("defaults")
     descriptor = OmegaConf.to_container(OmegaConf.load(CONF / "model" / "descriptor" / "radial.yaml"))
     model["energy"].update(descriptor=descriptor, readout=readout)
+    model["elements"] = ["Cu", "Au"]  # the preset says 'auto' (mlip-train takes the data's elements)
     potential = build_potential(model)
     assert isinstance(potential.energy_model.readout, MoEReadout)
     callbacks = OmegaConf.to_container(OmegaConf.load(CONF / "callbacks" / "moe_analysis.yaml"))
