@@ -119,6 +119,19 @@ class SNESModule(PotentialModule):
             p.copy_(vector[offset : offset + n].view_as(p).to(p))
             offset += n
 
+    # -- checkpoints: the sampling generator resumes where it stopped ------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """mu, sigma and the generation are buffers; the generator's state (a uint8 tensor, safe
+        for ``weights_only`` loading) is saved too, so a resumed run draws the same samples as an
+        uninterrupted one."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["snes_generator"] = self.snes.generator.get_state()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "snes_generator" in checkpoint:
+            self.snes.generator.set_state(checkpoint["snes_generator"])
+
     def configure_optimizers(self):
         # A no-op optimiser (lr 0, no gradients): stepping it advances Lightning's global step,
         # so trainer.max_steps counts generations as in GPUMD.

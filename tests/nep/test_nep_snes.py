@@ -95,3 +95,44 @@ def test_snes_module_fits_a_tiny_nep(tmp_path):
     assert all(p.requires_grad for p in module.model.parameters())
     state = module.state_dict()
     assert "snes_mu" in state and "snes_sigma" in state
+
+
+def test_snes_run_resumed_from_a_checkpoint_equals_an_uninterrupted_one(tmp_path):
+    """The sampling generator's state is in the checkpoint: 2 + 2 generations == 4 generations."""
+    import lightning as L
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from torch_geometric.loader import DataLoader
+
+    from lightning_modules.snes import SNESModule
+    from mlip_plugins.data.structures import LabelKeys, atoms_to_graph, extract_labels
+
+    graphs = []
+    for seed in range(2):
+        atoms = bulk("Cu", "fcc", a=3.65, cubic=True)
+        atoms.rattle(0.1, seed=seed)
+        atoms.calc = EMT()
+        atoms.info["energy"] = atoms.get_potential_energy()
+        atoms.arrays["forces"] = atoms.get_forces()
+        graphs.append(atoms_to_graph(atoms, 4.0, extract_labels(atoms, LabelKeys(), "test")))
+    model = {"elements": [29], "cutoff": 4.0,
+             "energy": {"model": {"name": "nep", "cutoff_angular": 3.5, "n_max": [2, 2], "basis_size": [3, 3], "l_max": [2, 0, 0], "neuron": 3}}}
+
+    def fresh() -> SNESModule:
+        torch.manual_seed(0)
+        return SNESModule(model, loss={"energy": 1.0, "forces": 1.0, "stress": 0.0},
+                          optimizer={"name": "snes", "population": 6, "sigma0": 0.1, "seed": 3}, scheduler={"name": "none"})
+
+    def fit(module, epochs: int, ckpt=None, save=None):
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, inference_mode=False, default_root_dir=str(tmp_path))
+        trainer.fit(module, train_dataloaders=DataLoader(graphs, batch_size=2), ckpt_path=ckpt)
+        if save:
+            trainer.save_checkpoint(save)
+        return module
+
+    full = fit(fresh(), 4)
+    fit(fresh(), 2, save=tmp_path / "half.ckpt")
+    resumed = fit(fresh(), 4, ckpt=str(tmp_path / "half.ckpt"))
+    assert int(resumed.snes_generation) == 4
+    assert torch.equal(resumed.snes_mu, full.snes_mu) and torch.equal(resumed.snes_sigma, full.snes_sigma)
