@@ -114,8 +114,9 @@ def _xyz_frames(path: str) -> Iterator[tuple[int, int, str | Exception]]:
             frame += 1
 
 
-def _frames(path: str, index: str, file_format: str | None) -> Iterator[tuple[int, str, Atoms | Exception, bool]]:
-    """(frame, where in the file, Atoms or the parse error, whether reading goes on after an error)."""
+def iter_frames(path: str, index: str = ":", file_format: str | None = None) -> Iterator[tuple[int, str, Atoms | Exception, bool]]:
+    """(frame, where in the file, Atoms or the parse error, whether reading goes on after an error),
+    one frame at a time (constant memory for files of any size)."""
     fmt = (file_format or "").lower()
     if index == ":" and (fmt in ("extxyz", "xyz") or (not fmt and path.lower().endswith(XYZ_SUFFIXES))):
         frame = 0
@@ -145,6 +146,27 @@ def _frames(path: str, index: str, file_format: str | None) -> Iterator[tuple[in
         frame += 1
 
 
+def check_source_file(path: str) -> None:
+    """A ``DataError`` unless ``path`` is an existing, non-empty file."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a structure file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: file is empty")
+
+
+def parse_error_message(where: str, lines: str, exc: Exception) -> str:
+    """The one-line message of a frame ASE could not parse."""
+    return f"{where}{lines}: cannot parse ({type(exc).__name__}: {exc})"
+
+
+def check_structure(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bool = False) -> dict:
+    """Check one frame's geometry and read its labels (a ``DataError`` naming ``where`` and the field)."""
+    check_geometry(atoms, where)
+    return extract_labels(atoms, keys, where, require_energy=require_energy)
+
+
 def read_structures(
     path: str | os.PathLike,
     keys: LabelKeys | None = None,
@@ -163,28 +185,22 @@ def read_structures(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     keys = keys or LabelKeys()
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: file not found")
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, expected a structure file")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: file is empty")
+    check_source_file(path)
     structures: list[LabelledStructure] = []
     skipped: list[str] = []
     frames = 0
-    for frame, lines, atoms, can_continue in _frames(path, index, file_format):
+    for frame, lines, atoms, can_continue in iter_frames(path, index, file_format):
         where = f"{path}: frame {frame}"
         frames = frame + 1
         if isinstance(atoms, Exception):
-            message = f"{where}{lines}: cannot parse ({type(atoms).__name__}: {atoms})"
+            message = parse_error_message(where, lines, atoms)
             if on_error == "raise":
                 raise DataError(message) from atoms
             skipped.append(message)
             log.warning("skipping %s%s", message, "" if can_continue else "; stopping at the unreadable frame")
             continue
         try:
-            check_geometry(atoms, where)
-            labels = extract_labels(atoms, keys, where, require_energy=require_energy)
+            labels = check_structure(atoms, keys, where, require_energy)
         except DataError as exc:
             if on_error == "raise":
                 raise

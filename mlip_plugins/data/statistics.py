@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 from ase.data import atomic_numbers, chemical_symbols
 
 
@@ -30,8 +29,13 @@ def fit_e0(graphs: Sequence, elements: Sequence[int], ridge: float = 1e-8) -> np
         return np.zeros(len(elements))
     counts = composition_matrix(labelled, elements)
     energies = np.array([float(g.energy.item()) for g in labelled])
-    gram = counts.T @ counts + ridge * np.eye(len(elements))
-    return np.linalg.solve(gram, counts.T @ energies)
+    return e0_from_normal_equations(counts.T @ counts, counts.T @ energies, ridge)
+
+
+def e0_from_normal_equations(gram: np.ndarray, rhs: np.ndarray, ridge: float = 1e-8) -> np.ndarray:
+    """Solve (CᵀC + ridge·I) e0 = CᵀE, given CᵀC (``gram``) and CᵀE (``rhs``): the E0 fit of
+    :func:`fit_e0`, also reached by accumulating the sums structure by structure (the graph store)."""
+    return np.linalg.solve(np.asarray(gram, dtype=np.float64) + ridge * np.eye(len(rhs)), np.asarray(rhs, dtype=np.float64))
 
 
 def e0_from_mapping(mapping: Mapping, elements: Sequence[int]) -> np.ndarray:
@@ -50,18 +54,26 @@ def energy_scale(graphs: Sequence, elements: Sequence[int], e0: np.ndarray) -> f
     """Typical magnitude of per-atom energies after E0: RMS of the force components if any
     structure has forces (a scale that tracks the curvature a model must learn), else the
     standard deviation of the E0-corrected energy per atom."""
+    import torch  # here: the graph store's (torch-free) build workers import this module
+
     forces = [g.forces for g in graphs if bool(g.has_forces.item())]
-    if forces:
-        rms = float(torch.cat(forces).pow(2).mean().sqrt())
-        if rms > 1e-8:
-            return rms
+    force_rms = float(torch.cat(forces).pow(2).mean().sqrt()) if forces else None
+    per_atom_std = None
     labelled = [g for g in graphs if bool(g.has_energy.item())]
     if len(labelled) > 1:
         counts = composition_matrix(labelled, elements)
         residual = np.array([float(g.energy.item()) for g in labelled]) - counts @ e0
-        per_atom = residual / counts.sum(1)
-        if per_atom.std() > 1e-8:
-            return float(per_atom.std())
+        per_atom_std = float((residual / counts.sum(1)).std())
+    return choose_energy_scale(force_rms, per_atom_std)
+
+
+def choose_energy_scale(force_rms: float | None, per_atom_std: float | None) -> float:
+    """The rule of :func:`energy_scale`: the force RMS if there are forces and it is not ~0, else
+    the per-atom energy spread (after E0) if there are two or more energies and it is not ~0, else 1."""
+    if force_rms is not None and force_rms > 1e-8:
+        return float(force_rms)
+    if per_atom_std is not None and per_atom_std > 1e-8:
+        return float(per_atom_std)
     return 1.0
 
 
