@@ -70,6 +70,10 @@ class AtomsDataModule(L.LightningDataModule):
         train_path, val_path, test_path: separate files instead of fractions.
         keys: label keys (see ``LabelKeys``: energy, forces, stress, virial, charges, weight).
         split_file: where the split is saved; an existing file is reused (resume).
+        store, streaming, store_workers: train from an on-disk graph store
+            (:mod:`mlip_plugins.data.store`) instead of graphs in memory: ``store`` is its
+            folder, ``streaming=True`` builds it (once, with ``store_workers`` processes) from
+            ``path``; the split is then indices into the store.
     """
 
     def __init__(
@@ -93,6 +97,9 @@ class AtomsDataModule(L.LightningDataModule):
         cache: bool = True,
         shuffle_seed: int = 0,
         require_energy: bool = True,
+        store: str | None = None,
+        streaming: bool = False,
+        store_workers: int = 2,
     ):
         super().__init__()
         self.cutoff = float(cutoff)
@@ -116,6 +123,8 @@ class AtomsDataModule(L.LightningDataModule):
         self.test_graphs: list = []
         self.split: dict = {}
         self._loaded = False
+        self.store, self.streaming, self.store_workers = store, bool(streaming), int(store_workers)
+        self.graph_store = None  # the GraphStore when training from one
 
     # -- loading -----------------------------------------------------------------------
     def _load(self, path: str) -> list:
@@ -132,7 +141,9 @@ class AtomsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
             return
-        if self.train_path:
+        if self.store or self.streaming:
+            split, sources = self._setup_store()
+        elif self.train_path:
             train = self._load(self.train_path)
             sources = {"train": self.train_path}
             if self.val_path:
@@ -161,6 +172,26 @@ class AtomsDataModule(L.LightningDataModule):
         self.split = {"sources": sources, **{k: v for k, v in split.items()}}
         self._loaded = True
 
+    def _setup_store(self) -> tuple[dict, dict]:
+        """Train/val/test as lazy views of a graph store (each process reads only what it batches)."""
+        from mlip_plugins.data.store.reader import StoreSubset, open_store
+
+        if self.train_path or self.val_path or self.test_path:
+            raise DataError("data.store/data.streaming: one source, data.path, split by val_fraction/test_fraction "
+                            "(train_path/val_path/test_path are not supported with a graph store)")
+        path = self.path if self.path or self.store else str(default_dataset_path(**self.default_dataset))
+        store = open_store(self.store, path, self.cutoff, self.keys, self.file_format, self.on_error,
+                           self.require_energy, self.store_workers)
+        split = self._split(len(store))
+        self.graph_store = store
+        self.train_graphs, self.val_graphs, self.test_graphs = (StoreSubset(store, split[part]) for part in ("train", "val", "test"))
+        return split, {"all": path or str(store.directory), "store": str(store.directory)}
+
+    def train_statistics(self) -> "StreamingStatistics | None":
+        """One-pass statistics of the training split when training from a graph store, else None
+        (the statistics are then computed from ``train_graphs`` in memory)."""
+        return self.graph_store.statistics(self.train_graphs.indices) if self.graph_store is not None else None
+
     def _split(self, n: int) -> dict[str, list[int]]:
         if self.split_file and os.path.exists(self.split_file):
             with open(self.split_file) as handle:
@@ -179,6 +210,8 @@ class AtomsDataModule(L.LightningDataModule):
 
     def elements(self) -> list[int]:
         """Atomic numbers present in any split."""
+        if self.graph_store is not None:
+            return self.graph_store.elements
         return sorted({int(z) for g in self.train_graphs + self.val_graphs + self.test_graphs for z in g.z.unique().tolist()})
 
     # -- loaders -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ with status 2 (``debug=true`` shows the traceback).
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 import shutil
@@ -66,7 +67,9 @@ def resolve_elements(cfg_elements: Any, datamodule: AtomsDataModule) -> list[int
     if cfg_elements in (None, "auto"):
         return present
     known = set(to_atomic_numbers(list(cfg_elements)))
-    for graph in datamodule.train_graphs + datamodule.val_graphs + datamodule.test_graphs:
+    if set(present) <= known:  # (no scan of the graphs: they may be a store beyond memory)
+        return sorted(known)
+    for graph in itertools.chain(datamodule.train_graphs, datamodule.val_graphs, datamodule.test_graphs):
         bad = sorted(set(graph.z.tolist()) - known)
         if bad:
             from ase.data import chemical_symbols
@@ -116,13 +119,14 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
     """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set."""
     model = module.model
     elements = model.atomic_numbers
+    streamed = datamodule.train_statistics()  # a graph store's one-pass sums, or None (in memory)
     if isinstance(e0_cfg, str):
         if e0_cfg != "fit":
             raise ConfigError(f"e0: expected 'fit' or a mapping element -> energy, got {e0_cfg!r}")
-        e0 = fit_e0(datamodule.train_graphs, elements)
+        e0 = streamed.fit_e0(elements) if streamed is not None else fit_e0(datamodule.train_graphs, elements)
     else:
         e0 = e0_from_mapping(_plain(e0_cfg), elements)
-    scale = energy_scale(datamodule.train_graphs, elements, e0)
+    scale = streamed.energy_scale(elements, e0) if streamed is not None else energy_scale(datamodule.train_graphs, elements, e0)
     with torch.no_grad():
         for target in [model] + ([module.ema.module] if module.ema is not None else []):
             target.e0.copy_(torch.as_tensor(e0, dtype=target.e0.dtype))

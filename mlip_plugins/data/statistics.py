@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import torch
 from ase.data import atomic_numbers, chemical_symbols
 
 
@@ -54,8 +55,6 @@ def energy_scale(graphs: Sequence, elements: Sequence[int], e0: np.ndarray) -> f
     """Typical magnitude of per-atom energies after E0: RMS of the force components if any
     structure has forces (a scale that tracks the curvature a model must learn), else the
     standard deviation of the E0-corrected energy per atom."""
-    import torch  # here: the graph store's (torch-free) build workers import this module
-
     forces = [g.forces for g in graphs if bool(g.has_forces.item())]
     force_rms = float(torch.cat(forces).pow(2).mean().sqrt()) if forces else None
     per_atom_std = None

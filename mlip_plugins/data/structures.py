@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from ase import Atoms
+from torch_geometric.data import Data
 
 from mlip_plugins.data.neighbors import neighbor_estimate, neighbor_list
 from mlip_plugins.errors import MLIPError
-
-if TYPE_CHECKING:  # torch is imported where graphs are made: the graph store's build workers need numpy only
-    from torch_geometric.data import Data
 
 
 class DataError(MLIPError, ValueError):
@@ -237,9 +235,6 @@ _INTEGER_FIELDS = ("z", "edge_index", "shifts")
 def graph_from_arrays(arrays: dict) -> Data:
     """The ``Data`` of :func:`graph_arrays`' fields (numpy arrays or tensors): integers as
     ``torch.long``, flags as ``torch.bool``, floats in torch's default dtype."""
-    import torch
-    from torch_geometric.data import Data
-
     dtype = torch.get_default_dtype()
     fields = {}
     for key, value in arrays.items():

@@ -23,5 +23,4 @@ zero-copy slicing, maintained by Hugging Face, and needs no server, map size or 
 
 Modules: :mod:`.layout` (arrays of a shard, manifest, errors), :mod:`.statistics` (one-pass
 statistics), :mod:`.build` (parallel, resumable, locked build), :mod:`.reader` (the dataset).
-This package imports no torch, so the build's worker processes start light.
 """

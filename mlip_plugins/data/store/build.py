@@ -138,7 +138,7 @@ class _InProcess:
 def _executor(workers: int):
     if workers <= 1:
         return _InProcess()
-    # spawn: clean workers (no copy of the parent's threads or tensors); they import no torch
+    # spawn: clean workers (no copy of the parent's threads, tensors or open handles)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mlip_plugins.atomic_files import atomic_write_text
-from mlip_plugins.errors import MLIPError
+from mlip_plugins.data.structures import DataError
 
 #: version of the layout below; a store of another version is refused (rebuild it)
 FORMAT_VERSION = 1
@@ -45,15 +45,15 @@ FRAME, SOURCE, PBC, HAS_ENERGY, HAS_FORCES, HAS_STRESS, HAS_CHARGES = 0, 1, slic
 SHARD_ARRAYS = ("offsets", "atoms", "z", "edges", "structures", "index")
 
 
-class StoreError(MLIPError):
+class StoreError(DataError):
     """A graph store that cannot be used as it is (the message says which folder and why)."""
 
 
-class StoreMismatchError(StoreError, ValueError):
+class StoreMismatchError(StoreError):
     """The store was built from other data or settings than those asked for."""
 
 
-class StoreLockedError(StoreError, TimeoutError):
+class StoreLockedError(StoreError):
     """Another process holds the store's build lock."""
 
 

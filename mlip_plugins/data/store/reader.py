@@ -10,6 +10,8 @@ manifest), and returns for index i the ``Data`` that
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -17,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torch_geometric.data import Data
 
 from mlip_plugins.data.store import layout
 from mlip_plugins.data.store.statistics import StreamingStatistics
-from mlip_plugins.data.structures import graph_from_arrays
+from mlip_plugins.data.structures import LabelKeys, graph_from_arrays
 
 #: shards kept open per process (each handle maps its file; the pages are the kernel's cache)
 OPEN_SHARDS = 64
@@ -45,14 +47,18 @@ class GraphStore(Dataset):
         self._starts = np.concatenate([[0], np.cumsum([shard["structures"] for shard in manifest["shards"]])]).tolist()
         self._paths = [source["path"] for source in manifest["sources"]]
         self._handles: OrderedDict = OrderedDict()
+        self._pid = os.getpid()
 
-    # -- pickling (DataLoader workers, spawn): handles are reopened where they are used -------
+    # -- handles: opened in the process that reads (a DataLoader worker, forked or spawned, or a
+    # DDP process), never inherited ------------------------------------------------------------
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_handles"] = OrderedDict()
         return state
 
     def _handle(self, shard: int):
+        if self._pid != os.getpid():  # a forked worker: open its own
+            self._handles, self._pid = OrderedDict(), os.getpid()
         handle = self._handles.get(shard)
         if handle is None:
             handle = safe_open(str(self.directory / self._shards[shard]), framework="pt")
@@ -120,3 +126,52 @@ class GraphStore(Dataset):
                     handle.get_tensor("z"), handle.get_tensor("offsets")[:, 0], structures[:, layout.ENERGY],
                     index[:, layout.HAS_ENERGY], structures[:, layout.FORCE_SQ], index[:, layout.HAS_FORCES], rows))
         return StreamingStatistics.total(parts)
+
+
+class StoreSubset(Subset):
+    """The structures ``indices`` of a store (a split): a ``Dataset`` that slices like a list."""
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return StoreSubset(self.dataset, self.indices[index])
+        return self.dataset[self.indices[index]]
+
+    def __iter__(self) -> Iterator[Data]:
+        return (self.dataset[i] for i in self.indices)
+
+
+def default_store_directory(path: str, cutoff: float, settings: dict) -> Path:
+    """Where ``data.streaming`` keeps the store of ``path`` when no ``data.store`` is given: the
+    cache folder, keyed on the file's content, path, cutoff and label settings (a changed file
+    gets a new store, never a mismatched one)."""
+    from mlip_plugins.data.default_dataset import cache_dir
+    from mlip_plugins.data.fingerprint import file_fingerprint
+
+    blob = json.dumps({"path": os.path.abspath(path), "content": file_fingerprint(path), "cutoff": float(cutoff),
+                       "settings": settings, "format": layout.FORMAT_VERSION}, sort_keys=True, default=str)
+    return cache_dir() / "stores" / f"{Path(path).stem}_{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def open_store(directory: str | os.PathLike | None, path: str | None, cutoff: float, keys: LabelKeys,
+               file_format: str | None = None, on_error: str = "raise", require_energy: bool = True,
+               workers: int = 1, progress: bool = True) -> GraphStore:
+    """The graph store to train from.
+
+    With ``path``: the store of that file in ``directory`` (default: :func:`default_store_directory`),
+    built on first use and checked against the file's content and the settings afterwards (a
+    mismatch is a one-line ``StoreMismatchError``). Without: the store in ``directory`` as built,
+    whose cutoff must be ``cutoff``.
+    """
+    from mlip_plugins.data.store.build import build_store, store_settings
+
+    if path is not None:
+        settings = store_settings(keys, file_format, on_error, require_energy)
+        directory = directory or default_store_directory(path, cutoff, settings)
+        build_store(directory, [path], cutoff, keys, file_format, on_error, require_energy, workers, progress=progress)
+    if directory is None:
+        raise layout.StoreError("a graph store needs data.store (its folder) or data.path (the file to build it from)")
+    store = GraphStore(directory)
+    if abs(float(store.manifest["cutoff"]) - float(cutoff)) > 1e-12:
+        raise layout.StoreMismatchError(f"{directory}: graph store built with cutoff {store.manifest['cutoff']:g} Å, "
+                                        f"the model's cutoff is {float(cutoff):g} Å; build a store for this cutoff")
+    return store
