@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
 from mlip_plugins.data.store import layout
@@ -128,8 +128,14 @@ class GraphStore(Dataset):
         return StreamingStatistics.total(parts)
 
 
-class StoreSubset(Subset):
+class StoreSubset(Dataset):
     """The structures ``indices`` of a store (a split): a ``Dataset`` that slices like a list."""
+
+    def __init__(self, dataset: GraphStore, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
