@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from ase import Atoms
-from torch_geometric.data import Data
 
 from mlip_plugins.data.neighbors import neighbor_estimate, neighbor_list
 from mlip_plugins.errors import MLIPError
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 
 class DataError(MLIPError, ValueError):
@@ -235,6 +238,10 @@ _INTEGER_FIELDS = ("z", "edge_index", "shifts")
 def graph_from_arrays(arrays: dict) -> Data:
     """The ``Data`` of :func:`graph_arrays`' fields (numpy arrays or tensors): integers as
     ``torch.long``, flags as ``torch.bool``, floats in torch's default dtype."""
+    # imported here: torch_geometric (with torch._dynamo) costs a graph-store build worker,
+    # which only makes graph_arrays, ~150 MB and a second
+    from torch_geometric.data import Data
+
     dtype = torch.get_default_dtype()
     fields = {}
     for key, value in arrays.items():

@@ -308,3 +308,17 @@ def test_training_from_a_store(tmp_path, tiny_xyz):
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert split["sources"]["store"] == str(store)
     assert sorted(split["train"] + split["val"] + split["test"]) == list(range(24))
+
+
+def test_mlip_store_command(tmp_path, mixed_xyz, capsys):
+    from mlip_plugins.cli.store import main
+
+    assert main(["build", str(mixed_xyz), "--store", str(tmp_path / "store"), "--cutoff", str(CUTOFF), "--workers", "1",
+                 "--shard-size", "10"]) == 0
+    built = capsys.readouterr().out
+    assert main(["info", str(tmp_path / "store")]) == 0
+    assert capsys.readouterr().out == built and '"structures": 24' in built and '"shards": 3' in built
+    assert main(["build", str(tmp_path / "missing.xyz"), "--store", str(tmp_path / "other"), "--cutoff", "4"]) == 2
+    assert "missing.xyz: file not found" in capsys.readouterr().err
+    assert main(["build", str(mixed_xyz), "--store", str(tmp_path / "store"), "--cutoff", "4", "--keys", "energie=E"]) == 2
+    assert "unknown label name(s) energie" in capsys.readouterr().err

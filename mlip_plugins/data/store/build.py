@@ -21,6 +21,7 @@ statistics and write the shard atomically (a hidden temporary, then rename). At 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ from tqdm import tqdm
 
 from mlip_plugins.atomic_files import atomic_output, sweep_stale_temporaries
 from mlip_plugins.data.fingerprint import file_fingerprint
-from mlip_plugins.data.reading import check_source_file, check_structure, iter_frames, parse_error_message
+from mlip_plugins.data.reading import check_source_file, check_structure, iter_unparsed_frames, parse_error_message, parse_frame
 from mlip_plugins.data.store import layout
 from mlip_plugins.data.store.statistics import StreamingStatistics
 from mlip_plugins.data.structures import DataError, LabelKeys, graph_arrays
@@ -64,9 +65,12 @@ def _build_shard(task: dict) -> dict:
     """Check and build the graphs of one chunk of frames and write its shard; returns a summary."""
     items, skipped = [], list(task["skipped"])
     keys = LabelKeys(**task["keys"])
-    for frame, source, atoms in task["frames"]:
+    for frame, source, item in task["frames"]:
         where = f"{task['paths'][source]}: frame {frame}"
         try:
+            lines, atoms = parse_frame(item)
+            if isinstance(atoms, Exception):
+                raise DataError(parse_error_message(where, lines, atoms)) from atoms
             labels = check_structure(atoms, keys, where, task["require_energy"])
             items.append((graph_arrays(atoms, task["cutoff"], labels, where), frame, source))
         except DataError as exc:
@@ -99,22 +103,24 @@ def shard_metadata(path: Path, key_hash: str, chunk: int) -> dict | None:
 # -- streaming the sources --------------------------------------------------------------------
 def _chunks(paths: Sequence[str], file_format: str | None, on_error: str, shard_size: int,
             frame_counts: list[int]) -> Iterator[tuple[int, list, list[str]]]:
-    """(chunk index, [(frame, source, Atoms)], parse errors) for consecutive chunks of frames.
+    """(chunk index, [(frame, source, unparsed frame)], read errors) for consecutive chunks of frames.
 
-    ``frame_counts`` receives the number of frames of each source as they are read.
+    XYZ frames travel as text and are parsed by the workers (:func:`~mlip_plugins.data.reading.parse_frame`),
+    so the parent only splits the file. ``frame_counts`` receives the number of frames of each
+    source as they are read.
     """
     chunk, frames, errors, seen = 0, [], [], 0
     for source, path in enumerate(paths):
         frame_counts.append(0)
-        for frame, lines, atoms, _ in iter_frames(path, ":", file_format):
+        for frame, item, _ in iter_unparsed_frames(path, file_format):
             frame_counts[source] = frame + 1
-            if isinstance(atoms, Exception):
-                message = parse_error_message(f"{path}: frame {frame}", lines, atoms)
+            if isinstance(item, Exception):
+                message = parse_error_message(f"{path}: frame {frame}", "", item)
                 if on_error == "raise":
-                    raise DataError(message) from atoms
+                    raise DataError(message) from item
                 errors.append(message)
             else:
-                frames.append((frame, source, atoms))
+                frames.append((frame, source, item))
             seen += 1
             if seen == shard_size:
                 yield chunk, frames, errors
@@ -140,6 +146,23 @@ def _executor(workers: int):
         return _InProcess()
     # spawn: clean workers (no copy of the parent's threads, tensors or open handles)
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+@contextlib.contextmanager
+def _one_thread_per_worker(workers: int) -> Iterator[None]:
+    """Spawned workers start with ``OMP_NUM_THREADS=1``: OpenMP threads in the neighbour lists of
+    small structures only contend with the other workers (the executor starts workers as it
+    needs them, so this holds for the whole build)."""
+    previous = os.environ.get("OMP_NUM_THREADS")
+    if workers > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if workers > 1 and previous is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        elif workers > 1:
+            os.environ["OMP_NUM_THREADS"] = previous
 
 
 # -- the build --------------------------------------------------------------------------------
@@ -198,8 +221,9 @@ def build_store(directory: str | os.PathLike, sources: Sequence[str | os.PathLik
     try:
         manifest = _prepare(directory, key, key_hash)
         if manifest is None:
-            manifest = _build(directory, paths, described, key, key_hash, cutoff, keys, file_format, on_error,
-                              require_energy, workers, shard_size, progress)
+            with _one_thread_per_worker(workers):
+                manifest = _build(directory, paths, described, key, key_hash, cutoff, keys, file_format, on_error,
+                                  require_energy, workers, shard_size, progress)
         return manifest
     finally:
         lock.release()
