@@ -32,7 +32,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from lightning.pytorch import Callback
 
 SIGMA = {"Cu": 2.34, "Ni": 2.28}
 EPSILON = {"Cu": 0.41, "Ni": 0.52}
@@ -139,8 +138,9 @@ def phase_build(args) -> dict:
             "peak_rss_mb": memory.rss, "peak_pss_mb": memory.pss, "summary": manifest["summary"]}
 
 
-class StepTimer(Callback):
-    """Time waiting for data (batch end to next batch start) and whole steps (start to next start)."""
+class StepTimer:
+    """Lightning callback (duck-typed: the build's spawned workers need not import Lightning): time
+    waiting for data (batch end to next batch start) and whole steps (start to next start)."""
 
     def __init__(self, warmup: int = 10):
         self.warmup, self.steps, self.data, self.total = warmup, 0, 0.0, 0.0
@@ -161,9 +161,11 @@ class StepTimer(Callback):
 def phase_train(args) -> dict:
     from hydra import compose, initialize_config_module
 
+    from lightning.pytorch import Callback
+
     import lightning_modules.train as train
 
-    timer = StepTimer()
+    timer = type("TimerCallback", (StepTimer, Callback), {})()
     original = train.build_callbacks
     train.build_callbacks = lambda cfg: original(cfg) + [timer]
     data = [f"data.store={args.store}"] if args.store else [f"data.path={args.source}", "data.cache=false"]

@@ -27,6 +27,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -149,19 +150,34 @@ def _executor(workers: int):
 
 
 @contextlib.contextmanager
-def _one_thread_per_worker(workers: int) -> Iterator[None]:
-    """Spawned workers start with ``OMP_NUM_THREADS=1``: OpenMP threads in the neighbour lists of
-    small structures only contend with the other workers (the executor starts workers as it
-    needs them, so this holds for the whole build)."""
+def _worker_start_environment(workers: int) -> Iterator[None]:
+    """How spawned workers start, for the whole build (the executor starts them as it needs them):
+
+    * ``OMP_NUM_THREADS=1``: OpenMP threads in the neighbour lists of small structures only
+      contend with the other workers;
+    * without re-importing the parent's ``__main__`` (multiprocessing's spawn runs the main
+      script again in each worker; ``mlip-train``'s would import the whole trainer, ~150 MB and
+      seconds per worker). The work lives in this importable module, so the workers do not need it.
+    """
+    if workers <= 1:
+        yield
+        return
+    main = sys.modules.get("__main__")
+    hidden = {name: getattr(main, name) for name in ("__file__", "__spec__") if hasattr(main, name)}
     previous = os.environ.get("OMP_NUM_THREADS")
-    if workers > 1:
-        os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "__file__" in hidden:
+        del main.__file__
+    if "__spec__" in hidden:
+        main.__spec__ = None
     try:
         yield
     finally:
-        if workers > 1 and previous is None:
+        for name, value in hidden.items():
+            setattr(main, name, value)
+        if previous is None:
             os.environ.pop("OMP_NUM_THREADS", None)
-        elif workers > 1:
+        else:
             os.environ["OMP_NUM_THREADS"] = previous
 
 
@@ -221,7 +237,7 @@ def build_store(directory: str | os.PathLike, sources: Sequence[str | os.PathLik
     try:
         manifest = _prepare(directory, key, key_hash)
         if manifest is None:
-            with _one_thread_per_worker(workers):
+            with _worker_start_environment(workers):
                 manifest = _build(directory, paths, described, key, key_hash, cutoff, keys, file_format, on_error,
                                   require_energy, workers, shard_size, progress)
         return manifest

@@ -101,13 +101,10 @@ def pack_shard(items: Sequence[tuple[dict, int, int]]) -> dict[str, np.ndarray]:
             "structures": structures, "index": index}
 
 
-def unpack_item(offsets: np.ndarray, atoms, z, edges, structure, flags) -> dict:
-    """The graph arrays (``graph_arrays``' fields, in its order) of one structure from its rows.
-
-    ``offsets`` are its two rows of the shard's offset table; the others its slices of
-    ``atoms``, ``z``, ``edges`` and its rows of ``structures`` and ``index`` (numpy or torch).
-    """
-    n = int(offsets[1][0] - offsets[0][0])
+def unpack_item(n_atoms: int, atoms, z, edges, structure, flags) -> dict:
+    """The graph arrays (``graph_arrays``' fields, in its order) of one structure of ``n_atoms``
+    atoms from its slices of ``atoms``, ``z``, ``edges`` and its rows of ``structures`` and
+    ``index`` (numpy arrays or tensors)."""
     arrays = {
         "pos": atoms[:, POS], "z": z, "cell": structure[CELL].reshape(1, 3, 3), "pbc": flags[PBC].reshape(1, 3) != 0,
         "edge_index": edges[:, :2].T, "shifts": edges[:, 2:],
@@ -119,7 +116,8 @@ def unpack_item(offsets: np.ndarray, atoms, z, edges, structure, flags) -> dict:
         arrays["charges"] = atoms[:, CHARGE]
     arrays["total_charge"] = structure[TOTAL_CHARGE:TOTAL_CHARGE + 1]
     arrays["weight"] = structure[WEIGHT:WEIGHT + 1]
-    assert len(z) == n, "offset table and atom arrays disagree"
+    if len(z) != n_atoms:
+        raise StoreError(f"graph store shard: offset table and atom arrays disagree ({len(z)} != {n_atoms} atoms)")
     return arrays
 
 
