@@ -4,7 +4,8 @@
     python benchmarks/large_dataset.py --structures 40000 --workers 2 --steps 200
     python benchmarks/large_dataset.py --structures 1000000 --workers 2 --steps 0   # build only
 
-1. generates N small structures (4-atom fcc cells of two species, strained and rattled) labelled
+1. generates N small structures (4-atom fcc cells of two species, strained and rattled; 4·r³ atoms
+   with ``--repeat r``) labelled
    with a vectorised Lennard-Jones reference (energy, forces; periodic images summed exactly)
    and writes them as extxyz;
 2. builds the store once per ``--workers`` value (a fresh store and a fresh process each):
@@ -77,11 +78,16 @@ class PeakMemory:
 
 
 # -- 1. the data set ----------------------------------------------------------------------------
-def lennard_jones(positions: np.ndarray, cell: np.ndarray, sigma: np.ndarray, epsilon: np.ndarray):
-    """Energies [B] and forces [B, n, 3] of B periodic cells of n atoms (shifted LJ, Lorentz-Berthelot)."""
-    reach = int(np.ceil(LJ_CUTOFF / (0.9 * LATTICE)))
+def _images(height: float) -> np.ndarray:
+    """Integer cell offsets reaching LJ_CUTOFF for a cell whose lattice planes are ``height`` apart."""
+    reach = int(np.ceil(LJ_CUTOFF / height))
     grid = np.arange(-reach, reach + 1)
-    images = np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), -1).reshape(-1, 3).astype(float)
+    return np.stack(np.meshgrid(grid, grid, grid, indexing="ij"), -1).reshape(-1, 3).astype(float)
+
+
+def lennard_jones(positions: np.ndarray, cell: np.ndarray, sigma: np.ndarray, epsilon: np.ndarray, images: np.ndarray):
+    """Energies [B] and forces [B, n, 3] of B periodic cells of n atoms (shifted LJ, Lorentz-Berthelot),
+    summed over the cell offsets ``images``."""
     offsets = np.einsum("ks,bsc->bkc", images, cell)                              # [B, K, 3]
     rij = positions[:, None, :, None] - positions[:, :, None, None] + offsets[:, None, None]  # [B, i, j, K, 3]
     r = np.linalg.norm(rij, axis=-1)
@@ -98,29 +104,32 @@ def lennard_jones(positions: np.ndarray, cell: np.ndarray, sigma: np.ndarray, ep
     return energy, forces
 
 
-def write_dataset(path: Path, n_structures: int, seed: int = 0, chunk: int = 1000) -> None:
-    """``n_structures`` labelled 4-atom cells as extxyz, written chunk by chunk (flat memory)."""
+def write_dataset(path: Path, n_structures: int, repeat: int = 1, seed: int = 0) -> None:
+    """``n_structures`` labelled fcc cells of 4·repeat³ atoms as extxyz, written chunk by chunk (flat memory)."""
     rng = np.random.default_rng(seed)
-    basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) * LATTICE
+    cube = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    basis = np.concatenate([cube + shift for shift in np.ndindex(repeat, repeat, repeat)]) / repeat  # fractional
+    n = len(basis)
+    images = _images(0.9 * repeat * LATTICE)
+    chunk = max(10, int(2.5e7 // (n * n * len(images) * 3)))  # ~200 MB per temporary array
     species = np.array(list(SIGMA))
     with open(path, "w") as handle:
         for start in range(0, n_structures, chunk):
             b = min(chunk, n_structures - start)
             strain = rng.uniform(-0.03, 0.03, size=(b, 3, 3))
-            cell = LATTICE * (np.eye(3) + 0.5 * (strain + strain.transpose(0, 2, 1)))
-            positions = np.einsum("ns,bsc->bnc", basis / LATTICE, cell) + rng.normal(scale=0.1, size=(b, 4, 3))
-            kinds = rng.integers(0, 2, size=(b, 4))
-            symbols = species[kinds]
+            cell = repeat * LATTICE * (np.eye(3) + 0.5 * (strain + strain.transpose(0, 2, 1)))
+            positions = np.einsum("ns,bsc->bnc", basis, cell) + rng.normal(scale=0.1, size=(b, n, 3))
+            symbols = species[rng.integers(0, 2, size=(b, n))]
             sigma = np.vectorize(SIGMA.get)(symbols)
             epsilon = np.vectorize(EPSILON.get)(symbols)
-            energy, forces = lennard_jones(positions, cell, sigma, epsilon)
+            energy, forces = lennard_jones(positions, cell, sigma, epsilon, images)
             energy = energy + np.vectorize(E_ATOM.get)(symbols).sum(1)
             lines = []
             for k in range(b):
                 lattice = " ".join(f"{x:.8f}" for x in cell[k].reshape(-1))
-                lines.append(f"4\nLattice=\"{lattice}\" Properties=species:S:1:pos:R:3:forces:R:3 "
+                lines.append(f"{n}\nLattice=\"{lattice}\" Properties=species:S:1:pos:R:3:forces:R:3 "
                              f"energy={energy[k]:.10f} pbc=\"T T T\"\n")
-                for i in range(4):
+                for i in range(n):
                     p, f = positions[k, i], forces[k, i]
                     lines.append(f"{symbols[k, i]} {p[0]:.8f} {p[1]:.8f} {p[2]:.8f} {f[0]:.8f} {f[1]:.8f} {f[2]:.8f}\n")
             handle.write("".join(lines))
@@ -199,6 +208,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--loader-workers", type=int, default=0, help="DataLoader num_workers of the training")
     parser.add_argument("--cutoff", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=1, help="cells of 4·repeat³ atoms (1: 4 atoms)")
     parser.add_argument("--in-memory", action="store_true", help="also train from the extxyz in memory (today's path)")
     parser.add_argument("--workdir", default=None, help="where the data and stores go (default: a temporary folder)")
     parser.add_argument("--phase", choices=["build", "train"], help=argparse.SUPPRESS)
@@ -219,16 +229,16 @@ def main() -> None:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mlip_large_"))
     workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("MLIP_PLUGINS_CACHE", str(workdir / "cache"))
-    source = workdir / f"lj_{args.structures}.xyz"
+    source = workdir / f"lj_{args.structures}_r{args.repeat}.xyz"
     start = time.perf_counter()
     if not source.exists():
-        write_dataset(source, args.structures)
-    print(f"{args.structures} structures (4 atoms, LJ reference), {source.stat().st_size / 1e6:.0f} MB extxyz, "
+        write_dataset(source, args.structures, args.repeat)
+    print(f"{args.structures} structures ({4 * args.repeat**3} atoms, LJ reference), {source.stat().st_size / 1e6:.0f} MB extxyz, "
           f"generated in {time.perf_counter() - start:.0f} s; load: {os.getloadavg()[0]:.1f}")
     common = ["--source", str(source), "--cutoff", str(args.cutoff)]
     store = None
     for workers in args.workers:
-        store = workdir / f"store_{args.structures}_w{workers}"
+        store = workdir / f"store_{args.structures}_r{args.repeat}_w{workers}"
         if store.exists():
             import shutil
 
