@@ -249,7 +249,7 @@ def _build(directory: Path, paths: list[str], described: list[dict], key: dict, 
            keys: LabelKeys, file_format: str | None, on_error: str, require_energy: bool, workers: int,
            shard_size: int, progress: bool) -> dict:
     frame_counts: list[int] = []
-    done: dict[int, dict] = {}  # chunk -> shard metadata
+    n_chunks = 0
     pending: deque[Future] = deque()
     executor = _executor(workers)
     bar = tqdm(desc=f"graph store {directory.name}", unit=" structures", disable=not progress, dynamic_ncols=True)
@@ -258,14 +258,13 @@ def _build(directory: Path, paths: list[str], described: list[dict], key: dict, 
         summary = future.result()
         for message in summary["skipped"]:
             log.warning("skipping %s", message)
-        done[summary["chunk"]] = {"structures": str(summary["structures"])}
         bar.update(summary["structures"])
 
     try:
         for chunk, frames, errors in _chunks(paths, file_format, on_error, shard_size, frame_counts):
+            n_chunks = chunk + 1
             existing = shard_metadata(directory / layout.shard_name(chunk), key_hash, chunk)
             if existing is not None:  # a complete shard of an earlier, interrupted build
-                done[chunk] = existing
                 bar.update(int(existing["structures"]))
                 continue
             while len(pending) >= 2 * max(workers, 1):
@@ -282,7 +281,7 @@ def _build(directory: Path, paths: list[str], described: list[dict], key: dict, 
     finally:
         bar.close()
     executor.shutdown()
-    return _finish(directory, described, frame_counts, key, key_hash, cutoff, len(done))
+    return _finish(directory, described, frame_counts, key, key_hash, cutoff, n_chunks)
 
 
 def _finish(directory: Path, described: list[dict], frame_counts: list[int], key: dict, key_hash: str,
