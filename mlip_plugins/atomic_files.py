@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import torch
+
 #: a temporary untouched for this long (s) and whose pid is not running here is stale
 STALE_AFTER_S = 60.0
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
@@ -74,8 +76,6 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` through :func:`atomic_output`."""
-    import torch  # here, not at the top: the graph store's build workers write shards without torch
-
     with atomic_output(path) as handle:
         torch.save(obj, handle)
     return Path(path)
