@@ -120,6 +120,10 @@ class AtomsDataModule(L.LightningDataModule):
         keys: label keys (see ``LabelKeys``: energy, forces, stress, virial, charges, weight).
         split_file: where the split is saved; an existing file is reused (resume) if its
             source files' fingerprints and frame counts match, and refused otherwise.
+        store, streaming, store_workers: train from an on-disk graph store
+            (:mod:`mlip_plugins.data.store`) instead of graphs in memory: ``store`` is its
+            folder, ``streaming=True`` builds it (once, with ``store_workers`` processes) from
+            ``path``; the split is then indices into the store.
     """
 
     def __init__(
@@ -143,6 +147,9 @@ class AtomsDataModule(L.LightningDataModule):
         cache: bool = True,
         shuffle_seed: int = 0,
         require_energy: bool = True,
+        store: str | None = None,
+        streaming: bool = False,
+        store_workers: int = 2,
     ):
         super().__init__()
         self.cutoff = float(cutoff)
@@ -169,6 +176,8 @@ class AtomsDataModule(L.LightningDataModule):
         self.test_graphs: list = []
         self.split: dict = {}
         self._loaded = False
+        self.store, self.streaming, self.store_workers = store, bool(streaming), int(store_workers)
+        self.graph_store = None  # the GraphStore when training from one
 
     # -- loading -----------------------------------------------------------------------
     def _load(self, path: str) -> list:
@@ -184,6 +193,11 @@ class AtomsDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self._loaded:
+            return
+        if self.store or self.streaming:
+            split, sources, files = self._setup_store()
+            self.split = {"sources": sources, "files": files, **split}
+            self._loaded = True
             return
         if self.train_path:
             sources = {"train": self.train_path, "val": self.val_path, "test": self.test_path}
@@ -209,6 +223,28 @@ class AtomsDataModule(L.LightningDataModule):
             raise DataError(f"{sources}: no training structures after the split")
         self.split = {"sources": sources, "files": files, **split}
         self._loaded = True
+
+    def _setup_store(self) -> tuple[dict, dict, dict]:
+        """Train/val/test as lazy views of a graph store (each process reads only what it batches)."""
+        from mlip_plugins.data.store.reader import StoreSubset, open_store
+
+        if self.train_path or self.val_path or self.test_path:
+            raise DataError("data.store/data.streaming: one source, data.path, split by val_fraction/test_fraction "
+                            "(train_path/val_path/test_path are not supported with a graph store)")
+        path = self.path if self.path or self.store else self._default_dataset()
+        store = open_store(self.store, path, self.cutoff, self.keys, self.file_format, self.on_error,
+                           self.require_energy, self.store_workers)
+        files = {"all": {"path": path or str(store.directory), "frames": len(store),
+                         "fingerprint": ",".join(source["fingerprint"] for source in store.manifest["sources"])}}
+        split = self._saved_split(files) or self._fraction_split(len(store))
+        self.graph_store = store
+        self.train_graphs, self.val_graphs, self.test_graphs = (StoreSubset(store, split[part]) for part in ("train", "val", "test"))
+        return split, {"all": path or str(store.directory), "store": str(store.directory)}, files
+
+    def train_statistics(self):
+        """One-pass statistics of the training split when training from a graph store, else None
+        (the statistics are then computed from ``train_graphs`` in memory)."""
+        return self.graph_store.statistics(self.train_graphs.indices) if self.graph_store is not None else None
 
     def _default_dataset(self) -> str:
         """The embedded EMT set's file, announced in one line; an error where it is switched off."""
@@ -257,6 +293,8 @@ class AtomsDataModule(L.LightningDataModule):
 
     def elements(self) -> list[int]:
         """Atomic numbers present in any split."""
+        if self.graph_store is not None:
+            return self.graph_store.elements
         return sorted({int(z) for g in self.train_graphs + self.val_graphs + self.test_graphs for z in g.z.unique().tolist()})
 
     # -- loaders -----------------------------------------------------------------------

@@ -16,6 +16,7 @@ for the run, and after an error only what this invocation created is removed
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import os
 import sys
@@ -95,7 +96,9 @@ def resolve_elements(cfg_elements: Any, datamodule: AtomsDataModule) -> list[int
         known = set(to_atomic_numbers(list(cfg_elements)))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model.elements: {exc}") from None
-    for graph in datamodule.train_graphs + datamodule.val_graphs + datamodule.test_graphs:
+    if set(present) <= known:  # (no scan of the graphs: they may be a store beyond memory)
+        return sorted(known)
+    for graph in itertools.chain(datamodule.train_graphs, datamodule.val_graphs, datamodule.test_graphs):
         bad = sorted(set(graph.z.tolist()) - known)
         if bad:
             from ase.data import chemical_symbols
@@ -148,13 +151,15 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
     fits the others (least squares on the training energies less the fixed part)."""
     model = module.model
     elements = model.atomic_numbers
+    streamed = datamodule.train_statistics()  # a graph store's one-pass sums, or None (in memory)
     if isinstance(e0_cfg, str):
         if e0_cfg != "fit":
             raise ConfigError(f"e0: expected 'fit' or a mapping element -> energy, got {e0_cfg!r}")
-        e0 = fit_e0(datamodule.train_graphs, elements)
+        e0 = streamed.fit_e0(elements) if streamed is not None else fit_e0(datamodule.train_graphs, elements)
     else:
-        e0 = fit_e0(datamodule.train_graphs, elements, fixed=_plain(e0_cfg))
-    scale = energy_scale(datamodule.train_graphs, elements, e0)
+        fixed = _plain(e0_cfg)
+        e0 = streamed.fit_e0(elements, fixed=fixed) if streamed is not None else fit_e0(datamodule.train_graphs, elements, fixed=fixed)
+    scale = streamed.energy_scale(elements, e0) if streamed is not None else energy_scale(datamodule.train_graphs, elements, e0)
     with torch.no_grad():
         for target in [model] + ([module.ema.module] if module.ema is not None else []):
             target.e0.copy_(torch.as_tensor(e0, dtype=target.e0.dtype))

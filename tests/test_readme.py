@@ -94,6 +94,7 @@ class Scratch:
     def substitute(self, word: str, checkpoint: str = "ckpt") -> str:
         """``word`` with ``runs/...ckpt`` (the ``checkpoint`` run's) and ``path/to/nep.in`` made real."""
         word = re.sub(r"runs/\S*?\.ckpt", str(self.files[checkpoint]), word)
+        word = word.replace("/scratch/big_store", str(self.folder / "big_store"))  # the graph-store examples
         return word.replace("path/to/nep.in", str(self.files["nep_in"]))
 
     def command(self, words: list[str]) -> list[str]:
@@ -168,6 +169,9 @@ def run_readme(scratch: Scratch, train: bool) -> list[str]:
             if name in SKIPPED:
                 skipped.append(f"{' '.join(words)[:60]} ({SKIPPED[name]})")
                 continue
+            if any("$SLURM" in w for w in words):  # a line of a SLURM job script: its variables exist only there
+                skipped.append(f"{' '.join(words)[:60]} (a SLURM job's line)")
+                continue
             words = scratch.command(words)
             if name == "mlip-train":
                 compose_train(words[1:], scratch)
@@ -218,7 +222,7 @@ def scratch(tmp_path_factory, cuau_frames) -> Scratch:
     for atoms in frames:  # the README's data.keys.energy=REF_energy example reads these
         atoms.info["REF_energy"] = atoms.calc.results["energy"]
         atoms.arrays["REF_forces"] = atoms.calc.results["forces"].copy()
-    for name in ("train.xyz", "val.xyz", "test.xyz", "data.xyz", "structure.xyz", "ionic.xyz"):
+    for name in ("train.xyz", "val.xyz", "test.xyz", "data.xyz", "structure.xyz", "ionic.xyz", "big.xyz"):
         write(folder / name, frames[:1] if name == "structure.xyz" else frames, format="extxyz")
     gpumd = folder / "gpumd_train.xyz"
     with open(gpumd, "w") as handle:

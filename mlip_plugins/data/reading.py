@@ -60,8 +60,9 @@ def _columns_declared(comment: str) -> tuple[int, str] | None:
     return sum(int(f) for f in fields[2::3]), properties
 
 
-def _xyz_frames(path: str) -> Iterator[tuple[int, int, str | Exception]]:
-    """(frame index, line number of its count line, frame text or the error) for each frame.
+def _xyz_frame_texts(path: str) -> Iterator[tuple[int, int, str | Exception]]:
+    """(frame index, line number of its count line, frame text or the error) for each frame,
+    split off by the count lines only (the atom lines are checked by :func:`_check_xyz_frame`).
 
     A count line that is not an integer is an error for that frame; reading resumes at the
     next line that is a bare integer (the next frame's count line).
@@ -94,24 +95,7 @@ def _xyz_frames(path: str) -> Iterator[tuple[int, int, str | Exception]]:
                 yield frame, number, ValueError(f"line {number}: truncated, the frame declares {count} atoms but the file ends "
                                                 f"after {max(len(body) - 2, 0)}")
                 return
-            try:
-                declared = _columns_declared(body[1])
-            except ValueError as exc:
-                yield frame, number, ValueError(f"line {number + 1}: {exc}")
-                frame += 1
-                continue
-            error = None
-            species_first = declared is None or declared[1].lower().startswith("species:s:")
-            for offset, line in enumerate(body[2:]):
-                columns = line.split()
-                if declared is not None and len(columns) != declared[0]:
-                    error = ValueError(f"line {number + 2 + offset} (atom {offset}): {len(columns)} columns, but "
-                                       f"Properties={declared[1]} declares {declared[0]}")
-                    break
-                if species_first and columns and columns[0].capitalize() not in atomic_numbers and not columns[0].isdigit():
-                    error = ValueError(f"line {number + 2 + offset} (atom {offset}): unknown element {columns[0][:20]!r}")
-                    break
-            yield frame, number, error or "".join(body)
+            yield frame, number, "".join(body)
             frame += 1
 
 
@@ -139,23 +123,42 @@ def detect_format(path: str | os.PathLike) -> str | None:
     return GPUMD_XYZ if lowercase or force_column else None
 
 
-def _frames(path: str, index: str, file_format: str | None) -> Iterator[tuple[int, str, Atoms | Exception, bool]]:
-    """(frame, where in the file, Atoms or the parse error, whether reading goes on after an error)."""
+def _check_xyz_frame(number: int, text: str) -> Exception | None:
+    """The first problem of a frame's atom lines (columns against its ``Properties``, unknown
+    element), naming the line; None if there is none."""
+    body = text.split("\n")  # (not splitlines: a form feed inside a line is not a line break here)
+    if body[-1] == "":
+        body.pop()
+    try:
+        declared = _columns_declared(body[1])
+    except ValueError as exc:
+        return ValueError(f"line {number + 1}: {exc}")
+    species_first = declared is None or declared[1].lower().startswith("species:s:")
+    for offset, line in enumerate(body[2:]):
+        columns = line.split()
+        if declared is not None and len(columns) != declared[0]:
+            return ValueError(f"line {number + 2 + offset} (atom {offset}): {len(columns)} columns, but "
+                              f"Properties={declared[1]} declares {declared[0]}")
+        if species_first and columns and columns[0].capitalize() not in atomic_numbers and not columns[0].isdigit():
+            return ValueError(f"line {number + 2 + offset} (atom {offset}): unknown element {columns[0][:20]!r}")
+    return None
+
+
+@dataclass(frozen=True)
+class FrameText:
+    """One frame of an (extended) XYZ file as text, split off but not parsed: splitting is cheap
+    and sequential, parsing (:func:`parse_frame`) can happen in another process."""
+
+    line: int  #: line number of its count line
+    text: str
+
+
+def _is_xyz(path: str, file_format: str | None) -> bool:
     fmt = (file_format or "").lower()
-    if index == ":" and (fmt in ("extxyz", "xyz") or (not fmt and path.lower().endswith(XYZ_SUFFIXES))):
-        frame = 0
-        try:
-            for frame, line, chunk in _xyz_frames(path):
-                if isinstance(chunk, Exception):  # the message names the line
-                    yield frame, "", chunk, True
-                    continue
-                try:
-                    yield frame, "", next(read_xyz(io.StringIO(chunk), index=0)), True
-                except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed input
-                    yield frame, f" (lines {line}-{line + chunk.count(chr(10)) - 1})", exc, True
-        except UnicodeDecodeError as exc:
-            yield frame, "", ValueError(f"not a text file ({exc})"), False
-        return
+    return fmt in ("extxyz", "xyz") or (not fmt and path.lower().endswith(XYZ_SUFFIXES))
+
+
+def _ase_frames(path: str, index: str, file_format: str | None) -> Iterator[tuple[int, Atoms | Exception, bool]]:
     reader = iread(path, index=index, format=file_format)
     frame = 0
     while True:
@@ -164,10 +167,72 @@ def _frames(path: str, index: str, file_format: str | None) -> Iterator[tuple[in
         except StopIteration:
             return
         except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed input
-            yield frame, "", exc, False  # ASE's reader cannot continue past an unparsable frame
+            yield frame, exc, False  # ASE's reader cannot continue past an unparsable frame
             return
-        yield frame, "", atoms, True
+        yield frame, atoms, True
         frame += 1
+
+
+def iter_unparsed_frames(path: str, file_format: str | None = None) -> Iterator[tuple[int, FrameText | Atoms | Exception, bool]]:
+    """(frame, its :class:`FrameText` (XYZ files) or ``Atoms`` (other formats, read by ASE) or the
+    error that stopped its reading, whether reading goes on after an error), one at a time."""
+    file_format = file_format or detect_format(path)
+    if not _is_xyz(path, file_format):
+        yield from _ase_frames(path, ":", file_format)
+        return
+    frame = 0
+    try:
+        for frame, line, chunk in _xyz_frame_texts(path):
+            yield frame, chunk if isinstance(chunk, Exception) else FrameText(line, chunk), True
+    except UnicodeDecodeError as exc:
+        yield frame, ValueError(f"not a text file ({exc})"), False
+
+
+def parse_frame(item: FrameText | Atoms | Exception) -> tuple[str, Atoms | Exception]:
+    """(where in the file, for messages; the ``Atoms`` or the parse error) of an item of
+    :func:`iter_unparsed_frames`."""
+    if not isinstance(item, FrameText):
+        return "", item
+    error = _check_xyz_frame(item.line, item.text)
+    if error is not None:  # the message names the line
+        return "", error
+    try:
+        return "", next(read_xyz(io.StringIO(item.text), index=0))
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed input
+        return f" (lines {item.line}-{item.line + item.text.count(chr(10)) - 1})", exc
+
+
+def iter_frames(path: str, index: str = ":", file_format: str | None = None) -> Iterator[tuple[int, str, Atoms | Exception, bool]]:
+    """(frame, where in the file, Atoms or the parse error, whether reading goes on after an error),
+    one frame at a time (constant memory for files of any size)."""
+    if index != ":":
+        for frame, atoms, can_continue in _ase_frames(path, index, file_format or detect_format(path)):
+            yield frame, "", atoms, can_continue
+        return
+    for frame, item, can_continue in iter_unparsed_frames(path, file_format):
+        lines, atoms = parse_frame(item)
+        yield frame, lines, atoms, can_continue
+
+
+def check_source_file(path: str) -> None:
+    """A ``DataError`` unless ``path`` is an existing, non-empty file."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a directory, expected a structure file")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: file is empty")
+
+
+def parse_error_message(where: str, lines: str, exc: Exception) -> str:
+    """The one-line message of a frame ASE could not parse."""
+    return f"{where}{lines}: cannot parse ({type(exc).__name__}: {exc})"
+
+
+def check_structure(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bool = False) -> dict:
+    """Check one frame's geometry and read its labels (a ``DataError`` naming ``where`` and the field)."""
+    check_geometry(atoms, where)
+    return extract_labels(atoms, keys, where, require_energy=require_energy)
 
 
 def read_structures(
@@ -190,30 +255,22 @@ def read_structures(
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     keys = keys or LabelKeys()
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: file not found")
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a directory, expected a structure file")
-    if os.path.getsize(path) == 0:
-        raise DataError(f"{path}: file is empty")
-    if file_format is None:
-        file_format = detect_format(path)
+    check_source_file(path)
     structures: list[LabelledStructure] = []
     skipped: list[str] = []
     frames = 0
-    for frame, lines, atoms, can_continue in _frames(path, index, file_format):
+    for frame, lines, atoms, can_continue in iter_frames(path, index, file_format):
         where = f"{path}: frame {frame}"
         frames = frame + 1
         if isinstance(atoms, Exception):
-            message = f"{where}{lines}: cannot parse ({type(atoms).__name__}: {atoms})"
+            message = parse_error_message(where, lines, atoms)
             if on_error == "raise":
                 raise DataError(message) from atoms
             skipped.append(message)
             log.warning("skipping %s%s", message, "" if can_continue else "; stopping at the unreadable frame")
             continue
         try:
-            check_geometry(atoms, where)
-            labels = extract_labels(atoms, keys, where, require_energy=require_energy)
+            labels = check_structure(atoms, keys, where, require_energy)
         except DataError as exc:
             if on_error == "raise":
                 raise

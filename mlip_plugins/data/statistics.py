@@ -20,7 +20,7 @@ def composition_matrix(graphs: Sequence, elements: Sequence[int]) -> np.ndarray:
     return counts
 
 
-def _by_number(mapping: Mapping) -> dict[int, float]:
+def e0_mapping(mapping: Mapping) -> dict[int, float]:
     """{atomic number: energy} from a {symbol or Z: energy} dict; a bad key or value is a
     ConfigError naming ``e0.<key>``."""
     if not isinstance(mapping, Mapping):
@@ -48,17 +48,31 @@ def fit_e0(graphs: Sequence, elements: Sequence[int], ridge: float = 1e-8, fixed
     small ridge term, which picks the minimum-norm solution. ``fixed`` ({symbol or Z: energy})
     sets some elements' E0; only the others are fitted (on the energies less the fixed part).
     """
-    fixed = {z: e for z, e in _by_number(fixed or {}).items() if z in elements}
+    fixed = {z: e for z, e in e0_mapping(fixed or {}).items() if z in elements}
     e0 = np.array([fixed.get(z, 0.0) for z in elements])
     free = [k for k, z in enumerate(elements) if z not in fixed]
     labelled = [g for g in graphs if bool(g.has_energy.item())]
     if not labelled or not free:
         return e0
     counts = composition_matrix(labelled, elements)
-    energies = np.array([float(g.energy.item()) for g in labelled]) - counts @ e0
-    counts = counts[:, free]
-    gram = counts.T @ counts + ridge * np.eye(len(free))
-    e0[free] = np.linalg.solve(gram, counts.T @ energies)
+    energies = np.array([float(g.energy.item()) for g in labelled])
+    return e0_from_normal_equations(counts.T @ counts, counts.T @ energies, ridge, e0, free)
+
+
+def e0_from_normal_equations(gram: np.ndarray, rhs: np.ndarray, ridge: float = 1e-8,
+                             e0: np.ndarray | None = None, free: Sequence[int] | None = None) -> np.ndarray:
+    """Solve the E0 least squares from CᵀC (``gram``) and CᵀE (``rhs``): the fit of :func:`fit_e0`,
+    also reached by accumulating the sums structure by structure (the graph store). With ``e0``
+    holding fixed values and ``free`` the indices to fit, only those are solved for:
+    (CᵀC)_UU e_U = (CᵀE)_U - (CᵀC)_UF e_F."""
+    gram, rhs = np.asarray(gram, dtype=np.float64), np.asarray(rhs, dtype=np.float64)
+    e0 = np.zeros(len(rhs)) if e0 is None else np.array(e0, dtype=np.float64)
+    free = list(range(len(rhs))) if free is None else list(free)
+    fixed = [k for k in range(len(rhs)) if k not in free]
+    if not free:
+        return e0
+    target = rhs[free] - gram[np.ix_(free, fixed)] @ e0[fixed]
+    e0[free] = np.linalg.solve(gram[np.ix_(free, free)] + ridge * np.eye(len(free)), target)
     return e0
 
 
@@ -67,17 +81,23 @@ def energy_scale(graphs: Sequence, elements: Sequence[int], e0: np.ndarray) -> f
     structure has forces (a scale that tracks the curvature a model must learn), else the
     standard deviation of the E0-corrected energy per atom."""
     forces = [g.forces for g in graphs if bool(g.has_forces.item())]
-    if forces:
-        rms = float(torch.cat(forces).pow(2).mean().sqrt())
-        if rms > 1e-8:
-            return rms
+    force_rms = float(torch.cat(forces).pow(2).mean().sqrt()) if forces else None
+    per_atom_std = None
     labelled = [g for g in graphs if bool(g.has_energy.item())]
     if len(labelled) > 1:
         counts = composition_matrix(labelled, elements)
         residual = np.array([float(g.energy.item()) for g in labelled]) - counts @ e0
-        per_atom = residual / counts.sum(1)
-        if per_atom.std() > 1e-8:
-            return float(per_atom.std())
+        per_atom_std = float((residual / counts.sum(1)).std())
+    return choose_energy_scale(force_rms, per_atom_std)
+
+
+def choose_energy_scale(force_rms: float | None, per_atom_std: float | None) -> float:
+    """The rule of :func:`energy_scale`: the force RMS if there are forces and it is not ~0, else
+    the per-atom energy spread (after E0) if there are two or more energies and it is not ~0, else 1."""
+    if force_rms is not None and force_rms > 1e-8:
+        return float(force_rms)
+    if per_atom_std is not None and per_atom_std > 1e-8:
+        return float(per_atom_std)
     return 1.0
 
 

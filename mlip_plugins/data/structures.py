@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from ase import Atoms
-from torch_geometric.data import Data
 
 from mlip_plugins.data.neighbors import neighbor_estimate, neighbor_list
 from mlip_plugins.errors import MLIPError
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 
 class DataError(MLIPError, ValueError):
@@ -190,41 +193,71 @@ def check_geometry(atoms: Atoms, where: str, min_distance: float = 0.1) -> None:
             )
 
 
-def atoms_to_graph(atoms: Atoms, cutoff: float, labels: dict | None = None, where: str = "structure") -> Data:
-    """Build one graph (data contract of docs/architecture.md) with a vesin neighbour list.
+def graph_arrays(atoms: Atoms, cutoff: float, labels: dict | None = None, where: str = "structure") -> dict[str, np.ndarray]:
+    """The fields of one graph (data contract of docs/architecture.md) as float64/int64/bool numpy
+    arrays, with a vesin neighbour list; :func:`graph_from_arrays` makes the ``Data``.
 
     ``where`` ('file: frame k') names the structure in the error raised when its neighbour list
     would be too large (:func:`check_neighbor_count`). Missing labels are stored as zeros with
     a ``has_<label>`` flag so that structures with partial labels batch together and the loss
-    masks what is absent.
+    masks what is absent; ``charges`` is present only when labelled. The on-disk graph store
+    (:mod:`mlip_plugins.data.store`) stores exactly these arrays.
     """
     labels = labels or {}
     n = len(atoms)
-    positions = atoms.get_positions()
+    positions = np.asarray(atoms.get_positions(), dtype=np.float64)
     pbc = np.asarray(atoms.pbc, dtype=bool)
     # Non-periodic structures carry a zero cell (data contract); mixed boundaries keep theirs.
     cell = atoms.cell.array.copy() if pbc.any() else np.zeros((3, 3))
     check_neighbor_count(positions, cell, pbc, cutoff, where)
     edge_index, shifts = neighbor_list(positions, cell, pbc, cutoff)
-    dtype = torch.get_default_dtype()
-    data = Data(
-        pos=torch.tensor(positions, dtype=dtype),
-        z=torch.tensor(atoms.numbers, dtype=torch.long),
-        cell=torch.tensor(cell, dtype=dtype).view(1, 3, 3),
-        pbc=torch.tensor(pbc).view(1, 3),
-        edge_index=torch.from_numpy(edge_index),
-        shifts=torch.from_numpy(shifts),
-    )
-    data.energy = torch.tensor([labels.get("energy", 0.0)], dtype=dtype)
-    data.has_energy = torch.tensor([("energy" in labels)])
-    data.forces = torch.tensor(labels["forces"], dtype=dtype) if "forces" in labels else torch.zeros(n, 3, dtype=dtype)
-    data.has_forces = torch.tensor([("forces" in labels)])
-    data.stress = (
-        torch.tensor(labels["stress"], dtype=dtype).view(1, 3, 3) if "stress" in labels else torch.zeros(1, 3, 3, dtype=dtype)
-    )
-    data.has_stress = torch.tensor([("stress" in labels)])
+    arrays = {
+        "pos": positions,
+        "z": np.array(atoms.numbers, dtype=np.int64),  # copies: a graph never aliases the Atoms
+        "cell": np.asarray(cell, dtype=np.float64).reshape(1, 3, 3),
+        "pbc": pbc.reshape(1, 3),
+        "edge_index": edge_index,
+        "shifts": shifts,
+        "energy": np.array([labels.get("energy", 0.0)], dtype=np.float64),
+        "has_energy": np.array([("energy" in labels)]),
+        "forces": np.array(labels["forces"], dtype=np.float64) if "forces" in labels else np.zeros((n, 3)),
+        "has_forces": np.array([("forces" in labels)]),
+        "stress": np.array(labels["stress"], dtype=np.float64).reshape(1, 3, 3) if "stress" in labels else np.zeros((1, 3, 3)),
+        "has_stress": np.array([("stress" in labels)]),
+    }
     if "charges" in labels:
-        data.charges = torch.tensor(labels["charges"], dtype=dtype)
-    data.total_charge = torch.tensor([labels.get("total_charge", 0.0)], dtype=dtype)
-    data.weight = torch.tensor([labels.get("weight", 1.0)], dtype=dtype)
-    return data
+        arrays["charges"] = np.array(labels["charges"], dtype=np.float64)
+    arrays["total_charge"] = np.array([labels.get("total_charge", 0.0)], dtype=np.float64)
+    arrays["weight"] = np.array([labels.get("weight", 1.0)], dtype=np.float64)
+    return arrays
+
+
+#: fields of a graph that are integer (torch.long) or bool; every other field is a float
+#: converted to torch's default dtype
+_INTEGER_FIELDS = ("z", "edge_index", "shifts")
+
+
+def graph_from_arrays(arrays: dict) -> Data:
+    """The ``Data`` of :func:`graph_arrays`' fields (numpy arrays or tensors): integers as
+    ``torch.long``, flags as ``torch.bool``, floats in torch's default dtype."""
+    # imported here: torch_geometric (with torch._dynamo) costs a graph-store build worker,
+    # which only makes graph_arrays, ~150 MB and a second
+    from torch_geometric.data import Data
+
+    dtype = torch.get_default_dtype()
+    fields = {}
+    for key, value in arrays.items():
+        value = torch.as_tensor(value)
+        if key in _INTEGER_FIELDS:
+            fields[key] = value.long()
+        elif value.dtype == torch.bool:
+            fields[key] = value
+        else:
+            fields[key] = value.to(dtype)
+    return Data(**fields)
+
+
+def atoms_to_graph(atoms: Atoms, cutoff: float, labels: dict | None = None, where: str = "structure") -> Data:
+    """Build one graph (data contract of docs/architecture.md) with a vesin neighbour list
+    (:func:`graph_arrays`, then :func:`graph_from_arrays`)."""
+    return graph_from_arrays(graph_arrays(atoms, cutoff, labels, where))

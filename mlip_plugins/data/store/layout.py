@@ -1,0 +1,162 @@
+"""The layout of a graph store: the arrays of a shard, the manifest, and the store's errors.
+
+A shard of S structures with N atoms and E edges in total holds six arrays (safetensors):
+
+======================  ============  =====================================================
+``offsets``             [S+1, 2] i64  first atom and first edge of each structure (CSR)
+``atoms``               [N, 7] f64    position (0:3), forces (3:6), charge (6)
+``z``                   [N] int       atomic numbers (the smallest int type that holds them)
+``edges``               [E, 5] int    j, i (indices within the structure), cell shift (2:5)
+``structures``          [S, 22] f64   cell (0:9), stress (9:18), energy, total charge,
+                                      weight, sum of squared force components
+``index``               [S, 9] i64    source frame, source file, pbc (2:5), has_energy,
+                                      has_forces, has_stress, has_charges
+======================  ============  =====================================================
+
+Floats are stored in float64 whatever torch's default dtype (an item is converted on read,
+exactly as :func:`~mlip_plugins.data.structures.graph_from_arrays` converts a fresh graph),
+so one store serves float32 and float64 runs. Missing labels are zeros with their flag false,
+as in a graph. An item costs six memory-mapped slices, one per array.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mlip_plugins.atomic_files import atomic_write_text
+from mlip_plugins.data.structures import DataError
+
+#: version of the layout below; a store of another version is refused (rebuild it)
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+
+# columns of ``atoms``
+POS, FORCES, CHARGE = slice(0, 3), slice(3, 6), 6
+# columns of ``structures``
+CELL, STRESS, ENERGY, TOTAL_CHARGE, WEIGHT, FORCE_SQ = slice(0, 9), slice(9, 18), 18, 19, 20, 21
+# columns of ``index``
+FRAME, SOURCE, PBC, HAS_ENERGY, HAS_FORCES, HAS_STRESS, HAS_CHARGES = 0, 1, slice(2, 5), 5, 6, 7, 8
+SHARD_ARRAYS = ("offsets", "atoms", "z", "edges", "structures", "index")
+
+
+class StoreError(DataError):
+    """A graph store that cannot be used as it is (the message says which folder and why)."""
+
+
+class StoreMismatchError(StoreError):
+    """The store was built from other data or settings than those asked for."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store's build lock."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def compact_int(array: np.ndarray) -> np.ndarray:
+    """``array`` in the smallest signed integer type that holds its values (int8 ... int64)."""
+    array = np.asarray(array, dtype=np.int64)
+    bound = int(np.abs(array).max()) if array.size else 0
+    for dtype in (np.int8, np.int16, np.int32):
+        if bound <= np.iinfo(dtype).max:
+            return array.astype(dtype)
+    return array
+
+
+def pack_shard(items: Sequence[tuple[dict, int, int]]) -> dict[str, np.ndarray]:
+    """The shard arrays of ``items``: (graph arrays of ``graph_arrays``, source frame, source file)."""
+    n_atoms = np.array([len(arrays["z"]) for arrays, _, _ in items], dtype=np.int64)
+    n_edges = np.array([arrays["edge_index"].shape[1] for arrays, _, _ in items], dtype=np.int64)
+    offsets = np.zeros((len(items) + 1, 2), dtype=np.int64)
+    offsets[1:, 0], offsets[1:, 1] = np.cumsum(n_atoms), np.cumsum(n_edges)
+    atoms = np.zeros((int(n_atoms.sum()), 7))
+    edges = np.zeros((int(n_edges.sum()), 5), dtype=np.int64)
+    structures = np.zeros((len(items), 22))
+    index = np.zeros((len(items), 9), dtype=np.int64)
+    z = np.zeros(int(n_atoms.sum()), dtype=np.int64)
+    for k, (arrays, frame, source) in enumerate(items):
+        a0, a1 = offsets[k, 0], offsets[k + 1, 0]
+        e0, e1 = offsets[k, 1], offsets[k + 1, 1]
+        atoms[a0:a1, POS], atoms[a0:a1, FORCES] = arrays["pos"], arrays["forces"]
+        if "charges" in arrays:
+            atoms[a0:a1, CHARGE] = arrays["charges"]
+        z[a0:a1] = arrays["z"]
+        edges[e0:e1, :2], edges[e0:e1, 2:] = arrays["edge_index"].T, arrays["shifts"]
+        row = structures[k]
+        row[CELL], row[STRESS] = arrays["cell"].reshape(9), arrays["stress"].reshape(9)
+        row[ENERGY], row[TOTAL_CHARGE], row[WEIGHT] = arrays["energy"][0], arrays["total_charge"][0], arrays["weight"][0]
+        row[FORCE_SQ] = float(np.square(arrays["forces"]).sum()) if arrays["has_forces"][0] else 0.0
+        index[k, FRAME], index[k, SOURCE], index[k, PBC] = frame, source, arrays["pbc"].reshape(3)
+        index[k, HAS_ENERGY], index[k, HAS_FORCES] = arrays["has_energy"][0], arrays["has_forces"][0]
+        index[k, HAS_STRESS], index[k, HAS_CHARGES] = arrays["has_stress"][0], "charges" in arrays
+    return {"offsets": offsets, "atoms": atoms, "z": compact_int(z), "edges": compact_int(edges),
+            "structures": structures, "index": index}
+
+
+def unpack_item(n_atoms: int, atoms, z, edges, structure, flags) -> dict:
+    """The graph arrays (``graph_arrays``' fields, in its order) of one structure of ``n_atoms``
+    atoms from its slices of ``atoms``, ``z``, ``edges`` and its rows of ``structures`` and
+    ``index`` (numpy arrays or tensors)."""
+    arrays = {
+        "pos": atoms[:, POS], "z": z, "cell": structure[CELL].reshape(1, 3, 3), "pbc": flags[PBC].reshape(1, 3) != 0,
+        "edge_index": edges[:, :2].T, "shifts": edges[:, 2:],
+        "energy": structure[ENERGY:ENERGY + 1], "has_energy": flags[HAS_ENERGY:HAS_ENERGY + 1] != 0,
+        "forces": atoms[:, FORCES], "has_forces": flags[HAS_FORCES:HAS_FORCES + 1] != 0,
+        "stress": structure[STRESS].reshape(1, 3, 3), "has_stress": flags[HAS_STRESS:HAS_STRESS + 1] != 0,
+    }
+    if flags[HAS_CHARGES]:
+        arrays["charges"] = atoms[:, CHARGE]
+    arrays["total_charge"] = structure[TOTAL_CHARGE:TOTAL_CHARGE + 1]
+    arrays["weight"] = structure[WEIGHT:WEIGHT + 1]
+    if len(z) != n_atoms:
+        raise StoreError(f"graph store shard: offset table and atom arrays disagree ({len(z)} != {n_atoms} atoms)")
+    return arrays
+
+
+# -- the manifest ------------------------------------------------------------------------------
+def build_key(sources: Sequence[dict], cutoff: float, settings: dict, shard_size: int) -> dict:
+    """What a store must have been built from to serve a request: the sources' content
+    fingerprints (not their paths: a moved file is the same data), cutoff, label settings,
+    shard size and format version."""
+    return {
+        "format": FORMAT_VERSION,
+        "sources": [source["fingerprint"] for source in sources],
+        "cutoff": float(cutoff),
+        "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
+        "shard_size": int(shard_size),
+    }
+
+
+def key_difference(built: dict, wanted: dict) -> str | None:
+    """The first field in which two build keys differ, as words; None if they agree."""
+    for field in ("format", "sources", "cutoff", "settings", "shard_size"):
+        if built.get(field) != wanted.get(field):
+            what = {"sources": "source content (fingerprints)"}.get(field, field)
+            return f"{what} {built.get(field)!r} (store) != {wanted.get(field)!r} (requested)"
+    return None
+
+
+def read_manifest(directory: str | os.PathLike) -> dict | None:
+    """The store's manifest, None if there is none; a damaged one is a ``StoreError``."""
+    path = Path(directory) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path}: unreadable graph store manifest ({exc}); remove the folder to rebuild it") from exc
+    if not isinstance(manifest, dict) or "key" not in manifest:
+        raise StoreError(f"{path}: not a graph store manifest; remove the folder to rebuild it")
+    return manifest
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict) -> None:
+    atomic_write_text(json.dumps(manifest, indent=1), Path(directory) / MANIFEST)
