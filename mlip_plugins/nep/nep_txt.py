@@ -7,7 +7,7 @@ Layout written by GPUMD (``Fitness::write_nep_txt``)::
     cutoff rc_R rc_A [rc_R,2 rc_A,2 ...] MN_R MN_A
     n_max n_R n_A
     basis_size K_R K_A
-    l_max L_3b 0|2 0|1
+    l_max L_3b 0|2 0|1 [q112 [q123 [q233 [q134]]]]   (higher-body channel flags)
     ANN N_neu 0
     NEP4: per type w0[N_neu x N_des] (row = neuron), b0[N_neu], w1[N_neu]; NEP3: one network
     b1
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mlip_plugins.atomic_files import atomic_write_text
-from mlip_plugins.nep.descriptor import parse_l_max
+from mlip_plugins.nep.descriptor import l_max_entries, parse_l_max
 from mlip_plugins.errors import MLIPError
 
 
@@ -52,7 +52,7 @@ class NEPFile:
     cutoff_angular: float
     n_max: tuple[int, int]
     basis_size: tuple[int, int]
-    l_max: tuple[int, int, int]
+    l_max: tuple[int, ...]  # GPUMD's l_max line: L, then the higher-body flags (see parse_l_max)
     neuron: int
     w0: np.ndarray  # [networks, neuron, dim]
     b0: np.ndarray  # [networks, neuron]
@@ -68,8 +68,8 @@ class NEPFile:
 
     @property
     def dim(self) -> int:
-        l3, l4, l5 = self.l_max
-        return (self.n_max[0] + 1) + (self.n_max[1] + 1) * (l3 + (l4 > 0) + (l5 > 0))
+        l3, channels = parse_l_max(self.l_max)
+        return (self.n_max[0] + 1) + (self.n_max[1] + 1) * (l3 + len(channels))
 
 
 def _fail(path, line: int | None, message: str):
@@ -153,13 +153,8 @@ def read_nep(path: str | os.PathLike) -> NEPFile:
     n_max = ints("n_max", 2)[:2]
     basis = ints("basis_size", 2)[:2]
     l_values = ints("l_max", 1)
-    if any(l_values[3:]):
-        _fail(path, keywords["l_max"][0], "the q_112/q_123/q_233/q_134 descriptors are not supported")
-    l_values = (l_values + [0, 0])[:3]
-    l_values[1] = 2 if l_values[1] else 0
-    l_values[2] = 1 if l_values[2] else 0
     try:
-        parse_l_max(l_values)
+        l_values = l_max_entries(*parse_l_max(l_values))
     except ValueError as exc:
         _fail(path, keywords["l_max"][0], str(exc))
     ann = ints("ANN", 1)
@@ -359,7 +354,7 @@ def potential_to_nep(potential) -> NEPFile:
     return NEPFile(
         version=model.version, types=symbols, cutoff_radial=desc.rc_radial, cutoff_angular=desc.rc_angular,
         n_max=(desc.n_max_radial, desc.n_max_angular), basis_size=(desc.basis_size_radial, desc.basis_size_angular),
-        l_max=(desc.l_max, 2 if desc.has_q222 else 0, 1 if desc.has_q1111 else 0), neuron=w0.shape[1],
+        l_max=tuple(l_max_entries(desc.l_max, desc.channels)), neuron=w0.shape[1],
         w0=w0, b0=b0, w1=w1, b1=b1, c_radial=to_np(desc.c_radial), c_angular=to_np(desc.c_angular),
         q_scaler=to_np(model.q_scaler), typewise_cutoffs=desc.typewise_cutoffs, max_neighbors=max_nb,
         zbl=model.zbl.config() if model.zbl is not None else None,
@@ -395,7 +390,7 @@ def format_nep(content: NEPFile) -> str:
     out.append(f"cutoff {cut} {int(mn[0])} {int(mn[1])}")
     out.append(f"n_max {content.n_max[0]} {content.n_max[1]}")
     out.append(f"basis_size {content.basis_size[0]} {content.basis_size[1]}")
-    out.append(f"l_max {content.l_max[0]} {content.l_max[1]} {content.l_max[2]}")
+    out.append("l_max " + " ".join(str(int(v)) for v in content.l_max))
     out.append(f"ANN {content.neuron} 0")
     values: list[float] = []
     for t in range(content.w0.shape[0]):
