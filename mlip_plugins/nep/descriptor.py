@@ -52,6 +52,11 @@ from mlip_plugins.nn import chebyshev_basis
 #: GPUMD's higher-body channels, in the order of their descriptor blocks (after the 3-body
 #: blocks) and of their flags on the ``l_max`` line (entries 2..7).
 HIGHER_BODY_CHANNELS = ("q222", "q1111", "q112", "q123", "q233", "q134")
+#: what the flags of the ``l_max`` line switch on, per GPUMD version: today's GPUMD (and
+#: calorine), and the GPUMD that made TorchNEP's May-2026 goldens (commit 90ad63d), in which the
+#: fifth entry meant the quartic q_1122 (GPUMD has since put q_123 there). A nep.txt does not
+#: say which it was written for; "gpumd" is assumed unless the caller says otherwise.
+L_MAX_CONVENTIONS = {"gpumd": HIGHER_BODY_CHANNELS, "gpumd-2026-05": ("q222", "q1111", "q112", "q1122")}
 #: the degrees (l1, l2, l3) of the moments each cubic channel contracts
 CUBIC_CHANNELS = {"q222": (2, 2, 2), "q112": (1, 1, 2), "q123": (1, 2, 3), "q233": (2, 3, 3), "q134": (1, 3, 4)}
 #: q_n1111 = Q1111 |A_n1|^4: GPUMD's 21 / (80 pi^2) |s_1|^4 with s_1 = sqrt(4 pi / 3) A_1
@@ -68,33 +73,46 @@ def _pair(value, name: str) -> tuple:
     return values[0], values[1]
 
 
-def parse_l_max(l_max) -> tuple[int, tuple[str, ...]]:
+def _degree_needed(name: str) -> int:
+    """The highest moment degree a higher-body channel uses."""
+    return max(CUBIC_CHANNELS[name]) if name in CUBIC_CHANNELS else {"q1111": 1, "q1122": 2}[name]
+
+
+def _convention(convention: str) -> tuple[str, ...]:
+    if convention not in L_MAX_CONVENTIONS:
+        raise ValueError(f"l_max_convention: expected one of {sorted(L_MAX_CONVENTIONS)}, got {convention!r}")
+    return L_MAX_CONVENTIONS[convention]
+
+
+def parse_l_max(l_max, convention: str = "gpumd") -> tuple[int, tuple[str, ...]]:
     """(l_max^3b, enabled higher-body channels in descriptor order) from ``4`` or a GPUMD
     ``l_max`` line ``[L, q222, q1111, q112, q123, q233, q134]`` (1 to 7 entries; missing ones
-    are 0; the q222 entry may be 2, as older GPUMD versions write it, or 1)."""
+    are 0; the q222 entry may be 2, as older GPUMD versions write it, or 1); ``convention``
+    names what the flags mean (:data:`L_MAX_CONVENTIONS`)."""
+    names = _convention(convention)
     if isinstance(l_max, int):
         return int(l_max), ()
     values = [int(v) for v in l_max]
-    if not 1 <= len(values) <= 1 + len(HIGHER_BODY_CHANNELS):
-        raise ValueError(f"l_max: expected [L, q222, q1111, q112, q123, q233, q134] (1 to 7 values), got {l_max!r}")
-    values += [0] * (1 + len(HIGHER_BODY_CHANNELS) - len(values))
+    if not 1 <= len(values) <= 1 + len(names):
+        raise ValueError(f"l_max: expected [L, {', '.join(names)}] (1 to {1 + len(names)} values), got {l_max!r}")
+    values += [0] * (1 + len(names) - len(values))
     if values[1] not in (0, 1, 2):
         raise ValueError(f"l_max: the 4-body (q222) entry must be 0, 1 or 2, got {values[1]}")
-    for name, flag in zip(HIGHER_BODY_CHANNELS[1:], values[2:]):
+    for name, flag in zip(names[1:], values[2:]):
         if flag not in (0, 1):
             raise ValueError(f"l_max: the {name} entry must be 0 or 1, got {flag}")
-    channels = tuple(name for name, flag in zip(HIGHER_BODY_CHANNELS, values[1:]) if flag)
+    channels = tuple(name for name, flag in zip(names, values[1:]) if flag)
     for name in channels:
-        top = max(CUBIC_CHANNELS.get(name, (1,)))
+        top = _degree_needed(name)
         if name not in ("q222", "q1111") and values[0] < top:
             raise ValueError(f"l_max: {name} needs the 3-body degree L >= {top}, got L = {values[0]}")
     return values[0], channels
 
 
-def l_max_entries(l_max: int, channels: Sequence[str]) -> list[int]:
+def l_max_entries(l_max: int, channels: Sequence[str], convention: str = "gpumd") -> list[int]:
     """GPUMD's ``l_max`` line for a descriptor: ``[L, 0|2, 0|1]`` (the form every GPUMD version
-    reads), extended by the flags of q112, q123, q233, q134 up to the last enabled one."""
-    flags = [(2 if name == "q222" else 1) if name in channels else 0 for name in HIGHER_BODY_CHANNELS]
+    reads), extended by the flags of the further channels up to the last enabled one."""
+    flags = [(2 if name == "q222" else 1) if name in channels else 0 for name in _convention(convention)]
     while len(flags) > 2 and flags[-1] == 0:
         flags.pop()
     return [int(l_max)] + flags
@@ -134,15 +152,35 @@ def coupling_tensor(l1: int, l2: int, l3: int) -> np.ndarray:
     return np.ascontiguousarray(tensor.real)
 
 
-def cubic_invariant(moments: torch.Tensor, degrees: tuple[int, int, int]) -> torch.Tensor:
-    """q_{l1 l2 l3} per atom and n from moments [N, n+1, (L+1)^2 - 1] (degrees 1..L, real
-    harmonics' column order without l = 0): [N, n+1]."""
-    def degree(l: int) -> torch.Tensor:
-        return moments[..., l * l - 1 : (l + 1) * (l + 1) - 1]
+def _degree(moments: torch.Tensor, l: int) -> torch.Tensor:
+    """The degree-l moments [N, n+1, 2l+1] of moments [N, n+1, (L+1)^2 - 1] (degrees 1..L, real
+    harmonics' column order without l = 0)."""
+    return moments[..., l * l - 1 : (l + 1) * (l + 1) - 1]
 
-    tensor = torch.as_tensor(coupling_tensor(*degrees), dtype=moments.dtype, device=moments.device)
+
+def _coupling(degrees: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(coupling_tensor(*degrees), dtype=like.dtype, device=like.device)
+
+
+def cubic_invariant(moments: torch.Tensor, degrees: tuple[int, int, int]) -> torch.Tensor:
+    """q_{l1 l2 l3} per atom and n (the Wigner-3j contraction): [N, n+1]."""
     l1, l2, l3 = degrees
-    return torch.einsum("xna,xnb,xnc,abc->xn", degree(l1), degree(l2), degree(l3), tensor)
+    return torch.einsum("xna,xnb,xnc,abc->xn", _degree(moments, l1), _degree(moments, l2), _degree(moments, l3),
+                        _coupling(degrees, moments))
+
+
+def q1122_invariant(moments: torch.Tensor) -> torch.Tensor:
+    """The quartic q_1122 of the 2026-05 GPUMD convention: -sum_{L=0,2} (A_1 A_1)_L . (A_2 A_2)_L
+    with (A_l A_l)_{L,M} = sum (l l L; m1 m2 M) A_lm1 A_lm2 (the L = 1 coupling of equal moments
+    vanishes). Equals GPUMD's ten-term polynomial of its Cartesian moments (coefficients C5B2)
+    and the golden's numbers (``tests/nep/test_nep_higher_body.py``). [N, n+1]"""
+    a1, a2 = _degree(moments, 1), _degree(moments, 2)
+    total = 0.0
+    for big_l in (0, 2):
+        first = torch.einsum("xna,xnb,abe->xne", a1, a1, _coupling((1, 1, big_l), moments))
+        second = torch.einsum("xnc,xnd,cde->xne", a2, a2, _coupling((2, 2, big_l), moments))
+        total = total - (first * second).sum(-1)
+    return total
 
 
 def neighbor_slots(center: torch.Tensor, num_atoms: int) -> tuple[torch.Tensor, int]:
@@ -176,6 +214,8 @@ class NEPDescriptor(nn.Module):
             of elements uses the mean of their cutoffs, as GPUMD does.
         init: c ~ 0.1 N(0,1) + U(-0.5, 0.5) (GNEP) when ``"gnep"``, else U(-init, init).
         seed: seed of the initial coefficients.
+        l_max_convention: what the ``l_max`` flags mean (:data:`L_MAX_CONVENTIONS`; "gpumd" is
+            today's GPUMD, "gpumd-2026-05" reads the fifth entry as q_1122).
     """
 
     #: a small configuration for the conformance kit (mlip_plugins.testing)
@@ -192,6 +232,7 @@ class NEPDescriptor(nn.Module):
         typewise_cutoffs: Sequence[Sequence[float]] | None = None,
         init: str | float = "gnep",
         seed: int = 0,
+        l_max_convention: str = "gpumd",
     ):
         super().__init__()
         rc_r, rc_a = _pair(cutoff, "cutoff")
@@ -204,13 +245,14 @@ class NEPDescriptor(nn.Module):
         k_r, k_a = _pair(basis_size, "basis_size")
         self.n_max_radial, self.n_max_angular = int(n_r), int(n_a)
         self.basis_size_radial, self.basis_size_angular = int(k_r), int(k_a)
-        self.l_max, self.channels = parse_l_max(l_max)
+        self.l_max_convention = str(l_max_convention)
+        self.l_max, self.channels = parse_l_max(l_max, self.l_max_convention)
         if not 0 <= self.l_max <= 8:
             raise ValueError(f"l_max: the 3-body degree must be 0..8, got {self.l_max}")
         self.num_species = int(num_species)
         self.num_angular_blocks = self.l_max + len(self.channels)
         # highest degree of the moments: the 3-body degree, or what a higher-body channel needs
-        self.moment_degree = max([self.l_max] + [max(CUBIC_CHANNELS.get(name, (1,))) for name in self.channels])
+        self.moment_degree = max([self.l_max] + [_degree_needed(name) for name in self.channels])
         self.radial_dim = self.n_max_radial + 1
         self.angular_dim = (self.n_max_angular + 1) * self.num_angular_blocks
         self.dim = self.radial_dim + self.angular_dim
@@ -304,6 +346,8 @@ class NEPDescriptor(nn.Module):
             if name == "q1111":
                 square = (moments[..., 0:3] ** 2).sum(-1)
                 blocks.append(Q1111 * square * square)
+            elif name == "q1122":
+                blocks.append(q1122_invariant(moments))
             else:
                 blocks.append(cubic_invariant(moments, CUBIC_CHANNELS[name]))
         return torch.cat(blocks, dim=1)
@@ -325,9 +369,9 @@ class NEPDescriptor(nn.Module):
             "cutoff": [self.rc_radial, self.rc_angular],
             "n_max": [self.n_max_radial, self.n_max_angular],
             "basis_size": [self.basis_size_radial, self.basis_size_angular],
-            "l_max": l_max_entries(self.l_max, self.channels),
+            "l_max": l_max_entries(self.l_max, self.channels, self.l_max_convention),
             "typewise_cutoffs": self.typewise_cutoffs,
-        }
+        } | ({} if self.l_max_convention == "gpumd" else {"l_max_convention": self.l_max_convention})
 
     def extra_repr(self) -> str:
         return (

@@ -65,10 +65,11 @@ class NEPFile:
     max_neighbors: tuple[int, int] | None = None
     zbl: dict | None = None  # {inner, outer[, typewise_factor]} or {flexible: rows}
     extra: dict = field(default_factory=dict)
+    l_max_convention: str = "gpumd"  # what the l_max flags mean (descriptor.L_MAX_CONVENTIONS)
 
     @property
     def dim(self) -> int:
-        l3, channels = parse_l_max(self.l_max)
+        l3, channels = parse_l_max(self.l_max, self.l_max_convention)
         return (self.n_max[0] + 1) + (self.n_max[1] + 1) * (l3 + len(channels))
 
 
@@ -77,8 +78,11 @@ def _fail(path, line: int | None, message: str):
     raise NEPFormatError(f"{where}: {message}")
 
 
-def read_nep(path: str | os.PathLike) -> NEPFile:
-    """Parse a nep.txt (NEP3 or NEP4 potential, optional ZBL) into a :class:`NEPFile`."""
+def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFile:
+    """Parse a nep.txt (NEP3 or NEP4 potential, optional ZBL) into a :class:`NEPFile`.
+
+    ``l_max_convention`` says which GPUMD version's meaning of the ``l_max`` flags the file
+    follows (a file cannot tell; see :data:`mlip_plugins.nep.descriptor.L_MAX_CONVENTIONS`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: nep.txt not found")
@@ -154,7 +158,7 @@ def read_nep(path: str | os.PathLike) -> NEPFile:
     basis = ints("basis_size", 2)[:2]
     l_values = ints("l_max", 1)
     try:
-        l_values = l_max_entries(*parse_l_max(l_values))
+        l_values = l_max_entries(*parse_l_max(l_values, l_max_convention), l_max_convention)
     except ValueError as exc:
         _fail(path, keywords["l_max"][0], str(exc))
     ann = ints("ANN", 1)
@@ -189,6 +193,7 @@ def read_nep(path: str | os.PathLike) -> NEPFile:
         n_max=(n_max[0], n_max[1]), basis_size=(basis[0], basis[1]), l_max=tuple(l_values), neuron=neuron,
         w0=np.zeros(0), b0=np.zeros(0), w1=np.zeros(0), b1=0.0, c_radial=np.zeros(0), c_angular=np.zeros(0),
         q_scaler=np.zeros(0), typewise_cutoffs=typewise, max_neighbors=max_neighbors, zbl=zbl,
+        l_max_convention=l_max_convention,
     )
     dim = content.dim
     networks = n_types if version == 4 else 1
@@ -267,6 +272,7 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
         "n_max": list(content.n_max),
         "basis_size": list(content.basis_size),
         "l_max": list(content.l_max),
+        "l_max_convention": content.l_max_convention,
         "neuron": content.neuron,
         "version": content.version,
         "zbl": zbl,
@@ -300,9 +306,10 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
     return potential
 
 
-def load_nep_potential(path: str | os.PathLike, dtype: torch.dtype = torch.float64):
-    """A ``Potential`` from a GPUMD nep.txt (NEP3/NEP4, optional ZBL), ready for ``MLIPCalculator``."""
-    return nep_to_potential(read_nep(path), dtype=dtype)
+def load_nep_potential(path: str | os.PathLike, dtype: torch.dtype = torch.float64, l_max_convention: str = "gpumd"):
+    """A ``Potential`` from a GPUMD nep.txt (NEP3/NEP4, optional ZBL), ready for ``MLIPCalculator``
+    (``l_max_convention``: see :func:`read_nep`)."""
+    return nep_to_potential(read_nep(path, l_max_convention), dtype=dtype)
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -354,10 +361,10 @@ def potential_to_nep(potential) -> NEPFile:
     return NEPFile(
         version=model.version, types=symbols, cutoff_radial=desc.rc_radial, cutoff_angular=desc.rc_angular,
         n_max=(desc.n_max_radial, desc.n_max_angular), basis_size=(desc.basis_size_radial, desc.basis_size_angular),
-        l_max=tuple(l_max_entries(desc.l_max, desc.channels)), neuron=w0.shape[1],
+        l_max=tuple(l_max_entries(desc.l_max, desc.channels, desc.l_max_convention)), neuron=w0.shape[1],
         w0=w0, b0=b0, w1=w1, b1=b1, c_radial=to_np(desc.c_radial), c_angular=to_np(desc.c_angular),
         q_scaler=to_np(model.q_scaler), typewise_cutoffs=desc.typewise_cutoffs, max_neighbors=max_nb,
-        zbl=model.zbl.config() if model.zbl is not None else None,
+        zbl=model.zbl.config() if model.zbl is not None else None, l_max_convention=desc.l_max_convention,
     )
 
 

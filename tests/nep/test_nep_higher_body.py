@@ -7,11 +7,11 @@ more than three entries), next to q_222 and q_1111.
   calorine wrote, and on the files we write back (round trip);
 * TorchNEP's ``mixed`` golden (GPUMD ``nep`` output for ``l_max 4 1 1 1 1``): the descriptor
   blocks that GPUMD still defines the same way (radial, 3-body, q_222, q_1111, q_112) against
-  GPUMD's own numbers, and energies, forces and virials against calorine. The golden's last
-  block was made by a GPUMD version (TorchNEP commit 90ad63d, May 2026) in which the fifth
-  ``l_max`` entry switched on a quartic q_1122 channel; GPUMD has since put q_123 there (as
-  calorine does), so that block -- and with it the golden's energies -- describe a different
-  model than the same file does today, and are not compared.
+  GPUMD's own numbers, and energies, forces and virials against calorine. The golden was made
+  by a GPUMD version (TorchNEP commit 90ad63d, May 2026) in which the fifth ``l_max`` entry
+  switched on a quartic q_1122 channel; GPUMD has since put q_123 there (as calorine does).
+  Read with ``l_max_convention="gpumd-2026-05"``, all 81 descriptor components and GPUMD's
+  energies, forces and virials match.
 """
 
 from __future__ import annotations
@@ -190,31 +190,80 @@ def mixed_frames():
     return read(MIXED / "mixed.xyz", ":")
 
 
-def test_mixed_golden_descriptors_match_gpumd():
-    """Scaled descriptors of all 640 atoms, GPUMD's order, TorchNEP's tolerance (rtol 1e-5,
-    atol 2e-4; GPUMD computes in float32 and prints 6 digits), for the 72 components that the
-    current l_max convention shares with the golden's GPUMD version."""
-    needs_mixed_golden()
+LEGACY = "gpumd-2026-05"  # the golden's GPUMD: the fifth l_max entry is q_1122
+
+
+def mixed_descriptors(potential) -> np.ndarray:
+    """Scaled descriptors (the network input, GPUMD's ``descriptor.out``) of the golden's 640 atoms."""
     from torch_geometric.data import Batch
 
     from mlip_plugins.data.structures import atoms_to_graph
     from mlip_plugins.graph import build_atomic_graph
 
-    golden = np.load(MIXED / "mixed.gpumd.npz")["D_per_atom"]
-    potential = load_nep_potential(MIXED / "nep_mixed.txt")
     model = potential.energy_model
-    assert model.descriptor.channels == ("q222", "q1111", "q112", "q123") and model.descriptor.dim == golden.shape[1] == 81
     batch = Batch.from_data_list([atoms_to_graph(atoms, model.cutoff) for atoms in mixed_frames()])
     graph = build_atomic_graph(batch, potential.element_map(batch.z), pos=batch.pos.double())
     with torch.no_grad():
-        ours = model.scaled_descriptor(graph).numpy()
-    shared = 9 + 9 * (4 + 3)  # radial, l = 1..4, q222, q1111, q112
+        return model.scaled_descriptor(graph).numpy()
+
+
+@pytest.mark.parametrize("convention", ["gpumd", LEGACY])
+def test_mixed_golden_descriptors_match_gpumd(convention):
+    """All 81 components of all 640 atoms in GPUMD's order, TorchNEP's tolerance (rtol 1e-5,
+    atol 2e-4; GPUMD computes in float32 and prints 6 digits). With today's convention the
+    last block is q_123, not the golden's q_1122, so only the 72 shared components compare."""
+    needs_mixed_golden()
+    golden = np.load(MIXED / "mixed.gpumd.npz")["D_per_atom"]
+    potential = load_nep_potential(MIXED / "nep_mixed.txt", l_max_convention=convention)
+    last = "q123" if convention == "gpumd" else "q1122"
+    assert potential.energy_model.descriptor.channels == ("q222", "q1111", "q112", last)
+    ours = mixed_descriptors(potential)
+    assert ours.shape == golden.shape == (640, 81)
+    shared = 81 if convention == LEGACY else 9 + 9 * (4 + 3)  # radial, l = 1..4, q222, q1111, q112
     np.testing.assert_allclose(ours[:, :shared], golden[:, :shared], rtol=1e-5, atol=2e-4)
+    if convention == "gpumd":
+        assert np.abs(ours[:, shared:] - golden[:, shared:]).max() > 1e-2  # q_123 is not q_1122
+
+
+def test_mixed_golden_energies_forces_virials_match_gpumd():
+    """GPUMD's per-atom energies, forces and per-atom virials (xx yy zz xy yz zx) of the five
+    frames, read with the golden's l_max convention, at TorchNEP's tolerance."""
+    needs_mixed_golden()
+    from mlip_plugins.calculator import MLIPCalculator
+
+    golden = np.load(MIXED / "mixed.gpumd.npz")
+    calc = MLIPCalculator(load_nep_potential(MIXED / "nep_mixed.txt", l_max_convention=LEGACY))
+    energies, forces, virials = [], [], []
+    for atoms in mixed_frames():
+        atoms.calc = calc
+        n = len(atoms)
+        energies.append(atoms.get_potential_energy() / n)
+        forces.append(atoms.get_forces())
+        virial = -atoms.get_stress(voigt=True) * atoms.get_volume() / n  # xx yy zz yz xz xy
+        virials.append(virial[[0, 1, 2, 5, 3, 4]])
+    np.testing.assert_allclose(energies, golden["E_per_atom"], rtol=1e-5, atol=2e-4)
+    np.testing.assert_allclose(np.concatenate(forces), golden["F"], rtol=1e-5, atol=2e-4)
+    np.testing.assert_allclose(np.array(virials), golden["V_per_atom"], rtol=1e-5, atol=2e-4)
+
+
+def test_legacy_convention_round_trip(tmp_path):
+    """The 2026-05 convention survives export (same l_max line, same numbers, same energies)."""
+    needs_mixed_golden()
+    from mlip_plugins.calculator import MLIPCalculator
+
+    potential = load_nep_potential(MIXED / "nep_mixed.txt", l_max_convention=LEGACY)
+    written = write_nep(potential, tmp_path / "nep.txt")
+    assert "l_max 4 2 1 1 1\n" in written.read_text()
+    again = load_nep_potential(written, l_max_convention=LEGACY)
+    assert again.energy_model.config() == potential.energy_model.config()
+    atoms = mixed_frames()[0]
+    e = [MLIPCalculator(p).get_potential_energy(atoms) for p in (potential, again)]
+    assert abs(e[0] - e[1]) < 1e-10
 
 
 def test_mixed_golden_matches_calorine():
-    """Energies, forces and stress of the mixed model (q222, q1111, q112, q123) on two of its
-    128-atom Cr frames, against CPUNEP, float64."""
+    """Energies, forces and stress of the mixed model read with today's convention (q222,
+    q1111, q112, q123) on two of its 128-atom Cr frames, against CPUNEP, float64."""
     needs_mixed_golden()
     pytest.importorskip("calorine")
     assert_calorine_parity(MIXED / "nep_mixed.txt", load_nep_potential(MIXED / "nep_mixed.txt"), mixed_frames()[:2])
