@@ -1,6 +1,6 @@
 """GPUMD's neuroevolution potential (NEP) as one family: descriptor, energy model, files, callback.
 
-* :mod:`.descriptor`: the NEP4 descriptor (radial, angular 3-body, 4-/5-body), plugin ``nep``
+* :mod:`.descriptor`: the NEP4 descriptor (radial, angular 3-body, higher-body q_222 ... q_134), plugin ``nep``
   of ``mlip_plugins.descriptors``.
 * :mod:`.model`: the ``nep`` energy model (descriptor scaler, per-element tanh networks, ZBL).
 * :mod:`.nep_txt`: reading and writing GPUMD's ``nep.txt``; :mod:`.nep_in`: ``nep.in`` keywords

@@ -1,4 +1,4 @@
-"""The NEP4 descriptor of GPUMD: radial, 3-body angular and optional 4-/5-body invariants.
+"""The NEP4 descriptor of GPUMD: radial, 3-body angular and optional higher-body invariants.
 
 For atom i of type t_i and a neighbour j of type t_j at distance r_ij (Fan et al., PRB 104,
 104309 (2021); GPUMD ``nep.txt`` conventions):
@@ -10,35 +10,37 @@ For atom i of type t_i and a neighbour j of type t_j at distance r_ij (Fan et al
     radial   q_n      = sum_j g^R_n(r_ij)                                      n = 0..n_max^R
     3-body   q_nl     = sum_m A_nlm^2 = (2l+1)/(4 pi) sum_jk g^A_n g^A_n P_l(cos theta_ijk)
                                                                                l = 1..l_max
-    4-body   q_n222   = a cubic invariant of the l = 2 moments (GPUMD's ``C4B`` form)
-    5-body   q_n1111  = a quartic invariant of the l = 1 moments (GPUMD's ``C5B`` form)
+    higher   q_n{l1 l2 l3} = sum_{m1 m2 m3} (l1 l2 l3; m1 m2 m3) A_n,l1m1 A_n,l2m2 A_n,l3m3
+             (Wigner-3j contractions of the complex moments: q_222, q_112, q_123, q_233, q_134)
+    5-body   q_n1111  = (7/15) |A_n1|^4 = GPUMD's 21 / (80 pi^2) |s_1|^4
 
-with moments ``A_nlm = sum_j g^A_n(r_ij) Y_lm(r_hat_ij)`` (orthonormal real harmonics), so
+with moments ``A_nlm = sum_j g^A_n(r_ij) Y_lm(r_hat_ij)`` (orthonormal harmonics), so
 the angular part costs O(neighbours) per atom; the double sum includes j = k, as in GPUMD.
 Radial and angular channels have their own cutoff, basis size and n_max, and their own
 coefficients c for every ordered element pair (centre, neighbour). Optional per-element
 cutoffs use r_c(a, b) = (r_c(a) + r_c(b)) / 2, as GPUMD does.
 
 Feature order (what GPUMD's networks and ``q_scaler`` expect): radial n = 0..n_max^R, then
-for l = 1..l_max all n = 0..n_max^A, then the 4-body block, then the 5-body block.
+for l = 1..l_max all n = 0..n_max^A, then one block of n = 0..n_max^A per enabled higher-body
+channel, in GPUMD's order q_222, q_1111, q_112, q_123, q_233, q_134 -- the order of the
+entries of GPUMD's ``l_max`` line: ``l_max L q222 q1111 q112 q123 q233 q134`` (trailing
+entries may be left out; the q222 entry is 2 in older files, 1 in newer ones).
 
-The 4- and 5-body invariants are written, as in GPUMD, in terms of the unnormalised
-Cartesian moments ``s_1 = sum_j g (z, x, y)`` and
-``s_2 = sum_j g (3z^2 - 1, xz, yz, x^2 - y^2, 2xy)`` of the unit vector (x, y, z):
-
-    q_n222   = C0 s20^3 + C1 s20 (s21c^2 + s21s^2) + C2 s20 (s22c^2 + s22s^2)
-               + C3 s22c (s21s^2 - s21c^2) + C4 s21c s21s s22s
-    q_n1111  = D (s10^2 + s11c^2 + s11s^2)^2,   D = 21 / (80 pi^2)
-
-(``tests/nep/test_nep_descriptor.py`` checks that q_n222 equals the Wigner-3j contraction
-sum (2 2 2; m1 m2 m3) A_2m1 A_2m2 A_2m3 of the complex moments, and the calorine parity tests
-check both terms against GPUMD's C++ code).
+GPUMD writes the cubic channels as polynomials of its unnormalised Cartesian moments with
+tabulated coefficients; here they are contracted from the orthonormal moments with coupling
+tensors built from Wigner-3j symbols (:func:`coupling_tensor`), so each channel is one formula.
+``tests/nep/test_nep_descriptor.py`` checks the contraction against the complex-harmonic
+definition, and ``tests/nep/test_nep_higher_body.py`` checks every channel against GPUMD's
+own output and calorine's C++ implementation.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+
+import numpy as np
 
 import torch
 from torch import nn
@@ -47,13 +49,18 @@ from mlip_plugins.descriptors.harmonics import real_spherical_harmonics
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.nn import chebyshev_basis
 
-#: Coefficients of the 4-body invariant q_n222 in the Cartesian l = 2 moments: the Wigner symbol
-#: (2 2 2; 0 0 0) = -sqrt(2/35) times the cube of the Y_20 normalisation sqrt(5/(16 pi)), times
-#: the ratios 1 : 18 : -9 : -54 : 108 of the monomials (GPUMD's ``C4B`` values).
-_C4B_SCALE = -math.sqrt(2.0 / 35.0) * (5.0 / (16.0 * math.pi)) ** 1.5
-C4B = tuple(_C4B_SCALE * k for k in (1.0, 18.0, -9.0, -54.0, 108.0))
-#: GPUMD's coefficient of the 5-body invariant: q_n1111 = C5B * |s_1|^4 = 21 / (80 pi^2) |s_1|^4.
-C5B = 21.0 / (80.0 * math.pi**2)
+#: GPUMD's higher-body channels, in the order of their descriptor blocks (after the 3-body
+#: blocks) and of their flags on the ``l_max`` line (entries 2..7).
+HIGHER_BODY_CHANNELS = ("q222", "q1111", "q112", "q123", "q233", "q134")
+#: what the flags of the ``l_max`` line switch on, per GPUMD version: today's GPUMD (and
+#: calorine), and the GPUMD that made TorchNEP's May-2026 goldens (commit 90ad63d), in which the
+#: fifth entry meant the quartic q_1122 (GPUMD has since put q_123 there). A nep.txt does not
+#: say which it was written for; "gpumd" is assumed unless the caller says otherwise.
+L_MAX_CONVENTIONS = {"gpumd": HIGHER_BODY_CHANNELS, "gpumd-2026-05": ("q222", "q1111", "q112", "q1122")}
+#: the degrees (l1, l2, l3) of the moments each cubic channel contracts
+CUBIC_CHANNELS = {"q222": (2, 2, 2), "q112": (1, 1, 2), "q123": (1, 2, 3), "q233": (2, 3, 3), "q134": (1, 3, 4)}
+#: q_n1111 = Q1111 |A_n1|^4: GPUMD's 21 / (80 pi^2) |s_1|^4 with s_1 = sqrt(4 pi / 3) A_1
+Q1111 = 7.0 / 15.0
 
 
 def _pair(value, name: str) -> tuple:
@@ -66,46 +73,114 @@ def _pair(value, name: str) -> tuple:
     return values[0], values[1]
 
 
-def parse_l_max(l_max) -> tuple[int, bool, bool]:
-    """(l_max^3b, has q_n222, has q_n1111) from ``4`` or ``[4, 2, 1]`` (GPUMD's nep.in form)."""
+def _degree_needed(name: str) -> int:
+    """The highest moment degree a higher-body channel uses."""
+    return max(CUBIC_CHANNELS[name]) if name in CUBIC_CHANNELS else {"q1111": 1, "q1122": 2}[name]
+
+
+def _convention(convention: str) -> tuple[str, ...]:
+    if convention not in L_MAX_CONVENTIONS:
+        raise ValueError(f"l_max_convention: expected one of {sorted(L_MAX_CONVENTIONS)}, got {convention!r}")
+    return L_MAX_CONVENTIONS[convention]
+
+
+def parse_l_max(l_max, convention: str = "gpumd") -> tuple[int, tuple[str, ...]]:
+    """(l_max^3b, enabled higher-body channels in descriptor order) from ``4`` or a GPUMD
+    ``l_max`` line ``[L, q222, q1111, q112, q123, q233, q134]`` (1 to 7 entries; missing ones
+    are 0; the q222 entry may be 2, as older GPUMD versions write it, or 1); ``convention``
+    names what the flags mean (:data:`L_MAX_CONVENTIONS`)."""
+    names = _convention(convention)
     if isinstance(l_max, int):
-        return int(l_max), False, False
+        return int(l_max), ()
     values = [int(v) for v in l_max]
-    if not 1 <= len(values) <= 3:
-        raise ValueError(f"l_max: expected [l_3b, l_4b, l_5b], got {l_max!r}")
-    values += [0] * (3 - len(values))
-    if values[1] not in (0, 2):
-        raise ValueError(f"l_max: the 4-body entry must be 0 or 2, got {values[1]}")
-    if values[2] not in (0, 1):
-        raise ValueError(f"l_max: the 5-body entry must be 0 or 1, got {values[2]}")
-    if values[2] and not values[1]:
-        raise ValueError("l_max: the 5-body term needs the 4-body term (GPUMD: l_max L 2 1)")
-    return values[0], bool(values[1]), bool(values[2])
+    if not 1 <= len(values) <= 1 + len(names):
+        raise ValueError(f"l_max: expected [L, {', '.join(names)}] (1 to {1 + len(names)} values), got {l_max!r}")
+    values += [0] * (1 + len(names) - len(values))
+    if values[1] not in (0, 1, 2):
+        raise ValueError(f"l_max: the 4-body (q222) entry must be 0, 1 or 2, got {values[1]}")
+    for name, flag in zip(names[1:], values[2:]):
+        if flag not in (0, 1):
+            raise ValueError(f"l_max: the {name} entry must be 0 or 1, got {flag}")
+    channels = tuple(name for name, flag in zip(names, values[1:]) if flag)
+    for name in channels:
+        top = _degree_needed(name)
+        if name not in ("q222", "q1111") and values[0] < top:
+            raise ValueError(f"l_max: {name} needs the 3-body degree L >= {top}, got L = {values[0]}")
+    return values[0], channels
 
 
-def cartesian_moments_l12(unit: torch.Tensor) -> torch.Tensor:
-    """GPUMD's unnormalised l = 1 and l = 2 polynomials of unit vectors, [E, 8]:
-    (z, x, y, 3z^2 - 1, xz, yz, x^2 - y^2, 2xy)."""
-    x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
-    return torch.stack([z, x, y, 3.0 * z * z - 1.0, x * z, y * z, x * x - y * y, 2.0 * x * y], dim=-1)
+def l_max_entries(l_max: int, channels: Sequence[str], convention: str = "gpumd") -> list[int]:
+    """GPUMD's ``l_max`` line for a descriptor: ``[L, 0|2, 0|1]`` (the form every GPUMD version
+    reads), extended by the flags of the further channels up to the last enabled one."""
+    flags = [(2 if name == "q222" else 1) if name in channels else 0 for name in _convention(convention)]
+    while len(flags) > 2 and flags[-1] == 0:
+        flags.pop()
+    return [int(l_max)] + flags
 
 
-def q222_from_moments(s2: torch.Tensor) -> torch.Tensor:
-    """4-body invariant from the Cartesian l = 2 moments [..., 5] (order 20, 21c, 21s, 22c, 22s)."""
-    s0, s1, s2_, s3, s4 = s2.unbind(-1)
-    return (
-        C4B[0] * s0**3
-        + C4B[1] * s0 * (s1 * s1 + s2_ * s2_)
-        + C4B[2] * s0 * (s3 * s3 + s4 * s4)
-        + C4B[3] * s3 * (s2_ * s2_ - s1 * s1)
-        + C4B[4] * s1 * s2_ * s4
-    )
+def _complex_from_real(l: int) -> np.ndarray:
+    """U[m + l, a] with Y_lm = sum_a U[m + l, a] R_a: the complex harmonics (Condon-Shortley
+    phase, as in the Wigner-3j coupling) in terms of this package's real ones (column a = l + m'
+    of :func:`real_spherical_harmonics`, no Condon-Shortley phase)."""
+    u = np.zeros((2 * l + 1, 2 * l + 1), dtype=complex)
+    u[l, l] = 1.0
+    for m in range(1, l + 1):
+        cos_m, sin_m = l + m, l - m
+        u[l + m, cos_m], u[l + m, sin_m] = (-1) ** m / math.sqrt(2.0), 1j * (-1) ** m / math.sqrt(2.0)
+        u[l - m, cos_m], u[l - m, sin_m] = 1.0 / math.sqrt(2.0), -1j / math.sqrt(2.0)
+    return u
 
 
-def q1111_from_moments(s1: torch.Tensor) -> torch.Tensor:
-    """5-body invariant from the Cartesian l = 1 moments [..., 3]."""
-    square = (s1 * s1).sum(-1)
-    return C5B * square * square
+@functools.lru_cache(maxsize=None)
+def coupling_tensor(l1: int, l2: int, l3: int) -> np.ndarray:
+    """T[a, b, c] with sum_abc T A_l1,a A_l2,b A_l3,c = sum (l1 l2 l3; m1 m2 m3) A_l1m1 A_l2m2 A_l3m3
+    for real moments A (this package's real harmonics) and their complex counterparts; real
+    because l1 + l2 + l3 is even for every channel. [2 l1 + 1, 2 l2 + 1, 2 l3 + 1], float64."""
+    from sympy.physics.wigner import wigner_3j
+
+    if (l1 + l2 + l3) % 2:
+        raise ValueError(f"coupling_tensor: l1 + l2 + l3 must be even, got ({l1}, {l2}, {l3})")
+    w = np.zeros((2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1))
+    for m1 in range(-l1, l1 + 1):
+        for m2 in range(-l2, l2 + 1):
+            m3 = -m1 - m2
+            if abs(m3) <= l3:
+                w[m1 + l1, m2 + l2, m3 + l3] = float(wigner_3j(l1, l2, l3, m1, m2, m3))
+    tensor = np.einsum("ijk,ia,jb,kc->abc", w, _complex_from_real(l1), _complex_from_real(l2), _complex_from_real(l3))
+    if np.abs(tensor.imag).max() > 1e-12:
+        raise AssertionError(f"coupling_tensor({l1}, {l2}, {l3}) is not real")
+    return np.ascontiguousarray(tensor.real)
+
+
+def _degree(moments: torch.Tensor, l: int) -> torch.Tensor:
+    """The degree-l moments [N, n+1, 2l+1] of moments [N, n+1, (L+1)^2 - 1] (degrees 1..L, real
+    harmonics' column order without l = 0)."""
+    return moments[..., l * l - 1 : (l + 1) * (l + 1) - 1]
+
+
+def _coupling(degrees: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(coupling_tensor(*degrees), dtype=like.dtype, device=like.device)
+
+
+def cubic_invariant(moments: torch.Tensor, degrees: tuple[int, int, int]) -> torch.Tensor:
+    """q_{l1 l2 l3} per atom and n (the Wigner-3j contraction): [N, n+1]."""
+    l1, l2, l3 = degrees
+    return torch.einsum("xna,xnb,xnc,abc->xn", _degree(moments, l1), _degree(moments, l2), _degree(moments, l3),
+                        _coupling(degrees, moments))
+
+
+def q1122_invariant(moments: torch.Tensor) -> torch.Tensor:
+    """The quartic q_1122 of the 2026-05 GPUMD convention: -sum_{L=0,2} (A_1 A_1)_L . (A_2 A_2)_L
+    with (A_l A_l)_{L,M} = sum (l l L; m1 m2 M) A_lm1 A_lm2 (the L = 1 coupling of equal moments
+    vanishes). Equals GPUMD's ten-term polynomial of its Cartesian moments (coefficients C5B2)
+    and the golden's numbers (``tests/nep/test_nep_higher_body.py``). [N, n+1]"""
+    a1, a2 = _degree(moments, 1), _degree(moments, 2)
+    total = 0.0
+    for big_l in (0, 2):
+        first = torch.einsum("xna,xnb,abe->xne", a1, a1, _coupling((1, 1, big_l), moments))
+        second = torch.einsum("xnc,xnd,cde->xne", a2, a2, _coupling((2, 2, big_l), moments))
+        total = total - (first * second).sum(-1)
+    return total
 
 
 def neighbor_slots(center: torch.Tensor, num_atoms: int) -> tuple[torch.Tensor, int]:
@@ -132,11 +207,15 @@ class NEPDescriptor(nn.Module):
         cutoff_angular: angular cutoff (Å); defaults to the radial one.
         n_max: ``[n_max^R, n_max^A]`` (or one value for both).
         basis_size: ``[N_bas^R, N_bas^A]`` (or one value for both).
-        l_max: ``l_3b`` or ``[l_3b, 0|2, 0|1]`` as in nep.in (3-body up to 8, 4-body, 5-body).
+        l_max: ``l_3b`` or GPUMD's ``l_max`` line ``[l_3b, q222, q1111, q112, q123, q233, q134]``
+            (3-body degree up to 8, then the flags of the higher-body channels; see
+            :func:`parse_l_max`).
         typewise_cutoffs: optional ``[[rc_R, rc_A], ...]`` per element (model order); a pair
             of elements uses the mean of their cutoffs, as GPUMD does.
         init: c ~ 0.1 N(0,1) + U(-0.5, 0.5) (GNEP) when ``"gnep"``, else U(-init, init).
         seed: seed of the initial coefficients.
+        l_max_convention: what the ``l_max`` flags mean (:data:`L_MAX_CONVENTIONS`; "gpumd" is
+            today's GPUMD, "gpumd-2026-05" reads the fifth entry as q_1122).
     """
 
     #: a small configuration for the conformance kit (mlip_plugins.testing)
@@ -153,6 +232,7 @@ class NEPDescriptor(nn.Module):
         typewise_cutoffs: Sequence[Sequence[float]] | None = None,
         init: str | float = "gnep",
         seed: int = 0,
+        l_max_convention: str = "gpumd",
     ):
         super().__init__()
         rc_r, rc_a = _pair(cutoff, "cutoff")
@@ -165,11 +245,14 @@ class NEPDescriptor(nn.Module):
         k_r, k_a = _pair(basis_size, "basis_size")
         self.n_max_radial, self.n_max_angular = int(n_r), int(n_a)
         self.basis_size_radial, self.basis_size_angular = int(k_r), int(k_a)
-        self.l_max, self.has_q222, self.has_q1111 = parse_l_max(l_max)
+        self.l_max_convention = str(l_max_convention)
+        self.l_max, self.channels = parse_l_max(l_max, self.l_max_convention)
         if not 0 <= self.l_max <= 8:
             raise ValueError(f"l_max: the 3-body degree must be 0..8, got {self.l_max}")
         self.num_species = int(num_species)
-        self.num_angular_blocks = self.l_max + int(self.has_q222) + int(self.has_q1111)
+        self.num_angular_blocks = self.l_max + len(self.channels)
+        # highest degree of the moments: the 3-body degree, or what a higher-body channel needs
+        self.moment_degree = max([self.l_max] + [_degree_needed(name) for name in self.channels])
         self.radial_dim = self.n_max_radial + 1
         self.angular_dim = (self.n_max_angular + 1) * self.num_angular_blocks
         self.dim = self.radial_dim + self.angular_dim
@@ -230,7 +313,7 @@ class NEPDescriptor(nn.Module):
         return torch.bmm(sums, self._atom_coefficients(self.c_radial, graph.species)).squeeze(1)
 
     def angular(self, graph: AtomicGraph) -> torch.Tensor:
-        """Angular features [N, (n_max^A + 1) * blocks], blocks ordered l = 1..l_max, q222, q1111."""
+        """Angular features [N, (n_max^A + 1) * blocks]: l = 1..l_max, then the higher-body channels."""
         n_atoms = graph.num_atoms
         if self.num_angular_blocks == 0:
             return graph.edge_len.new_zeros(n_atoms, 0)
@@ -242,12 +325,7 @@ class NEPDescriptor(nn.Module):
         r, vec, rc, dst, neighbor = graph.edge_len[keep], graph.edge_vec[keep], rc[keep], dst[keep], graph.species[src[keep]]
         basis = chebyshev_basis(r, rc, self.basis_size_angular)  # [Ea, K+1]
         unit = vec / r.unsqueeze(-1)
-        columns = []
-        if self.l_max > 0:
-            columns.append(real_spherical_harmonics(unit, self.l_max)[:, 1:])  # l = 1..l_max
-        if self.has_q222 or self.has_q1111:
-            columns.append(cartesian_moments_l12(unit))
-        angular = torch.cat(columns, dim=1)  # [Ea, M]
+        angular = real_spherical_harmonics(unit, self.moment_degree)[:, 1:]  # [Ea, M], degrees 1..moment_degree
         # moments A[i, n, m] = sum_j g_n(r_ij) Y_m(r_ij) = sum_{t,k} c[t_i, t, n, k] F[i, t, k, m] with
         # F[i, t, k, m] = sum_{j of element t} f_k(r_ij) Y_m(r_ij): batched products over each
         # atom's padded neighbour slots (no per-edge outer products, no large scatters)
@@ -264,13 +342,23 @@ class NEPDescriptor(nn.Module):
             squares = moments[..., : self.l_max * (self.l_max + 2)] ** 2
             for l in range(1, self.l_max + 1):
                 blocks.append(squares[..., l * l - 1 : (l + 1) * (l + 1) - 1].sum(-1))
-        if self.has_q222 or self.has_q1111:
-            s = moments[..., self.l_max * (self.l_max + 2) :]
-            if self.has_q222:
-                blocks.append(q222_from_moments(s[..., 3:8]))
-            if self.has_q1111:
-                blocks.append(q1111_from_moments(s[..., 0:3]))
+        for name in self.channels:
+            if name == "q1111":
+                square = (moments[..., 0:3] ** 2).sum(-1)
+                blocks.append(Q1111 * square * square)
+            elif name == "q1122":
+                blocks.append(q1122_invariant(moments))
+            else:
+                blocks.append(cubic_invariant(moments, CUBIC_CHANNELS[name]))
         return torch.cat(blocks, dim=1)
+
+    @property
+    def has_q222(self) -> bool:
+        return "q222" in self.channels
+
+    @property
+    def has_q1111(self) -> bool:
+        return "q1111" in self.channels
 
     def forward(self, graph: AtomicGraph) -> torch.Tensor:
         return torch.cat([self.radial(graph), self.angular(graph)], dim=1)
@@ -281,13 +369,13 @@ class NEPDescriptor(nn.Module):
             "cutoff": [self.rc_radial, self.rc_angular],
             "n_max": [self.n_max_radial, self.n_max_angular],
             "basis_size": [self.basis_size_radial, self.basis_size_angular],
-            "l_max": [self.l_max, 2 if self.has_q222 else 0, 1 if self.has_q1111 else 0],
+            "l_max": l_max_entries(self.l_max, self.channels, self.l_max_convention),
             "typewise_cutoffs": self.typewise_cutoffs,
-        }
+        } | ({} if self.l_max_convention == "gpumd" else {"l_max_convention": self.l_max_convention})
 
     def extra_repr(self) -> str:
         return (
             f"cutoff=({self.rc_radial}, {self.rc_angular}), n_max=({self.n_max_radial}, {self.n_max_angular}), "
             f"basis_size=({self.basis_size_radial}, {self.basis_size_angular}), l_max={self.l_max}, "
-            f"q222={self.has_q222}, q1111={self.has_q1111}, dim={self.dim}"
+            f"channels={list(self.channels)}, dim={self.dim}"
         )

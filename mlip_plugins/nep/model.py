@@ -161,7 +161,7 @@ class NEPModel(nn.Module):
     Args:
         num_species, cutoff: injected by the model builder; ``cutoff`` is the radial cutoff or
             ``[radial, angular]``.
-        cutoff_angular, n_max, basis_size, l_max, typewise_cutoffs: the descriptor's
+        cutoff_angular, n_max, basis_size, l_max, typewise_cutoffs, l_max_convention: the descriptor's
             (:class:`~mlip_plugins.nep.descriptor.NEPDescriptor`).
         neuron: hidden-layer width N_neu.
         version: 4 (one network per element) or 3 (one network shared by all elements).
@@ -190,6 +190,7 @@ class NEPModel(nn.Module):
         lambda_1: float = 0.0,
         lambda_2: float = 0.0,
         seed: int = 0,
+        l_max_convention: str = "gpumd",
     ):
         super().__init__()
         if int(version) not in (3, 4):
@@ -198,7 +199,7 @@ class NEPModel(nn.Module):
         self.num_species = int(num_species)
         self.descriptor = NEPDescriptor(
             num_species, cutoff=cutoff, cutoff_angular=cutoff_angular, n_max=n_max, basis_size=basis_size,
-            l_max=l_max, typewise_cutoffs=typewise_cutoffs, seed=seed,
+            l_max=l_max, typewise_cutoffs=typewise_cutoffs, seed=seed, l_max_convention=l_max_convention,
         )
         self.neuron = int(neuron)
         self.lambda_1, self.lambda_2 = float(lambda_1), float(lambda_2)

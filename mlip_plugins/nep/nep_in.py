@@ -14,7 +14,7 @@ cutoff R A          model.cutoff = R; model.energy.model.cutoff = R, .cutoff_ang
                     (2N values: per-element cutoffs, model.energy.model.typewise_cutoffs)
 n_max R A           model.energy.model.n_max = [R, A]
 basis_size R A      model.energy.model.basis_size = [R, A]
-l_max L [4b [5b]]   model.energy.model.l_max = [L, 4b, 5b]
+l_max L [4b ...]    model.energy.model.l_max = [L, 4b, 5b, q112, q123, q233, q134] (as given)
 neuron N            model.energy.model.neuron
 zbl r               model.energy.model.zbl = {inner: r/2, outer: r}
 use_typewise_cutoff_zbl [f]   zbl.typewise_factor = f (default 0.7)
@@ -49,6 +49,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from mlip_plugins.errors import MLIPError
+from mlip_plugins.nep.descriptor import l_max_entries, parse_l_max
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +197,13 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
     for keyword in ("n_max", "basis_size"):
         value = numbers(keyword, int, (2,)) if keyword in values else GPUMD_MODEL_DEFAULTS[keyword]
         _set(overrides, model + keyword, list(value))
-    l_max = numbers("l_max", int, (1, 2, 3)) if "l_max" in values else GPUMD_MODEL_DEFAULTS["l_max"]
-    l_max = (list(l_max) + [0, 0])[:3]
+    l_max = numbers("l_max", int, tuple(range(1, 8))) if "l_max" in values else GPUMD_MODEL_DEFAULTS["l_max"]
     if "l_max" in values and len(values["l_max"][1]) == 1:
-        l_max = [l_max[0], 2, 0]  # GPUMD: an l_max line with one value keeps the 4-body default
-    l_max = [l_max[0], 2 if l_max[1] else 0, 1 if l_max[2] else 0]
+        l_max = [l_max[0], 2]  # GPUMD: an l_max line with one value keeps the 4-body default
+    try:
+        l_max = l_max_entries(*parse_l_max(l_max))
+    except ValueError as exc:
+        raise NEPInputError(f"{where(values['l_max'][0])}: {exc}") from exc
     _set(overrides, model + "l_max", l_max)
     _set(overrides, model + "neuron", numbers("neuron", int, (1,))[0] if "neuron" in values else GPUMD_MODEL_DEFAULTS["neuron"])
 

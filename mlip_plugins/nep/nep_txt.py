@@ -7,7 +7,7 @@ Layout written by GPUMD (``Fitness::write_nep_txt``)::
     cutoff rc_R rc_A [rc_R,2 rc_A,2 ...] MN_R MN_A
     n_max n_R n_A
     basis_size K_R K_A
-    l_max L_3b 0|2 0|1
+    l_max L_3b 0|2 0|1 [q112 [q123 [q233 [q134]]]]   (higher-body channel flags)
     ANN N_neu 0
     NEP4: per type w0[N_neu x N_des] (row = neuron), b0[N_neu], w1[N_neu]; NEP3: one network
     b1
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from mlip_plugins.atomic_files import atomic_write_text
-from mlip_plugins.nep.descriptor import parse_l_max
+from mlip_plugins.nep.descriptor import l_max_entries, parse_l_max
 from mlip_plugins.errors import MLIPError
 
 
@@ -52,7 +52,7 @@ class NEPFile:
     cutoff_angular: float
     n_max: tuple[int, int]
     basis_size: tuple[int, int]
-    l_max: tuple[int, int, int]
+    l_max: tuple[int, ...]  # GPUMD's l_max line: L, then the higher-body flags (see parse_l_max)
     neuron: int
     w0: np.ndarray  # [networks, neuron, dim]
     b0: np.ndarray  # [networks, neuron]
@@ -65,11 +65,12 @@ class NEPFile:
     max_neighbors: tuple[int, int] | None = None
     zbl: dict | None = None  # {inner, outer[, typewise_factor]} or {flexible: rows}
     extra: dict = field(default_factory=dict)
+    l_max_convention: str = "gpumd"  # what the l_max flags mean (descriptor.L_MAX_CONVENTIONS)
 
     @property
     def dim(self) -> int:
-        l3, l4, l5 = self.l_max
-        return (self.n_max[0] + 1) + (self.n_max[1] + 1) * (l3 + (l4 > 0) + (l5 > 0))
+        l3, channels = parse_l_max(self.l_max, self.l_max_convention)
+        return (self.n_max[0] + 1) + (self.n_max[1] + 1) * (l3 + len(channels))
 
 
 def _fail(path, line: int | None, message: str):
@@ -77,8 +78,11 @@ def _fail(path, line: int | None, message: str):
     raise NEPFormatError(f"{where}: {message}")
 
 
-def read_nep(path: str | os.PathLike) -> NEPFile:
-    """Parse a nep.txt (NEP3 or NEP4 potential, optional ZBL) into a :class:`NEPFile`."""
+def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFile:
+    """Parse a nep.txt (NEP3 or NEP4 potential, optional ZBL) into a :class:`NEPFile`.
+
+    ``l_max_convention`` says which GPUMD version's meaning of the ``l_max`` flags the file
+    follows (a file cannot tell; see :data:`mlip_plugins.nep.descriptor.L_MAX_CONVENTIONS`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: nep.txt not found")
@@ -153,13 +157,8 @@ def read_nep(path: str | os.PathLike) -> NEPFile:
     n_max = ints("n_max", 2)[:2]
     basis = ints("basis_size", 2)[:2]
     l_values = ints("l_max", 1)
-    if any(l_values[3:]):
-        _fail(path, keywords["l_max"][0], "the q_112/q_123/q_233/q_134 descriptors are not supported")
-    l_values = (l_values + [0, 0])[:3]
-    l_values[1] = 2 if l_values[1] else 0
-    l_values[2] = 1 if l_values[2] else 0
     try:
-        parse_l_max(l_values)
+        l_values = l_max_entries(*parse_l_max(l_values, l_max_convention), l_max_convention)
     except ValueError as exc:
         _fail(path, keywords["l_max"][0], str(exc))
     ann = ints("ANN", 1)
@@ -194,6 +193,7 @@ def read_nep(path: str | os.PathLike) -> NEPFile:
         n_max=(n_max[0], n_max[1]), basis_size=(basis[0], basis[1]), l_max=tuple(l_values), neuron=neuron,
         w0=np.zeros(0), b0=np.zeros(0), w1=np.zeros(0), b1=0.0, c_radial=np.zeros(0), c_angular=np.zeros(0),
         q_scaler=np.zeros(0), typewise_cutoffs=typewise, max_neighbors=max_neighbors, zbl=zbl,
+        l_max_convention=l_max_convention,
     )
     dim = content.dim
     networks = n_types if version == 4 else 1
@@ -272,6 +272,7 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
         "n_max": list(content.n_max),
         "basis_size": list(content.basis_size),
         "l_max": list(content.l_max),
+        "l_max_convention": content.l_max_convention,
         "neuron": content.neuron,
         "version": content.version,
         "zbl": zbl,
@@ -305,9 +306,10 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
     return potential
 
 
-def load_nep_potential(path: str | os.PathLike, dtype: torch.dtype = torch.float64):
-    """A ``Potential`` from a GPUMD nep.txt (NEP3/NEP4, optional ZBL), ready for ``MLIPCalculator``."""
-    return nep_to_potential(read_nep(path), dtype=dtype)
+def load_nep_potential(path: str | os.PathLike, dtype: torch.dtype = torch.float64, l_max_convention: str = "gpumd"):
+    """A ``Potential`` from a GPUMD nep.txt (NEP3/NEP4, optional ZBL), ready for ``MLIPCalculator``
+    (``l_max_convention``: see :func:`read_nep`)."""
+    return nep_to_potential(read_nep(path, l_max_convention), dtype=dtype)
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -359,10 +361,10 @@ def potential_to_nep(potential) -> NEPFile:
     return NEPFile(
         version=model.version, types=symbols, cutoff_radial=desc.rc_radial, cutoff_angular=desc.rc_angular,
         n_max=(desc.n_max_radial, desc.n_max_angular), basis_size=(desc.basis_size_radial, desc.basis_size_angular),
-        l_max=(desc.l_max, 2 if desc.has_q222 else 0, 1 if desc.has_q1111 else 0), neuron=w0.shape[1],
+        l_max=tuple(l_max_entries(desc.l_max, desc.channels, desc.l_max_convention)), neuron=w0.shape[1],
         w0=w0, b0=b0, w1=w1, b1=b1, c_radial=to_np(desc.c_radial), c_angular=to_np(desc.c_angular),
         q_scaler=to_np(model.q_scaler), typewise_cutoffs=desc.typewise_cutoffs, max_neighbors=max_nb,
-        zbl=model.zbl.config() if model.zbl is not None else None,
+        zbl=model.zbl.config() if model.zbl is not None else None, l_max_convention=desc.l_max_convention,
     )
 
 
@@ -395,7 +397,7 @@ def format_nep(content: NEPFile) -> str:
     out.append(f"cutoff {cut} {int(mn[0])} {int(mn[1])}")
     out.append(f"n_max {content.n_max[0]} {content.n_max[1]}")
     out.append(f"basis_size {content.basis_size[0]} {content.basis_size[1]}")
-    out.append(f"l_max {content.l_max[0]} {content.l_max[1]} {content.l_max[2]}")
+    out.append("l_max " + " ".join(str(int(v)) for v in content.l_max))
     out.append(f"ANN {content.neuron} 0")
     values: list[float] = []
     for t in range(content.w0.shape[0]):
