@@ -250,3 +250,15 @@ def test_born_effective_charges_match_gpumds_goldens(kspace):
     ours = our_results(MLIPCalculator.from_file(FIXTURES / "models" / "qnep_mode1_BaTiO3.txt"), atoms)
     golden = np.load(FIXTURES / "golden" / f"bec_bulk_perovskite_qnep_mode1_{kspace}.npz")["bec"]
     np.testing.assert_allclose(ours["born_effective_charges"], golden, rtol=1e-4, atol=1e-5)
+
+
+def test_mlip_export_writes_a_qnep_that_reads_back(tmp_path, capsys):
+    from mlip_plugins.checkpoint import export_potential
+    from mlip_plugins.cli.export import main
+
+    model_file = export_potential(small_qnep(1, {"outer": 2.0}), tmp_path / "model.pt")
+    assert main([str(model_file), "--format", "nep", "-o", str(tmp_path / "nep.txt")]) in (None, 0)
+    printed = capsys.readouterr().out
+    checks = {line.split()[1].rstrip(":"): float(line.split()[-1]) for line in printed.splitlines() if "check" in line}
+    assert "mlip-plugins_dq_max" in checks and all(value < 1e-9 for value in checks.values())
+    assert (tmp_path / "nep.txt").read_text().startswith("nep4_zbl_charge1 2 Te Pb")
