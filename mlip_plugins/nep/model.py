@@ -247,7 +247,7 @@ class NEPModel(nn.Module):
         num_species = self.descriptor.num_species
         owners: dict[nn.Parameter, torch.Tensor] = {}
         if self.version == 4:
-            for p in (self.w0, self.b0, self.w1):
+            for p in (self.w0, self.b0, self.w1) + ((self.w1_charge,) if self.charge_mode else ()):
                 owners[p] = torch.arange(num_species).view(-1, *([1] * (p.dim() - 1))).expand_as(p)
         for p in (self.descriptor.c_radial, self.descriptor.c_angular):
             owners[p] = torch.arange(num_species).view(-1, 1, 1, 1).expand_as(p)
