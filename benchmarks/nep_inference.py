@@ -24,7 +24,7 @@ import torch
 from ase.build import bulk
 from ase.calculators.calculator import all_changes
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "nep"))
 
 
 def random_model_file(path: Path, types=("Cu", "Ag", "Au")) -> Path:

@@ -66,6 +66,7 @@ ELECTROSTATIC_ENERGY = "electrostatic_energy"  #: [N] ½ q φ (eV)
 ENSEMBLE_ENERGY = "ensemble_energy"        #: [N] ionisation energy of the atomic-state ensemble (eV)
 STATE_WEIGHTS = "state_weights"            #: [N, K] atomic-state weights (latent embedding)
 CHARGE_STD = "charge_std"                  #: [N] spread of charges over a charge model's heads
+BORN_EFFECTIVE_CHARGES = "born_effective_charges"  #: [N, 3, 3] Born effective charges (qNEP; row = polarisation)
 
 
 class Merge(str, Enum):
@@ -84,6 +85,7 @@ MERGE_RULES: dict[str, Merge] = {
     CHARGES: Merge.UNIQUE,
     STATE_WEIGHTS: Merge.UNIQUE,
     CHARGE_STD: Merge.UNIQUE,
+    BORN_EFFECTIVE_CHARGES: Merge.UNIQUE,
 }
 
 

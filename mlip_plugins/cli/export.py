@@ -71,7 +71,7 @@ def _test_structure(symbols: list[str], spacing: float):
 
 
 def check_nep_file(potential, path: Path) -> dict[str, float]:
-    """Max |dE|/atom and |dF| between ``potential`` and the written file (ours, and calorine's)."""
+    """Max |dE|/atom and |dF| (and |dq| for a qNEP) between ``potential`` and the written file (ours, and calorine's)."""
     from ase.data import chemical_symbols
 
     from mlip_plugins.calculator import MLIPCalculator
@@ -81,6 +81,7 @@ def check_nep_file(potential, path: Path) -> dict[str, float]:
     reference = atoms.copy()
     reference.calc = MLIPCalculator(potential, dtype=torch.float64)
     e_ref, f_ref = reference.get_potential_energy(), reference.get_forces()
+    q_ref = reference.calc.results.get("charges")  # a qNEP's charges are compared too
     checks = {}
     readers = {"mlip-plugins": lambda: MLIPCalculator.from_file(path)}
     try:
@@ -94,6 +95,8 @@ def check_nep_file(potential, path: Path) -> dict[str, float]:
         other.calc = make()
         checks[f"{name}_dE_per_atom"] = abs(other.get_potential_energy() - e_ref) / len(atoms)
         checks[f"{name}_dF_max"] = float(np.abs(other.get_forces() - f_ref).max())
+        if q_ref is not None:
+            checks[f"{name}_dq_max"] = float(np.abs(other.calc.results["charges"] - q_ref).max())
     return checks
 
 

@@ -169,6 +169,10 @@ class NEPModel(nn.Module):
             or ``{flexible: [[10 values] per element pair]}``.
         lambda_1, lambda_2: NEP's L1 and L2 regularisation weights (0 disables).
         seed: seed of the initial parameters (GNEP's initialisation).
+        charge_mode: 0 (a plain NEP) or GPUMD's qNEP charge mode 1 | 2: the network gets a second
+            output, the raw charge (weights ``w1_charge``, no bias), and the model adds the
+            Coulomb energy of the neutral charges (:mod:`mlip_plugins.nep.qnep`), returned
+            unscaled, with the charges and (when forces are asked) the Born effective charges.
     """
 
     #: a small configuration for the conformance kit (mlip_plugins.testing)
@@ -191,6 +195,7 @@ class NEPModel(nn.Module):
         lambda_2: float = 0.0,
         seed: int = 0,
         l_max_convention: str = "gpumd",
+        charge_mode: int = 0,
     ):
         super().__init__()
         if int(version) not in (3, 4):
@@ -217,6 +222,16 @@ class NEPModel(nn.Module):
         # largest radial / angular neighbour counts seen in training (GPUMD's MN_R, MN_A; 0 = unknown)
         self.register_buffer("max_neighbors", torch.zeros(2, dtype=torch.long))
         self.zbl = _zbl_from_config(zbl, self.num_species)
+        self.charge_mode = int(charge_mode)
+        self.coulomb = None
+        if self.charge_mode:
+            from mlip_plugins.nep.qnep import QNEPCoulomb
+
+            if self.version != 4:
+                raise ValueError("a qNEP (charge_mode 1 | 2) is a NEP4 model: set version 4")
+            self.coulomb = QNEPCoulomb(self.charge_mode, self.descriptor.rc_radial)
+            self.w1_charge = nn.Parameter(torch.randn(networks, self.neuron, generator=generator, dtype=dtype) * math.sqrt(2.0 / (self.neuron + 1)))
+            self.sqrt_epsilon_inf = nn.Parameter(torch.ones((), dtype=dtype))
 
     @property
     def cutoff(self) -> float:
@@ -233,7 +248,7 @@ class NEPModel(nn.Module):
         num_species = self.descriptor.num_species
         owners: dict[nn.Parameter, torch.Tensor] = {}
         if self.version == 4:
-            for p in (self.w0, self.b0, self.w1):
+            for p in (self.w0, self.b0, self.w1) + ((self.w1_charge,) if self.charge_mode else ()):
                 owners[p] = torch.arange(num_species).view(-1, *([1] * (p.dim() - 1))).expand_as(p)
         for p in (self.descriptor.c_radial, self.descriptor.c_angular):
             owners[p] = torch.arange(num_species).view(-1, 1, 1, 1).expand_as(p)
@@ -244,6 +259,8 @@ class NEPModel(nn.Module):
         cfg = dict(self.descriptor.config())
         cfg.update({"neuron": self.neuron, "version": self.version, "lambda_1": self.lambda_1, "lambda_2": self.lambda_2})
         cfg["zbl"] = self.zbl.config() if self.zbl is not None else None
+        if self.charge_mode:
+            cfg["charge_mode"] = self.charge_mode
         return cfg
 
     def scaled_descriptor(self, graph: AtomicGraph) -> torch.Tensor:
@@ -260,11 +277,37 @@ class NEPModel(nn.Module):
         """sum_mu w1 tanh(w0 q - b0) of element s (without the shared bias b1): [n_s]."""
         return torch.tanh(q @ self.w0[s].T - self.b0[s]) @ self.w1[s]
 
-    def forward(self, graph: AtomicGraph) -> torch.Tensor:
+    def forward(self, graph: AtomicGraph):
+        if self.charge_mode:
+            return self._forward_charges(graph)
         energy = self.network(self.scaled_descriptor(graph), graph.species)
         if self.zbl is not None:
             energy = energy + self.zbl(graph)
         return energy
+
+    def _charge_network(self, s: int, q: torch.Tensor) -> torch.Tensor:
+        """[n_s, 2]: (energy without b1, raw charge) of element s from one shared hidden layer."""
+        hidden = torch.tanh(q @ self.w0[s].T - self.b0[s])
+        return hidden @ torch.stack([self.w1[s], self.w1_charge[s]], dim=1)
+
+    def _forward_charges(self, graph: AtomicGraph):
+        """qNEP: the learned energy, plus the Coulomb energy (eV, unscaled), charges and BEC."""
+        from mlip_plugins import keys
+        from mlip_plugins.models.outputs import NodeOutput
+        from mlip_plugins.nep.qnep import born_effective_charges, neutral_charges
+
+        outputs = per_element(self._charge_network, self.scaled_descriptor(graph), graph.species, self.num_species)
+        energy, raw = outputs[:, 0] - self.b1, outputs[:, 1]
+        if self.zbl is not None:
+            energy = energy + self.zbl(graph)
+        charges = neutral_charges(raw, graph)
+        coulomb = self.coulomb(graph, charges)
+        extras = {keys.ATOMIC_ENERGY_UNSCALED: coulomb, keys.CHARGES: charges}
+        if not self.training:  # evaluation only: one more backward pass through the descriptor
+            bec = born_effective_charges(graph, raw, charges, self.sqrt_epsilon_inf)
+            if bec is not None:
+                extras[keys.BORN_EFFECTIVE_CHARGES] = bec
+        return NodeOutput(energy, extras, {k: "nep" for k in extras})
 
     def regularization_loss(self) -> torch.Tensor | None:
         """lambda_1 mean|z| + lambda_2 sqrt(mean z^2) over the trainable parameters (None if off)."""

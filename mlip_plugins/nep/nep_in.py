@@ -74,7 +74,7 @@ UNSUPPORTED = {
     "prediction": "prediction mode is not a training run (use mlip-eval)",
     "model_type": "only potentials (model_type 0) are supported",
     "fine_tune": "fine-tuning a foundation model is not supported",
-    "charge_mode": "charge models are not supported by the nep plugin",
+    "charge_mode": "training charge models (qNEP) from nep.in is not supported yet (a qNEP nep.txt is read and evaluated)",
     "use_typewise_cutoff": "typewise cutoff factors are not supported (give per-element cutoffs on the cutoff line)",
     "vdw": "van der Waals NEP models are not supported",
 }

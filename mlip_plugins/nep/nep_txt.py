@@ -1,4 +1,4 @@
-"""Read and write GPUMD ``nep.txt`` model files (NEP3 and NEP4, with or without ZBL).
+"""Read and write GPUMD ``nep.txt`` model files (NEP3 and NEP4, with or without ZBL; qNEP charge models).
 
 Layout written by GPUMD (``Fitness::write_nep_txt``)::
 
@@ -10,6 +10,8 @@ Layout written by GPUMD (``Fitness::write_nep_txt``)::
     l_max L_3b 0|2 0|1 [q112 [q123 [q233 [q134]]]]   (higher-body channel flags)
     ANN N_neu 0
     NEP4: per type w0[N_neu x N_des] (row = neuron), b0[N_neu], w1[N_neu]; NEP3: one network
+          (qNEP, header nep4[_zbl]_charge<mode>: per type also w1_charge[N_neu] after w1, and
+          sqrt_epsilon_infinity before b1)
     b1
     c_radial[(n (K_R+1) + k) N_typ^2 + t_i N_typ + t_j], then c_angular alike
     q_scaler[N_des]
@@ -64,6 +66,9 @@ class NEPFile:
     typewise_cutoffs: list[list[float]] | None = None
     max_neighbors: tuple[int, int] | None = None
     zbl: dict | None = None  # {inner, outer[, typewise_factor]} or {flexible: rows}
+    charge_mode: int = 0  # qNEP: GPUMD's charge mode (1 | 2), 0 for a plain NEP
+    w1_charge: np.ndarray | None = None  # qNEP: [networks, neuron] charge output weights
+    sqrt_epsilon_inf: float | None = None  # qNEP: the BEC scale
     extra: dict = field(default_factory=dict)
     l_max_convention: str = "gpumd"  # what the l_max flags mean (descriptor.L_MAX_CONVENTIONS)
 
@@ -100,9 +105,17 @@ def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFil
         _fail(path, header_line, f"cannot read the NEP version from {token!r}")
     flags = parts[1:]
     has_zbl = "zbl" in flags
+    charge_mode = 0
+    charge_flags = [f for f in flags if f.startswith("charge")]
+    if len(charge_flags) == 1 and charge_flags[0] in ("charge1", "charge2"):
+        charge_mode = int(charge_flags[0][-1])
+        flags = [f for f in flags if f != charge_flags[0]]
     unsupported = [f for f in flags if f != "zbl"]
-    if unsupported:
-        _fail(path, header_line, f"model kind {token!r} is not supported (only potentials: nep3, nep4, with or without _zbl)")
+    if unsupported or len(charge_flags) > 1 or (charge_flags and not charge_mode):
+        _fail(path, header_line, f"model kind {token!r} is not supported (potentials nep3, nep4 with or without _zbl, "
+                                 "and the charge models nep4[_zbl]_charge1 / _charge2)")
+    if charge_mode and version != 4:
+        _fail(path, header_line, f"{token!r}: charge models are NEP4 models (nep4_charge1 / nep4_charge2)")
     if version not in (3, 4):
         _fail(path, header_line, f"NEP version {version} is not supported (nep3 and nep4 are)")
     try:
@@ -194,11 +207,13 @@ def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFil
         w0=np.zeros(0), b0=np.zeros(0), w1=np.zeros(0), b1=0.0, c_radial=np.zeros(0), c_angular=np.zeros(0),
         q_scaler=np.zeros(0), typewise_cutoffs=typewise, max_neighbors=max_neighbors, zbl=zbl,
         l_max_convention=l_max_convention,
+        charge_mode=charge_mode,
     )
     dim = content.dim
     networks = n_types if version == 4 else 1
     t2 = n_types * n_types
-    n_ann = (dim + 2) * neuron * networks + 1
+    outputs = 2 if charge_mode else 1  # w1 (and w1_charge) per network
+    n_ann = (dim + 1 + outputs) * neuron * networks + 1 + (1 if charge_mode else 0)
     n_c_r = t2 * (n_max[0] + 1) * (basis[0] + 1)
     n_c_a = t2 * (n_max[1] + 1) * (basis[1] + 1)
     n_flex = 10 * n_types * (n_types + 1) // 2 if flexible else 0
@@ -210,6 +225,7 @@ def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFil
     w0 = np.zeros((networks, neuron, dim))
     b0 = np.zeros((networks, neuron))
     w1 = np.zeros((networks, neuron))
+    w1_charge = np.zeros((networks, neuron))
     for t in range(networks):
         w0[t] = numbers[offset : offset + neuron * dim].reshape(neuron, dim)
         offset += neuron * dim
@@ -217,6 +233,13 @@ def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFil
         offset += neuron
         w1[t] = numbers[offset : offset + neuron]
         offset += neuron
+        if charge_mode:
+            w1_charge[t] = numbers[offset : offset + neuron]
+            offset += neuron
+    if charge_mode:
+        content.w1_charge = w1_charge
+        content.sqrt_epsilon_inf = float(numbers[offset])
+        offset += 1
     b1 = float(numbers[offset])
     offset += 1
 
@@ -278,6 +301,8 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
         "zbl": zbl,
         "typewise_cutoffs": None if content.typewise_cutoffs is None else [content.typewise_cutoffs[t] for t in order],
     }
+    if content.charge_mode:
+        cfg["charge_mode"] = content.charge_mode
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -297,6 +322,9 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
         model.b0.copy_(as_tensor(content.b0)[net])
         model.w1.copy_(as_tensor(content.w1)[net])
         model.b1.fill_(content.b1)
+        if content.charge_mode:
+            model.w1_charge.copy_(as_tensor(content.w1_charge)[net])
+            model.sqrt_epsilon_inf.fill_(content.sqrt_epsilon_inf)
         model.descriptor.c_radial.copy_(as_tensor(content.c_radial)[perm][:, perm])
         model.descriptor.c_angular.copy_(as_tensor(content.c_angular)[perm][:, perm])
         model.q_scaler.copy_(as_tensor(content.q_scaler))
@@ -341,6 +369,7 @@ def potential_to_nep(potential) -> NEPFile:
     scale = float(potential.energy_scale)
     e0 = to_np(potential.e0)
     w0, b0, w1 = to_np(model.w0), to_np(model.b0), to_np(model.w1) * scale
+    w1_charge = to_np(model.w1_charge) if model.charge_mode else None
     b1 = float(model.b1.detach()) * scale
     if np.allclose(e0, e0[0], rtol=0.0, atol=0.0):
         b1 -= float(e0[0])
@@ -354,6 +383,8 @@ def potential_to_nep(potential) -> NEPFile:
         w0 = np.concatenate([w0, np.zeros((networks, 1, dim))], axis=1)
         b0 = np.concatenate([b0, np.full((networks, 1), -20.0)], axis=1)
         w1 = np.concatenate([w1, (e0 - reference).reshape(networks, 1)], axis=1)
+        if w1_charge is not None:  # the constant neuron carries no charge
+            w1_charge = np.concatenate([w1_charge, np.zeros((networks, 1))], axis=1)
     symbols = [chemical_symbols[z] for z in potential.atomic_numbers]
     max_nb = tuple(int(v) for v in model.max_neighbors.tolist())
     if min(max_nb) <= 0:
@@ -365,6 +396,8 @@ def potential_to_nep(potential) -> NEPFile:
         w0=w0, b0=b0, w1=w1, b1=b1, c_radial=to_np(desc.c_radial), c_angular=to_np(desc.c_angular),
         q_scaler=to_np(model.q_scaler), typewise_cutoffs=desc.typewise_cutoffs, max_neighbors=max_nb,
         zbl=model.zbl.config() if model.zbl is not None else None, l_max_convention=desc.l_max_convention,
+        charge_mode=model.charge_mode, w1_charge=w1_charge,
+        sqrt_epsilon_inf=float(model.sqrt_epsilon_inf.detach()) if model.charge_mode else None,
     )
 
 
@@ -381,6 +414,8 @@ def format_nep(content: NEPFile) -> str:
     """The text of a nep.txt for ``content``."""
     n_types = len(content.types)
     kind = f"nep{content.version}" + ("_zbl" if content.zbl is not None else "")
+    if content.charge_mode:
+        kind += f"_charge{content.charge_mode}"
     out = [f"{kind} {n_types} {' '.join(content.types)}"]
     zbl = content.zbl
     if zbl is not None:
@@ -404,6 +439,10 @@ def format_nep(content: NEPFile) -> str:
         values.extend(np.asarray(content.w0[t]).reshape(-1))
         values.extend(np.asarray(content.b0[t]).reshape(-1))
         values.extend(np.asarray(content.w1[t]).reshape(-1))
+        if content.charge_mode:
+            values.extend(np.asarray(content.w1_charge[t]).reshape(-1))
+    if content.charge_mode:
+        values.append(content.sqrt_epsilon_inf)
     values.append(content.b1)
     for c in (content.c_radial, content.c_angular):
         values.extend(np.asarray(c).transpose(2, 3, 0, 1).reshape(-1))  # (n, k, t_i, t_j)

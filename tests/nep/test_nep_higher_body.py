@@ -96,7 +96,7 @@ def test_bad_l_max_line_in_a_nep_txt_names_file_and_line(tmp_path):
 
 # -- against calorine ------------------------------------------------------------------------
 def calorine_file(tmp_path, l_max, types=("Cu", "Ag"), seed=0) -> Path:
-    from tests.nep.test_nep_parity import random_calorine_model
+    from test_nep_parity import random_calorine_model
 
     model = random_calorine_model(types, l_max=l_max[:3], seed=seed)
     flags = dict(zip(("has_q_112", "has_q_123", "has_q_233", "has_q_134"), (list(l_max[3:]) + [0] * 4)[:4]))
@@ -148,7 +148,7 @@ def test_channels_match_calorine_and_survive_the_round_trip(tmp_path, case):
     """A calorine-written file with these channels: our energies, forces and stress equal
     CPUNEP's; read -> write -> read keeps every number; CPUNEP evaluates our file the same."""
     pytest.importorskip("calorine")
-    from tests.nep.test_nep_parity import structures
+    from test_nep_parity import structures
 
     l_max = LINES[case]
     source = calorine_file(tmp_path, l_max)
@@ -170,7 +170,7 @@ def test_channels_match_calorine_and_survive_the_round_trip(tmp_path, case):
 
 def test_forces_and_stress_of_the_channels_match_finite_differences():
     """Autograd forces with every higher-body channel on (float64 central differences)."""
-    from tests.nep.test_nep_descriptor import batch_of, energy, nep_potential, structure
+    from test_nep_descriptor import batch_of, energy, nep_potential, structure
 
     potential = nep_potential(l_max=[4, 2, 1, 1, 1, 1, 1])
     atoms = structure()
