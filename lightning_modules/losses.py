@@ -9,7 +9,14 @@ import torch
 
 @dataclass
 class LossWeights:
-    """Weights of the loss terms and the pointwise loss (``mse`` or ``huber``)."""
+    """Weights of the loss terms and the pointwise loss (``mse`` or ``huber``).
+
+    ``normalize="variance"`` divides each term by the training set's variance of that label
+    (``PotentialModule.loss_scales``, from ``mlip_plugins.data.statistics.label_variances``),
+    so the weights compare dimensionless terms: energy per atom and force components weigh
+    by how well each is fitted relative to its spread, not by their units. ``"none"`` keeps
+    the raw per-atom MSE in eV², eV²/Å², ... (the recipe before issue 17).
+    """
 
     energy: float = 1.0
     forces: float = 10.0
@@ -17,6 +24,11 @@ class LossWeights:
     charges: float = 0.0
     kind: str = "mse"
     huber_delta: float = 0.01
+    normalize: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.normalize not in ("none", "variance"):
+            raise ValueError(f"loss.normalize must be 'none' or 'variance', got {self.normalize!r}")
 
 
 def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
@@ -53,8 +65,12 @@ def errors(batch, out: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return result
 
 
-def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = None,
+               scales: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum of weighted mean pointwise losses; also returns each term for logging.
+
+    ``scales`` (per target, used when ``weights.normalize == "variance"``) divide each term:
+    the training set's label variances, the one place where the terms are made dimensionless.
 
     ``denominators`` (per target) replace the local weight totals of the means: under DDP,
     the global total divided by the number of processes, so that the gradient average over
@@ -69,6 +85,8 @@ def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = Non
             continue
         total = None if denominators is None else denominators[key]
         term = _weighted_mean(_pointwise(diff, weights.kind, weights.huber_delta), w.to(diff.dtype), total)
+        if weights.normalize == "variance" and scales is not None:
+            term = term / scales[key].to(term.dtype)
         parts[key] = term.detach()
         loss = coefficient * term if loss is None else loss + coefficient * term
     if loss is None:

@@ -50,7 +50,10 @@ class PotentialModule(L.LightningModule):
         model: the ``model`` config section (elements, cutoff, energy tree).
         loss: ``LossWeights`` fields (energy, forces, stress, charges, kind, huber_delta).
         optimizer: ``{name: adam|adamw, lr, weight_decay, ...}``.
-        scheduler: ``{name: cosine|plateau|none, warmup_steps, min_lr_ratio, factor, patience}``.
+        scheduler: ``{name: cosine|plateau|none, warmup_steps, min_lr_ratio, factor, patience}``;
+            the cosine decays to ``min_lr_ratio`` at the end of training: the last step
+            (``max_epochs``/``max_steps``) or the wall budget ``trainer.max_time``, whichever
+            comes first.
         ema: ``{decay: 0.99}`` to keep an exponential moving average used for validation
             and export, or None.
         nan_policy: what a non-finite loss or gradient does: ``"raise"`` stops the run with a
@@ -95,8 +98,22 @@ class PotentialModule(L.LightningModule):
             if ema and ema.get("decay")
             else None
         )
+        # the training set's label variances that normalise the loss terms (loss.normalize);
+        # buffers, so a resumed run keeps the scales it started with
+        self.register_buffer("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
         self.val_metrics = _metric_set()
         self.test_metrics = _metric_set()
+
+    def set_loss_scales(self, scales: Mapping[str, float]) -> None:
+        """Set the per-target loss normalisation (``loss.normalize=variance``) from e.g.
+        ``label_variances(train_graphs, ...)``; targets not named keep 1."""
+        with torch.no_grad():
+            for k, key in enumerate(TARGETS):
+                if key in scales:
+                    self.loss_scales[k] = float(scales[key])
+
+    def _scales(self) -> dict[str, torch.Tensor]:
+        return {key: self.loss_scales[k] for k, key in enumerate(TARGETS)}
 
     # -- forward -----------------------------------------------------------------------
     @property
@@ -137,7 +154,7 @@ class PotentialModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = self(batch, create_graph=True)
         errs = errors(batch, out)
-        loss, parts = total_loss(errs, self.loss_weights, self._global_denominators(errs))
+        loss, parts = total_loss(errs, self.loss_weights, self._global_denominators(errs), self._scales())
         if "aux_loss" in out:
             loss = loss + out["aux_loss"]
             parts["aux"] = out["aux_loss"].detach()
@@ -182,7 +199,7 @@ class PotentialModule(L.LightningModule):
         with torch.enable_grad():
             out = self(batch, model=self.eval_model)
         errs = errors(batch, out)
-        loss, _ = total_loss(errs, self.loss_weights)
+        loss, _ = total_loss(errs, self.loss_weights, scales=self._scales())
         self.log(f"{prefix}/loss", loss.detach(), batch_size=batch.num_graphs, prog_bar=prefix == "val", sync_dist=True)
         for key, (diff, w) in errs.items():
             mask = w > 0
@@ -210,6 +227,24 @@ class PotentialModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     # -- optimisation ------------------------------------------------------------------
+    def _time_fraction(self) -> float:
+        """Fraction of the wall budget ``trainer.max_time`` spent so far (0 without one).
+
+        The cosine schedule follows whichever ends training first, the step count or the
+        wall budget, so a run stopped by ``max_time`` has annealed its learning rate too.
+        """
+        from lightning.pytorch.callbacks import Timer
+
+        if self._trainer is None:
+            return 0.0
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, Timer):
+                remaining = callback.time_remaining()
+                if remaining is not None:
+                    elapsed = callback.time_elapsed()
+                    return elapsed / max(elapsed + remaining, 1e-9)
+        return 0.0
+
     def configure_optimizers(self) -> Any:
         cfg = dict(self.optimizer_cfg)
         name = cfg.pop("name", "adam").lower()
@@ -224,12 +259,14 @@ class PotentialModule(L.LightningModule):
         if kind == "cosine":
             warmup = int(sched.get("warmup_steps", 0))
             floor = float(sched.get("min_lr_ratio", 0.01))
-            total = max(1, int(self.trainer.estimated_stepping_batches))
+            estimated = self.trainer.estimated_stepping_batches
+            total = max(1, int(estimated)) if math.isfinite(estimated) else None
 
             def factor(step: int) -> float:
                 if step < warmup:
                     return (step + 1) / warmup
-                progress = min(1.0, (step - warmup) / max(1, total - warmup))
+                progress = (step - warmup) / max(1, total - warmup) if total else 0.0
+                progress = min(1.0, max(progress, self._time_fraction()))
                 return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -242,6 +279,10 @@ class PotentialModule(L.LightningModule):
         raise ValueError(f"scheduler.name must be cosine, plateau or none, got {kind!r}")
 
     # -- checkpoints -------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints written before loss.normalize existed carry no loss scales: unit scales
+        checkpoint["state_dict"].setdefault("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from mlip_plugins.checkpoint import checkpoint_metadata
 

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.datamodule import AtomsDataModule
 from mlip_plugins import registry
-from mlip_plugins.data.statistics import e0_from_mapping, energy_scale, fit_e0
+from mlip_plugins.data.statistics import e0_from_mapping, energy_scale, fit_e0, label_variances
 from mlip_plugins.data.structures import DataError
 from mlip_plugins.elements import UnknownElementError, to_atomic_numbers
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
@@ -113,7 +113,8 @@ def _accepts(cls, name: str) -> bool:
 
 
 def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> None:
-    """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set."""
+    """Set E0 (fit or explicit), the energy scale and the loss's label variances of a fresh
+    model from the training set."""
     model = module.model
     elements = model.atomic_numbers
     if isinstance(e0_cfg, str):
@@ -127,6 +128,8 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
         for target in [model] + ([module.ema.module] if module.ema is not None else []):
             target.e0.copy_(torch.as_tensor(e0, dtype=target.e0.dtype))
             target.energy_scale.fill_(scale)
+    if hasattr(module, "set_loss_scales"):
+        module.set_loss_scales(label_variances(datamodule.train_graphs, elements, e0))
 
 
 def run_training(cfg: DictConfig) -> dict:
