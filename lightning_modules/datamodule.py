@@ -145,12 +145,12 @@ class AtomsDataModule(L.LightningDataModule):
     def _load(self, path: str) -> list:
         return load_graph_file(path, self.cutoff, self.keys, self.file_format, self.on_error, self.use_cache, self.require_energy)
 
-    def _fraction_split(self, n: int) -> dict[str, list[int]]:
+    def _fraction_split(self, n: int, with_test: bool = True) -> dict[str, list[int]]:
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
             raise DataError(f"data: val_fraction={self.val_fraction} and test_fraction={self.test_fraction} must leave training data")
         order = np.random.default_rng(self.split_seed).permutation(n).tolist()
         n_val = max(1, int(round(self.val_fraction * n))) if self.val_fraction > 0 and n > 2 else 0
-        n_test = int(round(self.test_fraction * n)) if n - n_val > 2 else 0
+        n_test = int(round(self.test_fraction * n)) if n - n_val > 2 and with_test else 0
         return {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
 
     def setup(self, stage: str | None = None) -> None:
@@ -165,7 +165,8 @@ class AtomsDataModule(L.LightningDataModule):
                 split = {"train": list(range(len(train)))}
                 sources["val"] = self.val_path
             else:
-                split = self._split(len(train))
+                # a test file replaces the test fraction: no training structure is held back for it
+                split = self._split(len(train), with_test=not self.test_path)
                 self.train_graphs = [train[i] for i in split["train"]]
                 self.val_graphs = [train[i] for i in split["val"]]
                 self.test_graphs = [train[i] for i in split["test"]]
@@ -185,14 +186,14 @@ class AtomsDataModule(L.LightningDataModule):
         self.split = {"sources": sources, **{k: v for k, v in split.items()}}
         self._loaded = True
 
-    def _split(self, n: int) -> dict[str, list[int]]:
+    def _split(self, n: int, with_test: bool = True) -> dict[str, list[int]]:
         if self.split_file and os.path.exists(self.split_file):
             with open(self.split_file) as handle:
                 saved = json.load(handle)
             indices = [i for part in ("train", "val", "test") for i in saved.get(part, [])]
             if indices and max(indices) < n:
                 return {part: list(saved.get(part, [])) for part in ("train", "val", "test")}
-        return self._fraction_split(n)
+        return self._fraction_split(n, with_test)
 
     def save_split(self, path: str | os.PathLike) -> None:
         """Write the split (indices into each source file) as JSON, atomically."""
