@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +26,26 @@ class LossWeights:
     kind: str = "mse"
     huber_delta: float = 0.01
     normalize: str = "none"
+    #: staged weighting (as MACE's final stage): from ``final.start`` (fraction of training:
+    #: steps or wall budget, whichever is further) the training loss uses ``final``'s weights,
+    #: e.g. ``{start: 0.7, energy: 10.0}``; validation keeps the first-stage weights, so that
+    #: ``val/loss`` (checkpoint monitor) means the same thing throughout
+    final: dict | None = None
 
     def __post_init__(self) -> None:
         if self.normalize not in ("none", "variance"):
             raise ValueError(f"loss.normalize must be 'none' or 'variance', got {self.normalize!r}")
+        if self.final:
+            unknown = set(self.final) - {"start", "energy", "forces", "stress", "charges"}
+            if unknown or not 0.0 <= float(self.final.get("start", -1)) <= 1.0:
+                raise ValueError(f"loss.final: expected {{start: 0..1, energy/forces/stress/charges: weight}}, got {self.final!r}")
+
+    def final_stage(self) -> LossWeights:
+        """The weights of the final stage (``self`` where there is none)."""
+        if not self.final:
+            return self
+        weights = {k: float(v) for k, v in self.final.items() if k != "start"}
+        return dataclasses.replace(self, final=None, **weights)
 
 
 def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:

@@ -90,6 +90,7 @@ class PotentialModule(L.LightningModule):
         self._skip_this_step = False
         self.model = build_potential(model)
         self.loss_weights = LossWeights(**(_plain(loss) or {}))
+        self._final_weights = self.loss_weights.final_stage()
         self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
         self.scheduler_cfg = dict(_plain(scheduler) or {"name": "none"})
         ema = _plain(ema)
@@ -154,7 +155,7 @@ class PotentialModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = self(batch, create_graph=True)
         errs = errors(batch, out)
-        loss, parts = total_loss(errs, self.loss_weights, self._global_denominators(errs), self._scales())
+        loss, parts = total_loss(errs, self._training_weights(), self._global_denominators(errs), self._scales())
         if "aux_loss" in out:
             loss = loss + out["aux_loss"]
             parts["aux"] = out["aux_loss"].detach()
@@ -227,6 +228,23 @@ class PotentialModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     # -- optimisation ------------------------------------------------------------------
+    def _training_progress(self, step: int | None = None) -> float:
+        """Fraction of training done, 0..1: of the steps (``max_epochs``/``max_steps``) or of
+        the wall budget (``trainer.max_time``), whichever is further."""
+        if self._trainer is None:
+            return 0.0
+        step = self.global_step if step is None else step
+        total = self.trainer.estimated_stepping_batches
+        by_steps = step / max(1.0, total) if math.isfinite(total) else 0.0
+        return min(1.0, max(by_steps, self._time_fraction()))
+
+    def _training_weights(self) -> LossWeights:
+        """The loss weights of the current stage (``loss.final`` from its start on)."""
+        final = self.loss_weights.final
+        if final and self._training_progress() >= float(final["start"]):
+            return self._final_weights
+        return self.loss_weights
+
     def _time_fraction(self) -> float:
         """Fraction of the wall budget ``trainer.max_time`` spent so far (0 without one).
 

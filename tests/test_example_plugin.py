@@ -88,7 +88,7 @@ def test_plugin_configs_join_the_config_groups(example_installed):
     from hydra import compose, initialize_config_module
 
     with initialize_config_module(version_base=None, config_module="mlip_plugins.conf"):
-        cfg = compose("train", overrides=["model/descriptor=gaussian", "callbacks=[default,epoch_timer]"])
+        cfg = compose("train", overrides=["model=default", "model/descriptor=gaussian", "callbacks=[default,epoch_timer]"])
     assert cfg.model.energy.descriptor.name == "gaussian"
     assert cfg.callbacks.epoch_timer.name == "epoch_timer" and "checkpoint" in cfg.callbacks
 
@@ -97,7 +97,7 @@ def test_mlip_train_with_the_plugin_chosen_on_the_command_line(example_installed
     run_dir = tmp_path / "run"
     mlip_train = Path(sys.executable).with_name("mlip-train")
     command = [
-        str(mlip_train), "model/descriptor=gaussian", "model.energy.descriptor.num_gaussians=4", "trainer.max_epochs=1",
+        str(mlip_train), "model=default", "model/descriptor=gaussian", "model.energy.descriptor.num_gaussians=4", "trainer.max_epochs=1",
         "callbacks=[default,epoch_timer]", f"data.path={tiny_xyz}", f"hydra.run.dir={run_dir}", "model.cutoff=4.0",
         "model.energy.readout.hidden=[8]", "data.batch_size=4", "trainer.enable_progress_bar=false", "scheduler.warmup_steps=2",
     ]
