@@ -91,6 +91,7 @@ class PotentialModule(L.LightningModule):
         self.model = build_potential(model)
         self.loss_weights = LossWeights(**(_plain(loss) or {}))
         self._final_weights = self.loss_weights.final_stage()
+        self._total_steps_cache: int | None | bool = False  # False: not computed yet
         self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
         self.scheduler_cfg = dict(_plain(scheduler) or {"name": "none"})
         ema = _plain(ema)
@@ -234,9 +235,17 @@ class PotentialModule(L.LightningModule):
         if self._trainer is None:
             return 0.0
         step = self.global_step if step is None else step
-        total = self.trainer.estimated_stepping_batches
-        by_steps = step / max(1.0, total) if math.isfinite(total) else 0.0
+        total = self._total_steps()
+        by_steps = step / max(1, total) if total else 0.0
         return min(1.0, max(by_steps, self._time_fraction()))
+
+    def _total_steps(self) -> int | None:
+        """The trainer's step limit (None when only the wall budget bounds training), computed
+        once: Lightning's ``estimated_stepping_batches`` sets up the dataloader on every call."""
+        if self._total_steps_cache is False:
+            estimated = self.trainer.estimated_stepping_batches
+            self._total_steps_cache = max(1, int(estimated)) if math.isfinite(estimated) else None
+        return self._total_steps_cache
 
     def _training_weights(self) -> LossWeights:
         """The loss weights of the current stage (``loss.final`` from its start on)."""
@@ -264,6 +273,7 @@ class PotentialModule(L.LightningModule):
         return 0.0
 
     def configure_optimizers(self) -> Any:
+        self._total_steps_cache = False  # once per fit (the trainer may differ)
         cfg = dict(self.optimizer_cfg)
         name = cfg.pop("name", "adam").lower()
         classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -277,8 +287,7 @@ class PotentialModule(L.LightningModule):
         if kind == "cosine":
             warmup = int(sched.get("warmup_steps", 0))
             floor = float(sched.get("min_lr_ratio", 0.01))
-            estimated = self.trainer.estimated_stepping_batches
-            total = max(1, int(estimated)) if math.isfinite(estimated) else None
+            total = self._total_steps()
 
             def factor(step: int) -> float:
                 if step < warmup:

@@ -107,3 +107,16 @@ def test_test_file_holds_back_no_training_structure(tiny_xyz):
     assert len(with_test.val_graphs) == len(alone.val_graphs)
     assert len(with_test.train_graphs) + len(with_test.val_graphs) == n
     assert len(with_test.test_graphs) == n
+
+
+def test_final_stage_weights_apply_from_their_start_in_training_only():
+    module = PotentialModule(MODEL, loss={"energy": 1.0, "forces": 1.0, "final": {"start": 0.7, "energy": 10.0}})
+    trainer = types.SimpleNamespace(estimated_stepping_batches=100, callbacks=[], global_step=69)
+    module._trainer = trainer
+    assert module._training_weights().energy == 1.0
+    trainer.global_step = 70
+    staged = module._training_weights()
+    assert (staged.energy, staged.forces, staged.final) == (10.0, 1.0, None)
+    assert module.loss_weights.energy == 1.0  # validation keeps the first-stage weights
+    with pytest.raises(ValueError, match="loss.final"):
+        LossWeights(final={"begin": 0.5})
