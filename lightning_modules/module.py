@@ -100,6 +100,8 @@ class PotentialModule(L.LightningModule):
             if ema and ema.get("decay")
             else None
         )
+        if self.ema is not None:  # updated by copies, never by gradients (and DDP must not wait for them)
+            self.ema.requires_grad_(False)
         # the training set's label variances that normalise the loss terms (loss.normalize);
         # buffers, so a resumed run keeps the scales it started with
         self.register_buffer("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
