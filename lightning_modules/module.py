@@ -100,8 +100,6 @@ class PotentialModule(L.LightningModule):
             if ema and ema.get("decay")
             else None
         )
-        if self.ema is not None:  # updated by copies, never by gradients (and DDP must not wait for them)
-            self.ema.requires_grad_(False)
         # the training set's label variances that normalise the loss terms (loss.normalize);
         # buffers, so a resumed run keeps the scales it started with
         self.register_buffer("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
@@ -118,6 +116,14 @@ class PotentialModule(L.LightningModule):
 
     def _scales(self) -> dict[str, torch.Tensor]:
         return {key: self.loss_scales[k] for k, key in enumerate(TARGETS)}
+
+    def setup(self, stage: str) -> None:
+        """Under DDP the EMA copy's parameters must not look trainable: DDP would wait for their
+        gradients (they are updated by copies). Before DDP wraps the module, they are frozen;
+        in one process they keep the model's flags (what e.g. the Fisher analysis of
+        ``eval_model`` counts as trainable)."""
+        if self.ema is not None and self._trainer is not None and int(self.trainer.world_size) > 1:
+            self.ema.requires_grad_(False)
 
     # -- forward -----------------------------------------------------------------------
     @property
