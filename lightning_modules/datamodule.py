@@ -183,12 +183,12 @@ class AtomsDataModule(L.LightningDataModule):
     def _load(self, path: str) -> list:
         return load_graph_file(path, self.cutoff, self.keys, self.file_format, self.on_error, self.use_cache, self.require_energy)
 
-    def _fraction_split(self, n: int) -> dict[str, list[int]]:
+    def _fraction_split(self, n: int, with_test: bool = True) -> dict[str, list[int]]:
         if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
             raise DataError(f"data: val_fraction={self.val_fraction} and test_fraction={self.test_fraction} must leave training data")
         order = np.random.default_rng(self.split_seed).permutation(n).tolist()
         n_val = max(1, int(round(self.val_fraction * n))) if self.val_fraction > 0 and n > 2 else 0
-        n_test = int(round(self.test_fraction * n)) if n - n_val > 2 else 0
+        n_test = int(round(self.test_fraction * n)) if n - n_val > 2 and with_test else 0
         return {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
 
     def setup(self, stage: str | None = None) -> None:
@@ -213,7 +213,8 @@ class AtomsDataModule(L.LightningDataModule):
             self.train_graphs, self.val_graphs = graphs, loaded["val"]
             split = {"train": list(range(len(graphs)))}
         else:
-            split = saved or self._fraction_split(len(graphs))
+            # a test file replaces the test fraction: no training structure is held back for it
+            split = saved or self._fraction_split(len(graphs), with_test="test" not in loaded)
             self.train_graphs = [graphs[i] for i in split["train"]]
             self.val_graphs = [graphs[i] for i in split["val"]]
             self.test_graphs = [graphs[i] for i in split["test"]]

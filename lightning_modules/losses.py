@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
-from mlip_plugins.targets import Residual, residuals, weighted_mean
 from mlip_plugins.models.builder import ConfigError
+from mlip_plugins.targets import Residual, residuals, weighted_mean
 
 LOSS_KINDS = ("mse", "huber")
 
 
 @dataclass
 class LossWeights:
-    """Weights of the loss terms and the pointwise loss (``mse`` or ``huber``)."""
+    """Weights of the loss terms and the pointwise loss (``mse`` or ``huber``).
+
+    ``normalize="variance"`` divides each term by the training set's variance of that label
+    (``PotentialModule.loss_scales``, from ``mlip_plugins.data.statistics.label_variances``),
+    so the weights compare dimensionless terms: energy per atom and force components weigh
+    by how well each is fitted relative to its spread, not by their units. ``"none"`` keeps
+    the raw per-atom MSE in eV², eV²/Å², ... (the recipe before issue 17).
+    """
 
     energy: float = 1.0
     forces: float = 10.0
@@ -22,6 +30,19 @@ class LossWeights:
     charges: float = 0.0
     kind: str = "mse"
     huber_delta: float = 0.01
+    normalize: str = "none"
+    #: staged weighting (as MACE's final stage): from ``final.start`` (fraction of training:
+    #: steps or wall budget, whichever is further) the training loss uses ``final``'s weights,
+    #: e.g. ``{start: 0.7, energy: 10.0}``; validation keeps the first-stage weights, so that
+    #: ``val/loss`` (checkpoint monitor) means the same thing throughout
+    final: dict | None = None
+
+    def final_stage(self) -> LossWeights:
+        """The weights of the final stage (``self`` where there is none)."""
+        if not self.final:
+            return self
+        weights = {k: float(v) for k, v in self.final.items() if k != "start"}
+        return dataclasses.replace(self, final=None, **weights)
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
@@ -30,6 +51,12 @@ class LossWeights:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ConfigError(f"loss.{name}: expected a finite number >= 0, got {value!r}")
+        if self.normalize not in ("none", "variance"):
+            raise ConfigError(f"loss.normalize: expected none or variance, got {self.normalize!r}")
+        if self.final:
+            unknown = set(self.final) - {"start", "energy", "forces", "stress", "charges"}
+            if unknown or not 0.0 <= float(self.final.get("start", -1)) <= 1.0:
+                raise ConfigError(f"loss.final: expected {{start: 0..1, energy/forces/stress/charges: weight}}, got {self.final!r}")
 
 
 def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
@@ -51,8 +78,12 @@ def errors_from(targets: dict[str, Residual]) -> dict[str, tuple[torch.Tensor, t
     return {key: (r.error, r.weight) for key, r in targets.items()}
 
 
-def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = None,
+               scales: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum of weighted mean pointwise losses; also returns each term for logging.
+
+    ``scales`` (per target, used when ``weights.normalize == "variance"``) divide each term:
+    the training set's label variances, the one place where the terms are made dimensionless.
 
     ``denominators`` (per target) replace the local weight totals of the means: under DDP,
     the global total divided by the number of processes, so that the gradient average over
@@ -67,6 +98,8 @@ def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = Non
             continue
         total = None if denominators is None else denominators[key]
         term = weighted_mean(_pointwise(diff, weights.kind, weights.huber_delta), w.to(diff.dtype), total)
+        if weights.normalize == "variance" and scales is not None:
+            term = term / scales[key].to(term.dtype)
         parts[key] = term.detach()
         loss = coefficient * term if loss is None else loss + coefficient * term
     if loss is None:

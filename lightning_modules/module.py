@@ -52,7 +52,10 @@ class PotentialModule(L.LightningModule):
         model: the ``model`` config section (elements, cutoff, energy tree).
         loss: ``LossWeights`` fields (energy, forces, stress, charges, kind, huber_delta).
         optimizer: ``{name: adam|adamw, lr, weight_decay, ...}``.
-        scheduler: ``{name: cosine|plateau|none, warmup_steps, min_lr_ratio, factor, patience}``.
+        scheduler: ``{name: cosine|plateau|none, warmup_steps, min_lr_ratio, factor, patience}``;
+            the cosine decays to ``min_lr_ratio`` at the end of training: the last step
+            (``max_epochs``/``max_steps``) or the wall budget ``trainer.max_time``, whichever
+            comes first.
         ema: ``{decay: 0.99}`` to keep an exponential moving average used for validation
             and export, or None.
         nan_policy: what a non-finite loss or gradient does: ``"raise"`` stops the run with a
@@ -90,6 +93,8 @@ class PotentialModule(L.LightningModule):
         self.model = build_potential(model)
         check_keywords(LossWeights, _plain(loss) or {}, "loss")
         self.loss_weights = LossWeights(**(_plain(loss) or {}))
+        self._final_weights = self.loss_weights.final_stage()
+        self._total_steps_cache: int | None | bool = False  # False: not computed yet
         self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
         self.scheduler_cfg = dict(_plain(scheduler) or {"name": "none"})
         ema = _plain(ema)
@@ -98,8 +103,30 @@ class PotentialModule(L.LightningModule):
             if ema and ema.get("decay")
             else None
         )
+        # the training set's label variances that normalise the loss terms (loss.normalize);
+        # buffers, so a resumed run keeps the scales it started with
+        self.register_buffer("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
         self.val_metrics = ErrorMetrics()
         self.test_metrics = ErrorMetrics()
+
+    def set_loss_scales(self, scales: Mapping[str, float]) -> None:
+        """Set the per-target loss normalisation (``loss.normalize=variance``) from e.g.
+        ``label_variances(train_graphs, ...)``; targets not named keep 1."""
+        with torch.no_grad():
+            for k, key in enumerate(TARGETS):
+                if key in scales:
+                    self.loss_scales[k] = float(scales[key])
+
+    def _scales(self) -> dict[str, torch.Tensor]:
+        return {key: self.loss_scales[k] for k, key in enumerate(TARGETS)}
+
+    def setup(self, stage: str) -> None:
+        """Under DDP the EMA copy's parameters must not look trainable: DDP would wait for their
+        gradients (they are updated by copies). Before DDP wraps the module, they are frozen;
+        in one process they keep the model's flags (what e.g. the Fisher analysis of
+        ``eval_model`` counts as trainable)."""
+        if self.ema is not None and self._trainer is not None and int(self.trainer.world_size) > 1:
+            self.ema.requires_grad_(False)
 
     # -- forward -----------------------------------------------------------------------
     @property
@@ -140,7 +167,7 @@ class PotentialModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = self(batch, create_graph=True)
         errs = errors(batch, out)
-        loss, parts = total_loss(errs, self.loss_weights, self._global_denominators(errs))
+        loss, parts = total_loss(errs, self._training_weights(), self._global_denominators(errs), self._scales())
         if "aux_loss" in out:
             loss = loss + out["aux_loss"]
             parts["aux"] = out["aux_loss"].detach()
@@ -185,7 +212,7 @@ class PotentialModule(L.LightningModule):
         with torch.enable_grad():
             out = self(batch, model=self.eval_model)
         targets = residuals(batch, out)
-        loss, _ = total_loss(errors_from(targets), self.loss_weights)
+        loss, _ = total_loss(errors_from(targets), self.loss_weights, scales=self._scales())
         self.log(f"{prefix}/loss", loss.detach(), batch_size=batch.num_graphs, prog_bar=prefix == "val", sync_dist=True)
         metrics.update(targets)
 
@@ -207,7 +234,51 @@ class PotentialModule(L.LightningModule):
         self._log_metrics(self.test_metrics, "test")
 
     # -- optimisation ------------------------------------------------------------------
+    def _training_progress(self, step: int | None = None) -> float:
+        """Fraction of training done, 0..1: of the steps (``max_epochs``/``max_steps``) or of
+        the wall budget (``trainer.max_time``), whichever is further."""
+        if self._trainer is None:
+            return 0.0
+        step = self.global_step if step is None else step
+        total = self._total_steps()
+        by_steps = step / max(1, total) if total else 0.0
+        return min(1.0, max(by_steps, self._time_fraction()))
+
+    def _total_steps(self) -> int | None:
+        """The trainer's step limit (None when only the wall budget bounds training), computed
+        once: Lightning's ``estimated_stepping_batches`` sets up the dataloader on every call."""
+        if self._total_steps_cache is False:
+            estimated = self.trainer.estimated_stepping_batches
+            self._total_steps_cache = max(1, int(estimated)) if math.isfinite(estimated) else None
+        return self._total_steps_cache
+
+    def _training_weights(self) -> LossWeights:
+        """The loss weights of the current stage (``loss.final`` from its start on)."""
+        final = self.loss_weights.final
+        if final and self._training_progress() >= float(final["start"]):
+            return self._final_weights
+        return self.loss_weights
+
+    def _time_fraction(self) -> float:
+        """Fraction of the wall budget ``trainer.max_time`` spent so far (0 without one).
+
+        The cosine schedule follows whichever ends training first, the step count or the
+        wall budget, so a run stopped by ``max_time`` has annealed its learning rate too.
+        """
+        from lightning.pytorch.callbacks import Timer
+
+        if self._trainer is None:
+            return 0.0
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, Timer):
+                remaining = callback.time_remaining()
+                if remaining is not None:
+                    elapsed = callback.time_elapsed()
+                    return elapsed / max(elapsed + remaining, 1e-9)
+        return 0.0
+
     def configure_optimizers(self) -> Any:
+        self._total_steps_cache = False  # once per fit (the trainer may differ)
         cfg = dict(self.optimizer_cfg)
         name = cfg.pop("name", "adam").lower()
         classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
@@ -222,12 +293,13 @@ class PotentialModule(L.LightningModule):
         if kind == "cosine":
             warmup = int(sched.get("warmup_steps", 0))
             floor = float(sched.get("min_lr_ratio", 0.01))
-            total = max(1, int(self.trainer.estimated_stepping_batches))
+            total = self._total_steps()
 
             def factor(step: int) -> float:
                 if step < warmup:
                     return (step + 1) / warmup
-                progress = min(1.0, (step - warmup) / max(1, total - warmup))
+                progress = (step - warmup) / max(1, total - warmup) if total else 0.0
+                progress = min(1.0, max(progress, self._time_fraction()))
                 return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -240,6 +312,10 @@ class PotentialModule(L.LightningModule):
         raise ConfigError(f"scheduler.name must be cosine, plateau or none, got {kind!r}")
 
     # -- checkpoints -------------------------------------------------------------------
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # checkpoints written before loss.normalize existed carry no loss scales: unit scales
+        checkpoint["state_dict"].setdefault("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from mlip_plugins.checkpoint import checkpoint_metadata
 

@@ -36,7 +36,7 @@ from lightning_modules.resume import check_resume
 from lightning_modules.run_dir import RunDirectory, exit_with_user_error, is_launching_process
 from lightning_modules.trainer_args import reconcile_precision, trainer_kwargs
 from mlip_plugins import registry
-from mlip_plugins.data.statistics import energy_scale, fit_e0
+from mlip_plugins.data.statistics import energy_scale, fit_e0, label_variances
 from mlip_plugins.elements import UnknownElementError, to_atomic_numbers
 from mlip_plugins.errors import MLIPError
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
@@ -145,7 +145,8 @@ def _accepts(cls, name: str) -> bool:
 
 
 def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> None:
-    """Set E0 (fit or explicit) and the energy scale of a fresh model from the training set.
+    """Set E0 (fit or explicit), the energy scale and the loss's label variances of a fresh
+    model from the training set.
 
     An explicit mapping that leaves out some of the model's elements fixes the listed E0 and
     fits the others (least squares on the training energies less the fixed part)."""
@@ -164,6 +165,8 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
         for target in [model] + ([module.ema.module] if module.ema is not None else []):
             target.e0.copy_(torch.as_tensor(e0, dtype=target.e0.dtype))
             target.energy_scale.fill_(scale)
+    if hasattr(module, "set_loss_scales") and getattr(module.loss_weights, "normalize", "none") == "variance":
+        module.set_loss_scales(label_variances(datamodule.train_graphs, elements, e0))
 
 
 def run_training(cfg: DictConfig) -> dict:

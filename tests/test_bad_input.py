@@ -104,7 +104,7 @@ def test_cli_bad_inputs_one_line_errors_and_no_run_dir(tmp_path, good_file):
         "missing": (["data.path=missing.xyz"], "missing.xyz: file not found"),
         "unknown element": ([f"data.path={unknown}", "model.elements=[Cu]"], "frame 1: field 'numbers': element Zn"),
         "missing key": ([f"data.path={good_file}", "data.keys.energy=REF_energy"], "field 'REF_energy': missing"),
-        "unknown plugin": ([f"data.path={good_file}", "model.energy.descriptor.name=radail"], "did you mean 'radial'"),
+        "unknown plugin": ([f"data.path={good_file}", "model=default", "model.energy.descriptor.name=radail"], "did you mean 'radial'"),
     }
     for name, (args, message) in cases.items():
         result = _train([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)

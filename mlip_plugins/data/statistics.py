@@ -101,6 +101,33 @@ def choose_energy_scale(force_rms: float | None, per_atom_std: float | None) -> 
     return 1.0
 
 
+def label_variances(graphs: Sequence, elements: Sequence[int], e0: np.ndarray) -> dict[str, float]:
+    """Training-set variance of each label the loss compares, in the loss's own units.
+
+    ``energy``: energy per atom after E0 subtraction (eV²/atom²); ``forces``: force components
+    (eV²/Å², mean square about zero, as forces average to zero); ``stress``: stress
+    components (eV²/Å⁶); ``charges``: per-atom charges (e²). Dividing each MSE term by its
+    variance makes the terms dimensionless, so neither dominates the loss by its units.
+    Targets without labels (or with a vanishing spread) get 1.0 (the term is left as is).
+    """
+    result = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "charges": 1.0}
+    labelled = [g for g in graphs if bool(g.has_energy.item())]
+    if len(labelled) > 1:
+        counts = composition_matrix(labelled, elements)
+        residual = np.array([float(g.energy.item()) for g in labelled]) - counts @ np.asarray(e0)
+        result["energy"] = float(np.var(residual / counts.sum(1)))
+    forces = [g.forces for g in graphs if bool(g.has_forces.item())]
+    if forces:
+        result["forces"] = float(torch.cat(forces).double().pow(2).mean())
+    stresses = [g.stress for g in graphs if bool(getattr(g, "has_stress", torch.tensor([False])).item())]
+    if len(stresses) > 1:
+        result["stress"] = float(torch.stack([s.reshape(-1) for s in stresses]).double().var())
+    charges = [g.charges for g in graphs if getattr(g, "charges", None) is not None]
+    if charges:
+        result["charges"] = float(torch.cat(charges).double().var()) if sum(c.numel() for c in charges) > 1 else 1.0
+    return {key: value if np.isfinite(value) and value > 1e-12 else 1.0 for key, value in result.items()}
+
+
 def elements_in(graphs: Sequence) -> list[int]:
     """Sorted atomic numbers present in ``graphs``."""
     return sorted({int(z) for g in graphs for z in g.z.unique().tolist()})

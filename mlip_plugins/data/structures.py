@@ -24,14 +24,18 @@ class DataError(MLIPError, ValueError):
 class LabelKeys:
     """Where labels live in an ASE ``Atoms`` (``info``, ``arrays`` or the attached calculator).
 
-    ``stress`` is read first; if absent, ``virial`` (eV, GPUMD convention) is converted to
-    stress = -virial / volume.
+    ``stress`` (ASE's convention: eV/Å³, positive = tensile) is read first; if absent,
+    ``stress_kB_vasp`` (when set) names a VASP stress in kB, six values in VASP's order
+    xx yy zz xy yz xz, positive = compressive, as the mlearn files store it
+    (``virial_stress_kB_vasp``), converted by :func:`stress_from_vasp_kB`; else ``virial``
+    (eV, GPUMD convention) is converted to stress = -virial / volume.
     """
 
     energy: str = "energy"
     forces: str = "forces"
     stress: str = "stress"
     virial: str = "virial"
+    stress_kB_vasp: str | None = None
     charges: str = "charges"
     total_charge: str = "total_charge"
     weight: str = "weight"
@@ -62,6 +66,28 @@ def _as_stress_matrix(value, where: str) -> np.ndarray:
         xx, yy, zz, yz, xz, xy = arr
         return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
     raise DataError(f"{where}: expected 6 or 9 components, got {arr.size}")
+
+
+#: VASP's stress order (OUTCAR "in kB" line, mlearn's ``virial_stress``) -> ASE's Voigt order
+#: xx yy zz yz xz xy
+_VASP_TO_ASE_VOIGT = [0, 1, 2, 4, 5, 3]
+
+
+def stress_from_vasp_kB(value, where: str) -> np.ndarray:
+    """ASE stress (3x3, eV/Å³, positive = tensile) from a VASP stress in kB.
+
+    VASP prints the stress as a pressure (positive = compressive: the cell wants to expand)
+    in kB = 0.1 GPa, in the order xx yy zz xy yz xz; ASE's stress is the derivative of the
+    energy by the strain over the volume (positive = tensile), so
+    ``stress_ase = -0.1 * ase.units.GPa * value`` after reordering (as ASE's own VASP reader
+    does). ``tests/test_stress_convention.py`` checks the sign on an expanded EMT cell and on mlearn Mo.
+    """
+    from ase.units import GPa
+
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size != 6:
+        raise DataError(f"{where}: expected 6 components (VASP order xx yy zz xy yz xz, kB), got {arr.size}")
+    return _as_stress_matrix(-0.1 * GPa * arr[_VASP_TO_ASE_VOIGT], where)
 
 
 #: magnitudes no physical structure reaches (eV, Å, e): a value beyond them is a corrupt file
@@ -115,7 +141,13 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
     if forces is not None:
         labels["forces"] = _per_atom_label(forces, (n, 3), "forces", f"{where}: field {keys.forces!r}", "eV/Å")
     stress = _lookup(atoms, keys.stress)
-    if stress is not None:
+    vasp_stress = _lookup(atoms, keys.stress_kB_vasp) if keys.stress_kB_vasp else None
+    if stress is None and vasp_stress is not None:
+        field_name = f"{where}: field {keys.stress_kB_vasp!r}"
+        labels["stress"] = stress_from_vasp_kB(vasp_stress, field_name)
+        _check_finite(labels["stress"], field_name)
+        _check_magnitude(labels["stress"], "stress", f"{field_name} (as stress)", "eV/Å³")
+    elif stress is not None:
         labels["stress"] = _as_stress_matrix(stress, f"{where}: field {keys.stress!r}")
         _check_finite(labels["stress"], f"{where}: field {keys.stress!r}")
         _check_magnitude(labels["stress"], "stress", f"{where}: field {keys.stress!r}", "eV/Å³")
