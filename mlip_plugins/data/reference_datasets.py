@@ -28,11 +28,16 @@ class DatasetNotFound(MLIPError, FileNotFoundError):
 
 
 def datasets_root() -> Path:
-    """``$MLIP_DATASETS`` or ``<repository>/../shared/datasets``."""
+    """``$MLIP_DATASETS``, else ``../shared/datasets`` beside the repository: the checkout this
+    module was imported from (an editable install), or else the working directory's (a
+    non-editable install runs from site-packages; tests and benchmarks run in the checkout)."""
     env = os.environ.get(ENV_VAR)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "pyproject.toml").exists():
+        checkout = Path.cwd()
+    return checkout.parent / "shared" / "datasets"
 
 
 def dataset_path(folder: str, *parts: str) -> Path:

@@ -15,7 +15,7 @@ from ase.io import write
 from ase.units import GPa
 
 from mlip_plugins.data.reading import read_structures
-from mlip_plugins.data.reference_datasets import dataset_path
+from mlip_plugins.data.reference_datasets import DatasetNotFound, dataset_path
 from mlip_plugins.data.structures import DataError, LabelKeys, stress_from_vasp_kB
 
 MLEARN_KEYS = LabelKeys(stress_kB_vasp="virial_stress_kB_vasp")
@@ -61,7 +61,10 @@ def test_vasp_kB_needs_six_components():
 def test_mlearn_mo_elastic_set_expanded_cells_are_tensile():
     """On the DFT data: among mlearn Mo's strained (Elastic) cells, the mean converted normal
     stress rises with the volume per atom (expanded = tensile = positive in ASE)."""
-    path = dataset_path("mlearn_zuo2020", "Mo_training.extxyz")
+    try:
+        path = dataset_path("mlearn_zuo2020", "Mo_training.extxyz")
+    except DatasetNotFound as exc:
+        pytest.skip(f"mlearn Mo not on this machine: {exc}")
     elastic = [s for s in read_structures(path, MLEARN_KEYS) if s.atoms.info.get("config_type") == "Elastic"]
     assert len(elastic) > 10
     volume = np.array([s.atoms.get_volume() / len(s.atoms) for s in elastic])

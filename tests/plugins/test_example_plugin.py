@@ -52,9 +52,13 @@ def example_site(tmp_path_factory) -> dict:
 
 
 def with_example(example_site: dict, args: list[str], cwd=None, timeout: int = 400) -> subprocess.CompletedProcess:
-    """Run ``args`` with the example package importable (its directory first on PYTHONPATH)."""
+    """Run ``args`` with the example package importable (its directory first on PYTHONPATH), by
+    default in the example's target folder: never in the repository, whose source tree would
+    shadow the installed package (``python -c``/``-m`` put the working directory on sys.path, and
+    the source's ``mlip_plugins`` has no ``conf`` subpackage: that lives in the top-level ``conf/``)."""
     path = os.pathsep.join(p for p in (str(example_site["target"]), os.environ.get("PYTHONPATH", "")) if p)
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": path})
+    return subprocess.run(args, cwd=cwd or example_site["target"], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": path})
 
 
 def test_the_active_environment_is_unchanged(example_site):
