@@ -11,7 +11,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import lightning as L
 import numpy as np
@@ -25,6 +24,7 @@ from mlip_plugins.data.fingerprint import file_fingerprint
 from mlip_plugins.data.loading import load_graph_file
 from mlip_plugins.data.structures import DataError, LabelKeys
 from mlip_plugins.models.builder import ConfigError
+from mlip_plugins.atomic_files import atomic_write_text
 
 log = logging.getLogger("mlip_plugins.data")
 
@@ -287,10 +287,7 @@ class AtomsDataModule(L.LightningDataModule):
 
     def save_split(self, path: str | os.PathLike) -> None:
         """Write the split (indices into each source file) as JSON, atomically."""
-        path = Path(path)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.split, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(json.dumps(self.split, indent=1), path)
 
     def elements(self) -> list[int]:
         """Atomic numbers present in any split."""

@@ -13,6 +13,7 @@ from torch_geometric.loader import DataLoader
 from mlip_plugins import keys
 from mlip_plugins.targets import ErrorMetrics, residuals
 from mlip_plugins.plotting import save_figure
+from mlip_plugins.atomic_files import atomic_write_text
 
 
 #: the targets evaluation reports (charges have no parity plot of their own yet)
@@ -104,8 +105,5 @@ def parity_plot(pred: dict[str, np.ndarray], path: str | os.PathLike, title: str
 
 
 def write_json(data: dict, path: str | os.PathLike) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+    """Write JSON atomically (:func:`mlip_plugins.atomic_files.atomic_write_text`)."""
+    atomic_write_text(json.dumps(data, indent=2), path)

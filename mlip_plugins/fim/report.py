@@ -32,6 +32,7 @@ from torch import nn
 from mlip_plugins.fim.fisher import FisherOperator, FisherWeights, compute_jacobian, count_observables, float64_copy
 from mlip_plugins.fim.lanczos import lanczos_topk
 from mlip_plugins.fim.parameters import ParameterIndex
+from mlip_plugins.atomic_files import atomic_write_text
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -70,10 +71,7 @@ class FisherReport:
     def save_json(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
-        tmp.replace(path)
-        return path
+        return atomic_write_text(json.dumps(self.to_dict(), indent=1, default=_json_default), path)
 
     def scalars(self, prefix: str = "fim/") -> dict[str, float]:
         """Finite scalar metrics for a logger."""

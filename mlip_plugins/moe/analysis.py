@@ -11,6 +11,7 @@ trends). Used by the ``moe_analysis`` callback and the ``mlip-moe`` command.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from torch import nn
 
 from mlip_plugins.moe.layer import MoEMLP, moe_layers
 from mlip_plugins.plotting import save_figure
+from mlip_plugins.atomic_files import atomic_write_text
 
 # period boundaries (last atomic number of each period)
 _PERIOD_ENDS = (2, 10, 18, 36, 54, 86, 118)
@@ -302,26 +304,23 @@ def write_moe_analysis(
     if not layers:
         return summary
     csv_path = out_dir / "moe_routing.csv"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["layer", "symbol", "Z", "group", "period", "n_atoms", "expert", "mean_gate", "selection_frequency", "pc1", "pc2"])
-        for layer_summary in summary["layers"]:
-            for element in layer_summary["elements"]:
-                pc = element["pca"] or [None, None]
-                for expert, (gate, freq) in enumerate(zip(element["mean_gate"], element["selection_frequency"])):
-                    writer.writerow(
-                        [layer_summary["layer"], element["symbol"], element["Z"], element["group"], element["period"],
-                         element["n_atoms"], expert, f"{gate:.6g}", f"{freq:.6g}", pc[0], pc[1]]
-                    )
-    tmp.replace(csv_path)
+    handle = io.StringIO(newline="")
+    writer = csv.writer(handle)
+    writer.writerow(["layer", "symbol", "Z", "group", "period", "n_atoms", "expert", "mean_gate", "selection_frequency", "pc1", "pc2"])
+    for layer_summary in summary["layers"]:
+        for element in layer_summary["elements"]:
+            pc = element["pca"] or [None, None]
+            for expert, (gate, freq) in enumerate(zip(element["mean_gate"], element["selection_frequency"])):
+                writer.writerow(
+                    [layer_summary["layer"], element["symbol"], element["Z"], element["group"], element["period"],
+                     element["n_atoms"], expert, f"{gate:.6g}", f"{freq:.6g}", pc[0], pc[1]]
+                )
+    atomic_write_text(handle.getvalue(), csv_path)
     files = [str(csv_path)]
     if plot:
         for layer in layers:
             files.append(str(plot_gate_pca(layer, out_dir / f"moe_pca_{_slug(layer.name)}.png")))
     summary["files"] = files + [str(out_dir / "moe_routing.json")]
     json_path = out_dir / "moe_routing.json"
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(json_path)
+    atomic_write_text(json.dumps(summary, indent=2), json_path)
     return summary
