@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -73,6 +74,22 @@ CASES: dict[str, Case] = {
                     peers=(Peer("GPUMD NEP3", 1.61, 0.106, "RMSE", "gpumd_nep4_test_CHN_2022/PROVENANCE.md"),
                            Peer("GPUMD NEP4 (d_ij=1)", 1.48, 0.098, "RMSE", "gpumd_nep4_test_CHN_2022/PROVENANCE.md"))),
 }
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every case gets: the wall budget per training run, the output folder, torch threads, extra overrides."""
+
+    minutes: float
+    out: Path
+    threads: int
+    overrides: tuple[str, ...] = ()
+
+
+# Cases that are more than "train the recipe on a train/test split": each a function
+# ``run(budget) -> {"case": name, "markdown": section of the table, ...}`` in its own module
+# (``benchmarks/real_data_<topic>.py``), registered here by name.
+SPECIAL_CASES: dict[str, "Callable[[Budget], dict]"] = {}
 
 
 def _load() -> float:
@@ -158,6 +175,9 @@ def table(results: list[dict], budget_minutes: float) -> str:
     lines = [f"Real-data benchmarks (`python benchmarks/real_data.py --budget-minutes {budget_minutes:g}`); "
              "E in meV/atom, F in eV/Å, stress in meV/Å³; ratio = ours / peer on the peer's metric.", ""]
     for r in results:
+        if "markdown" in r:  # a special case renders its own section
+            lines += [r["markdown"], ""]
+            continue
         t = r["test"]
         stress = (f", stress MAE {t['stress_mae'] * 1000:.2f} / RMSE {t['stress_rmse'] * 1000:.2f} (not trained on stress)"
                   if "stress_mae" in t else "")
@@ -181,7 +201,8 @@ def table(results: list[dict], budget_minutes: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, from {', '.join(CASES)}")
+    every = [*CASES, *SPECIAL_CASES]
+    parser.add_argument("--cases", default=",".join(every), help=f"comma-separated, from {', '.join(every)}")
     parser.add_argument("--budget-minutes", type=float, default=8.0, help="training wall budget per case")
     parser.add_argument("--datasets", default=None, help=f"the reference datasets folder (default ${ENV_VAR} or ../shared/datasets)")
     parser.add_argument("--out", default=str(REPO / "outputs" / "real_data"))
@@ -191,15 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.datasets:
         os.environ[ENV_VAR] = str(Path(args.datasets).resolve())
     names = [c.strip() for c in args.cases.split(",") if c.strip()]
-    unknown = [n for n in names if n not in CASES]
+    unknown = [n for n in names if n not in every]
     if unknown:
-        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(CASES)}")
+        parser.error(f"unknown case(s) {', '.join(unknown)}; choose from {', '.join(every)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for name in names:
         try:
-            results.append(run_case(name, CASES[name], args.budget_minutes, out, args.threads, args.overrides))
+            if name in SPECIAL_CASES:
+                results.append(SPECIAL_CASES[name](Budget(args.budget_minutes, out, args.threads, tuple(args.overrides))))
+            else:
+                results.append(run_case(name, CASES[name], args.budget_minutes, out, args.threads, args.overrides))
         except DatasetNotFound as exc:
             print(f"[{name}] skipped: {exc}", flush=True)
             continue
