@@ -1,7 +1,7 @@
 """Fisher information of the default model on the default dataset, and how well the linearised
 FIM uncertainty ranks held-out errors.
 
-Trains the ``conf/model/default.yaml`` model (radial descriptor + per-element MLP) on the
+Trains the ``conf/model/composable.yaml`` model (radial descriptor + per-element MLP) on the
 embedded EMT dataset with the compact trainer of ``mlip_plugins.design.training``, then
 
 1. computes the exact FIM report on a probe set and the matrix-free (Lanczos) top-k

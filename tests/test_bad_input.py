@@ -104,7 +104,7 @@ def test_cli_bad_inputs_one_line_errors_and_no_run_dir(tmp_path, good_file):
         "missing": (["data.path=missing.xyz"], "missing.xyz: file not found"),
         "unknown element": ([f"data.path={unknown}", "model.elements=[Cu]"], "frame 1: field 'numbers': element Zn"),
         "missing key": ([f"data.path={good_file}", "data.keys.energy=REF_energy"], "field 'REF_energy': missing"),
-        "unknown plugin": ([f"data.path={good_file}", "model=default", "model.energy.descriptor.name=radail"], "did you mean 'radial'"),
+        "unknown plugin": ([f"data.path={good_file}", "model=composable", "model.energy.descriptor.name=radail"], "did you mean 'radial'"),
     }
     for name, (args, message) in cases.items():
         result = _train([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -209,9 +209,9 @@ CONFIG_MISTAKES = {
     "e0 unknown element": (["e0={Cu: -3.0, Qq: 1.0}"], r"e0.Qq: unknown element 'Qq'"),
     "empty checkpoint": (["ckpt_path={tmp}/empty.ckpt"], r"empty.ckpt: the file is empty"),
     "random checkpoint": (["ckpt_path={tmp}/random.ckpt"], r"random.ckpt: cannot resume: not a PyTorch checkpoint"),
-    "plugin raises at import": (["model.energy.descriptor.name=plugin_raises:Desc"],
+    "plugin raises at import": (["model=composable", "model.energy.descriptor.name=plugin_raises:Desc"],
                                 r"'plugin_raises:Desc': the module raised RuntimeError: this plugin needs a GPU driver"),
-    "plugin syntax error": (["model.energy.descriptor.name=plugin_syntax:Desc"], r"'plugin_syntax:Desc': the module raised SyntaxError"),
+    "plugin syntax error": (["model=composable", "model.energy.descriptor.name=plugin_syntax:Desc"], r"'plugin_syntax:Desc': the module raised SyntaxError"),
     "no gpu": (["trainer=gpu"], r"trainer.accelerator=gpu: no CUDA GPU is available on this machine"),
 }
 

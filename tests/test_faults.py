@@ -32,7 +32,7 @@ from lightning_modules.checkpoint_io import AtomicCheckpointIO, atomic_torch_sav
 from lightning_modules.module import PotentialModule
 from lightning_modules.train import run_training
 
-TINY = ["model=default", "model.energy.descriptor.n_max=3", "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]",
+TINY = ["model=composable", "model.energy.descriptor.n_max=3", "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]",
         "model.cutoff=4.0", "trainer.enable_progress_bar=false", "scheduler.warmup_steps=2", "logger=[]",
         "experiment=float64", "trainer.enable_model_summary=false"]
 REPO = Path(__file__).resolve().parents[1]

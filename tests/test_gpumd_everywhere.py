@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_module
 from mlip_plugins.data.reading import detect_format, read_structures
 
 DATASETS = Path(os.environ.get("MLIP_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-TINY = ["model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
+TINY = ["model=composable", "model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
         "model.cutoff=4.0", "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "logger=[]"]
 
 

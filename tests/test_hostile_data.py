@@ -153,7 +153,7 @@ def test_on_error_skip_end_to_end_through_training(tmp_path, caplog, restore_dty
     from lightning_modules.train import run_training
 
     path = _long_file(tmp_path, 24, {5: BAD_FRAMES["duplicate"], 11: BAD_FRAMES["energy"]})
-    overrides = [f"data.path={path}", "model=default", "model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3",
+    overrides = [f"data.path={path}", "model=composable", "model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3",
                  "model.energy.readout.hidden=[4]", "model.cutoff=3.0", "model.elements=[Cu]", "trainer.max_epochs=1",
                  "trainer.enable_progress_bar=false", "logger=[]", "scheduler.warmup_steps=1", "data.cache=false"]
     with initialize_config_module("mlip_plugins.conf", version_base=None):

@@ -52,7 +52,7 @@ def default_model_file(path) -> str:
     from mlip_plugins.models.builder import build_potential
 
     with initialize_config_module("mlip_plugins.conf", version_base=None):
-        cfg = OmegaConf.to_container(compose("train", overrides=["model=default", "model.elements=[Cu,Au]"]).model, resolve=True)
+        cfg = OmegaConf.to_container(compose("train", overrides=["model=composable", "model.elements=[Cu,Au]"]).model, resolve=True)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:

@@ -232,7 +232,7 @@ def scratch(tmp_path_factory, cuau_frames) -> Scratch:
     tiny = ["model.cutoff=4.0", "model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3"]
     files = {
         "nep_in": nep_in,
-        "ckpt": _tiny_run(folder / "runs" / "tiny", [f"data.path={folder / 'train.xyz'}", *tiny, "model.energy.readout.hidden=[4]"]),
+        "ckpt": _tiny_run(folder / "runs" / "tiny", [f"data.path={folder / 'train.xyz'}", "model=composable", *tiny, "model.energy.readout.hidden=[4]"]),
         "moe_ckpt": _tiny_run(folder / "runs" / "moe", [f"data.path={folder / 'train.xyz'}", "model=moe", *tiny]),
         "nep_ckpt": _tiny_run(folder / "runs" / "nep", ["experiment=nep", f"nep_in={nep_in}", f"data.path={gpumd}"]),
     }

@@ -32,7 +32,7 @@ from lightning_modules.train import run_training
 from mlip_plugins.data.fingerprint import file_fingerprint
 from mlip_plugins.models.builder import ConfigError, build_potential
 
-TINY = ["model.energy.descriptor.n_max=3", "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]",
+TINY = ["model=composable", "model.energy.descriptor.n_max=3", "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]",
         "model.cutoff=4.0", "data.batch_size=4", "trainer.enable_progress_bar=false", "scheduler.warmup_steps=2",
         "++trainer.enable_model_summary=false"]
 

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_module
 import mlip_plugins
 
 PRESETS = sorted(p.stem for p in (Path(mlip_plugins.__file__).parent.parent / "conf" / "model").glob("*.yaml"))
-TINY = ["model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
+TINY = ["model=composable", "model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
         "model.cutoff=4.0", "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "logger=[]"]
 
 

@@ -299,7 +299,7 @@ def test_training_from_a_store(tmp_path, tiny_xyz):
     store = tmp_path / "store"
     overrides = [f"data.path={tiny_xyz}", "data.streaming=true", f"data.store={store}", "data.store_workers=1",
                  "data.batch_size=4", "+trainer.max_steps=2", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                 "model.cutoff=4.0", "model.energy.descriptor.n_max=3", "model.energy.readout.hidden=[8]",
+                 "model=composable", "model.cutoff=4.0", "model.energy.descriptor.n_max=3", "model.energy.readout.hidden=[8]",
                  f"run_dir={tmp_path / 'run'}"]
     with initialize_config_module("mlip_plugins.conf", version_base=None):
         result = run_training(compose("train", overrides=overrides))

@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_module
 
 from mlip_plugins import registry
 
-TINY = ["model=default", "model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
+TINY = ["model=composable", "model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
         "model.cutoff=4.0", "data.batch_size=8", "trainer.enable_progress_bar=false", "scheduler.warmup_steps=1",
         "data.val_fraction=0.2", "data.test_fraction=0.0"]
 

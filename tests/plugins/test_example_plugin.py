@@ -87,7 +87,7 @@ def test_plugin_configs_join_the_config_groups(example_site):
     script = (
         "from hydra import compose, initialize_config_module\n"
         "with initialize_config_module(version_base=None, config_module='mlip_plugins.conf'):\n"
-        "    cfg = compose('train', overrides=['model/descriptor=gaussian', 'callbacks=[default,epoch_timer]'])\n"
+        "    cfg = compose('train', overrides=['model=composable', 'model/descriptor=gaussian', 'callbacks=[default,epoch_timer]'])\n"
         "print(cfg.model.energy.descriptor.name, cfg.callbacks.epoch_timer.name, 'checkpoint' in cfg.callbacks)\n"
     )
     done = with_example(example_site, [sys.executable, "-c", script])
@@ -98,7 +98,7 @@ def test_plugin_configs_join_the_config_groups(example_site):
 def test_mlip_train_with_the_plugin_chosen_on_the_command_line(example_site, tmp_path, tiny_xyz, monkeypatch):
     run_dir = tmp_path / "run"
     command = [
-        sys.executable, "-m", "lightning_modules.train", "model/descriptor=gaussian", "model.energy.descriptor.num_gaussians=4", "trainer.max_epochs=1",
+        sys.executable, "-m", "lightning_modules.train", "model=composable", "model/descriptor=gaussian", "model.energy.descriptor.num_gaussians=4", "trainer.max_epochs=1",
         "callbacks=[default,epoch_timer]", f"data.path={tiny_xyz}", f"hydra.run.dir={run_dir}", "model.cutoff=4.0",
         "model.energy.readout.hidden=[8]", "data.batch_size=4", "trainer.enable_progress_bar=false", "scheduler.warmup_steps=2",
     ]

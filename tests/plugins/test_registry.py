@@ -157,7 +157,7 @@ def test_plugin_yaml_joins_the_core_config_groups(fake_site):
 
     _fake_config_package(fake_site)
     with initialize_config_module(version_base=None, config_module="mlip_plugins.conf"):
-        cfg = compose("train", overrides=["model=default", "model/descriptor=fake_cfg_desc"])
+        cfg = compose("train", overrides=["model=composable", "model/descriptor=fake_cfg_desc"])
     assert cfg.model.energy.descriptor.name == "fake_cfg_desc" and cfg.model.energy.descriptor.dim == 5
     assert cfg.model.energy.readout.name == "mlp"  # the rest of the preset is untouched
 

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_module
 
 from lightning_modules.train import run_training
 
-TINY = ["model=default", "model.energy.descriptor.n_max=3", "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]",
+TINY = ["model=composable", "model.energy.descriptor.n_max=3", "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]",
         "model.cutoff=4.0", "data.batch_size=4", "trainer.enable_progress_bar=false", "scheduler.warmup_steps=2"]
 
 

@@ -16,7 +16,7 @@ from lightning_modules.trainer_args import reconcile_precision, trainer_kwargs
 PLAIN = ["trainer.max_time=00:00:10:00", "trainer.precision=32", "trainer.accumulate_grad_batches=2",
          "trainer.limit_train_batches=3", "trainer.limit_val_batches=0.5", "trainer.limit_test_batches=1",
          "trainer.val_check_interval=2", "trainer.check_val_every_n_epoch=2", "trainer.max_steps=7"]
-TINY = ["model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
+TINY = ["model=composable", "model.energy.descriptor.n_max=2", "model.energy.descriptor.basis_size=3", "model.energy.readout.hidden=[4]",
         "model.cutoff=4.0", "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.max_epochs=1", "logger=[]",
         "trainer.limit_train_batches=2"]
 
@@ -84,7 +84,7 @@ def _cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
     ("trainer.track_grad_norm=2", "+trainer.track_grad_norm=..."),
     ("+trainer.max_epochs=3", "without the '+'"),
     ("+model.energy={product: [\n  {name: a}]}", "one line"),
-    ("model=defualt", "did you mean model=default?"),           # not 17-24 lines of search path
+    ("model=composabel", "did you mean model=composable?"),           # not 17-24 lines of search path
     ("logger=[csv,tensorbord]", "did you mean logger=tensorboard?"),
 ])
 def test_a_bad_override_is_one_line_with_a_hint(tmp_path, override, expected):
