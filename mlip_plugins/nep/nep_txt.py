@@ -273,19 +273,17 @@ def _permute_flexible(rows: list, order: list[int], n_types: int) -> list:
     return [rows[index[(order[a], order[b])]] for a in range(n_types) for b in range(a, n_types)]
 
 
-def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
-    """Build a ``Potential`` (E0 = 0, scale 1) that evaluates exactly what ``content`` describes."""
+def nep_model_config(content: NEPFile) -> dict:
+    """The ``model`` config (elements by atomic number, cutoff, energy tree ``{model: {name: nep,
+    ...}}``) of the architecture ``content`` describes."""
     from ase.data import atomic_numbers
-
-    from mlip_plugins.models.builder import build_potential
 
     for symbol in content.types:
         if symbol not in atomic_numbers:
             raise NEPFormatError(f"unknown element {symbol!r} in the nep.txt header")
     if len(set(content.types)) != len(content.types):
         raise NEPFormatError(f"an element appears twice in the nep.txt header: {content.types}")
-    # model order: by atomic number; order[s] = file index of model species s
-    order = sorted(range(len(content.types)), key=lambda t: atomic_numbers[content.types[t]])
+    order = _model_order(content)
     zbl = content.zbl
     if zbl is not None and "flexible" in zbl:
         zbl = {"flexible": _permute_flexible(zbl["flexible"], order, len(order))}
@@ -303,14 +301,30 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
     }
     if content.charge_mode:
         cfg["charge_mode"] = content.charge_mode
+    zbl_outer = 0.0
+    if zbl is not None:
+        zbl_outer = max(row[1] for row in zbl["flexible"]) if "flexible" in zbl else zbl["outer"]
+    cutoff = max(content.cutoff_radial, zbl_outer)
+    return {"elements": [content.types[t] for t in order], "cutoff": cutoff, "energy": {"model": cfg}}
+
+
+def _model_order(content: NEPFile) -> list[int]:
+    """order[s] = file index of model species s (our models number elements by atomic number)."""
+    from ase.data import atomic_numbers
+
+    return sorted(range(len(content.types)), key=lambda t: atomic_numbers[content.types[t]])
+
+
+def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
+    """Build a ``Potential`` (E0 = 0, scale 1) that evaluates exactly what ``content`` describes."""
+    from mlip_plugins.models.builder import build_potential
+
+    model_cfg = nep_model_config(content)
+    order = _model_order(content)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        zbl_outer = 0.0
-        if zbl is not None:
-            zbl_outer = max(row[1] for row in zbl["flexible"]) if "flexible" in zbl else zbl["outer"]
-        cutoff = max(content.cutoff_radial, zbl_outer)
-        potential = build_potential({"elements": [content.types[t] for t in order], "cutoff": cutoff, "energy": {"model": cfg}})
+        potential = build_potential(model_cfg)
     finally:
         torch.set_default_dtype(previous)
     model = potential.energy_model
