@@ -39,6 +39,7 @@ class LabelKeys:
     charges: str = "charges"
     total_charge: str = "total_charge"
     weight: str = "weight"
+    bec: str = "bec"
     extra: dict = field(default_factory=dict)
 
 
@@ -163,6 +164,12 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
     charges = _lookup(atoms, keys.charges)
     if charges is not None:
         labels["charges"] = _per_atom_label(charges, (n,), "charges", f"{where}: field {keys.charges!r}", "e")
+    bec = _lookup(atoms, keys.bec)
+    if bec is not None:  # GPUMD's bec:R:9, row-major xx xy xz yx ... (row = polarisation direction)
+        where_bec = f"{where}: field {keys.bec!r}"
+        flat = _per_atom_label(np.asarray(bec, dtype=np.float64).reshape(n, -1) if np.size(bec) == 9 * n else bec,
+                               (n, 9), "charges", where_bec, "e")
+        labels["bec"] = flat.reshape(n, 3, 3)
     total_charge = _lookup(atoms, keys.total_charge)
     if total_charge is not None:
         labels["total_charge"] = float(np.asarray(total_charge, dtype=np.float64).reshape(-1)[0])
@@ -259,6 +266,8 @@ def graph_arrays(atoms: Atoms, cutoff: float, labels: dict | None = None, where:
     }
     if "charges" in labels:
         arrays["charges"] = np.array(labels["charges"], dtype=np.float64)
+    arrays["bec"] = np.array(labels["bec"], dtype=np.float64) if "bec" in labels else np.zeros((n, 3, 3))
+    arrays["has_bec"] = np.array([("bec" in labels)])
     arrays["total_charge"] = np.array([labels.get("total_charge", 0.0)], dtype=np.float64)
     arrays["weight"] = np.array([labels.get("weight", 1.0)], dtype=np.float64)
     return arrays

@@ -26,7 +26,7 @@ from torch_geometric.loader import DataLoader
 
 from mlip_plugins import keys
 from mlip_plugins.atomic_files import atomic_write_text
-from mlip_plugins.targets import residuals
+from mlip_plugins.targets import label_flags, residuals
 
 #: GPUMD's marker of a missing reference value
 MISSING = -1e6
@@ -42,10 +42,11 @@ def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict
     """GPUMD's rows of ``graphs`` (in their order): ``energy``, ``force``, ``virial`` tables
     (predictions, then references, :data:`MISSING` where unlabelled), and for a model that
     predicts charges a ``charge`` table (one column, as GPUMD's charge_*.out) with the labels
-    (or :data:`MISSING`) in ``charge_label``."""
+    (or :data:`MISSING`) in ``charge_label``; likewise ``bec`` / ``bec_label`` (9 components,
+    GPUMD's xx xy xz yx ... order) for a model that predicts Born effective charges."""
     potential.eval()
     dtype = potential.e0.dtype
-    rows: dict[str, list] = {"energy": [], "force": [], "virial": [], "charge": [], "charge_label": []}
+    rows: dict[str, list] = {"energy": [], "force": [], "virial": [], "charge": [], "charge_label": [], "bec": [], "bec_label": []}
     for batch in DataLoader(list(graphs), batch_size=batch_size):
         batch = batch.to(potential.e0.device)
         batch.pos = batch.pos.to(dtype)
@@ -70,6 +71,13 @@ def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict
             label = getattr(batch, keys.CHARGES, None)
             rows["charge_label"].append(torch.full_like(out[keys.CHARGES].detach(), MISSING).view(-1, 1) if label is None
                                         else label.to(dtype).view(-1, 1))
+        if keys.BORN_EFFECTIVE_CHARGES in out:
+            bec = out[keys.BORN_EFFECTIVE_CHARGES].detach().reshape(-1, 9)
+            rows["bec"].append(bec)
+            label = getattr(batch, keys.BEC, None)
+            labelled = label_flags(batch, keys.BEC, batch.num_graphs, bec.device)[batch.batch].view(-1, 1)
+            rows["bec_label"].append(torch.full_like(bec, MISSING) if label is None
+                                     else torch.where(labelled, label.to(dtype).reshape(-1, 9), torch.full_like(bec, MISSING)))
     return {name: torch.cat(value).cpu().numpy() for name, value in rows.items() if value}
 
 
@@ -83,6 +91,8 @@ def table_rmse(tables: dict[str, np.ndarray]) -> dict[str, float]:
     }
     if "charge" in tables:
         pairs["charge"] = (tables["charge"], tables["charge_label"])
+    if "bec" in tables:
+        pairs["bec"] = (tables["bec"], tables["bec_label"])
     result = {}
     for name, (pred, ref) in pairs.items():
         labelled = ref != MISSING

@@ -223,6 +223,8 @@ class NEPModel(nn.Module):
         self.register_buffer("max_neighbors", torch.zeros(2, dtype=torch.long))
         self.zbl = _zbl_from_config(zbl, self.num_species)
         self.charge_mode = int(charge_mode)
+        #: also compute the Born effective charges while training (set when the loss has a BEC term)
+        self.bec_in_training = False
         self.coulomb = None
         if self.charge_mode:
             from mlip_plugins.nep.qnep import QNEPCoulomb
@@ -303,8 +305,9 @@ class NEPModel(nn.Module):
         charges = neutral_charges(raw, graph)
         coulomb = self.coulomb(graph, charges)
         extras = {keys.ATOMIC_ENERGY_UNSCALED: coulomb, keys.CHARGES: charges}
-        if not self.training:  # evaluation only: one more backward pass through the descriptor
-            bec = born_effective_charges(graph, raw, charges, self.sqrt_epsilon_inf)
+        # one more backward pass through the descriptor: in evaluation, and in training for a BEC loss
+        if not self.training or self.bec_in_training:
+            bec = born_effective_charges(graph, raw, charges, self.sqrt_epsilon_inf, create_graph=self.training)
             if bec is not None:
                 extras[keys.BORN_EFFECTIVE_CHARGES] = bec
         return NodeOutput(energy, extras, {k: "nep" for k in extras})

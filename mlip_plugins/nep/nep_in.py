@@ -16,6 +16,8 @@ n_max R A           model.energy.model.n_max = [R, A]
 basis_size R A      model.energy.model.basis_size = [R, A]
 l_max L [4b ...]    model.energy.model.l_max = [L, 4b, 5b, q112, q123, q233, q134] (as given)
 neuron N            model.energy.model.neuron
+charge_mode 0|1|2   model.energy.model.charge_mode (GPUMD's qNEP; loss.charges / loss.bec weigh
+                    charge and Born-effective-charge labels where the data has them)
 zbl r               model.energy.model.zbl = {inner: r/2, outer: r}
 use_typewise_cutoff_zbl [f]   zbl.typewise_factor = f (default 0.7)
 lambda_1, lambda_2  model.energy.model.lambda_1 / lambda_2 (NEP's L1/L2 regulariser)
@@ -37,7 +39,7 @@ basis_size 8 8, l_max 4 2 0, neuron 30), since a nep.in describes the whole mode
 Keywords with no counterpart here (``lambda_shear``, ``type_weight``, ``force_delta``,
 ...) are reported with a warning and skipped; keywords that would change
 what is fitted and that we cannot honour (``prediction 1``, ``model_type`` other than 0,
-``fine_tune``, charge models, typewise cutoff *factors*) are errors naming the file and line.
+``fine_tune``, typewise cutoff *factors*) are errors naming the file and line.
 
 Two differences in units to keep in mind: GPUMD's loss is a sum of RMSEs and ours a sum of
 MSEs (the lambdas weigh different things), and GPUMD's virial error is per atom in eV while
@@ -76,7 +78,6 @@ UNSUPPORTED = {
     "prediction": "prediction mode is not a training run (use mlip-eval)",
     "model_type": "only potentials (model_type 0) are supported",
     "fine_tune": "fine-tuning a foundation model is not supported",
-    "charge_mode": "training charge models (qNEP) from nep.in is not supported yet (a qNEP nep.txt is read and evaluated)",
     "use_typewise_cutoff": "typewise cutoff factors are not supported (give per-element cutoffs on the cutoff line)",
     "vdw": "van der Waals NEP models are not supported",
 }
@@ -211,7 +212,7 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
 
     for keyword, (number, args) in values.items():
         if keyword in UNSUPPORTED:
-            if keyword in ("model_type", "prediction", "charge_mode", "vdw") and all(a in ("0",) for a in args):
+            if keyword in ("model_type", "prediction", "vdw") and all(a in ("0",) for a in args):
                 continue  # the default value is fine
             raise NEPInputError(f"{where(number)}: {keyword}: {UNSUPPORTED[keyword]}")
         if keyword in IGNORED:
@@ -224,6 +225,14 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
         if version not in (3, 4):
             raise NEPInputError(f"{where(values['version'][0])}: version: only 3 and 4 are supported, got {version}")
         _set(overrides, model + "version", version)
+    if "charge_mode" in values:
+        mode = numbers("charge_mode", int, (1,))[0]
+        if mode not in (0, 1, 2):
+            raise NEPInputError(f"{where(values['charge_mode'][0])}: charge_mode: expected 0, 1 or 2 (GPUMD's qNEP modes), got {mode}")
+        if mode and "version" in values and numbers("version", int, (1,))[0] != 4:
+            raise NEPInputError(f"{where(values['charge_mode'][0])}: charge_mode {mode}: a qNEP is a NEP4 model (version 4)")
+        if mode:
+            _set(overrides, model + "charge_mode", mode)
 
     cutoff = list(GPUMD_MODEL_DEFAULTS["cutoff"])
     if "cutoff" in values:
@@ -314,7 +323,7 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
     known = set(IGNORED) | set(UNSUPPORTED) | {
         "type", "version", "cutoff", "n_max", "basis_size", "l_max", "neuron", "zbl", "use_typewise_cutoff_zbl",
         "lambda_1", "lambda_2", "lambda_e", "lambda_f", "lambda_v", "batch", "generation", "epoch", "population",
-        "sigma0", "start_lr", "stop_lr", "weight_decay", "output_interval",
+        "sigma0", "start_lr", "stop_lr", "weight_decay", "output_interval", "charge_mode",
     }
     for keyword, (number, _) in values.items():
         if keyword not in known:
