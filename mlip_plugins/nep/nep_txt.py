@@ -374,9 +374,13 @@ def _estimate_max_neighbors(cutoff: float, density: float = 0.1) -> int:
 
 
 def potential_to_nep(potential) -> NEPFile:
-    """The :class:`NEPFile` of a ``Potential`` with a NEP energy model, E0 and scale folded in."""
+    """The :class:`NEPFile` of a ``Potential`` with a NEP energy model (or an energy tree that is
+    one, :mod:`mlip_plugins.nep.tree_export`), E0 and scale folded in."""
     from ase.data import chemical_symbols
 
+    from mlip_plugins.nep.tree_export import nep_equivalent
+
+    potential = nep_equivalent(potential)
     model = _nep_model_of(potential)
     desc = model.descriptor
     to_np = lambda t: t.detach().to("cpu", torch.float64).numpy().copy()  # noqa: E731

@@ -89,7 +89,7 @@ def test_bad_nep_txt_files_name_the_problem(tmp_path):
         path.write_text("\n".join(lines) + "\n")
         with pytest.raises(NEPFormatError, match=message):
             read_nep(path)
-    with pytest.raises(ValueError, match="single NEP model"):
+    with pytest.raises(ValueError, match="nep.txt holds a single NEP"):
         write_nep(build_potential({"elements": ["Cu"], "cutoff": 4.0, "energy": {"descriptor": {"name": "radial"}}}), tmp_path / "x.txt")
 
 
