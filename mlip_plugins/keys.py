@@ -38,9 +38,11 @@ CHARGES = "charges"             #: [N] partial charges (e)
 TOTAL_CHARGE = "total_charge"   #: [B] total charge of the structure (e)
 WEIGHT = "weight"               #: [B] per-structure loss weight
 BEC = "bec"                     #: [N, 3, 3] Born effective charges (e; row = polarisation), GPUMD's ``bec:R:9``
+DIPOLE = "dipole"               #: [B, 3] dipole of a structure (e Å), GPUMD's ``dipole`` (a TNEP's target and output)
+POLARIZABILITY = "polarizability"  #: [B, 3, 3] polarizability of a structure, GPUMD's ``pol`` (TNEP)
 
 #: the labels a model is trained on; each has a has-label flag (see :func:`has`)
-TARGETS: tuple[str, ...] = (ENERGY, FORCES, STRESS, CHARGES, BEC)
+TARGETS: tuple[str, ...] = (ENERGY, FORCES, STRESS, CHARGES, BEC, DIPOLE, POLARIZABILITY)
 
 
 def has(label: str) -> str:

@@ -108,6 +108,13 @@ def residuals(batch, output: Mapping[str, torch.Tensor], labelled_only: bool = T
         atom_weight = structure_weight[batch.batch].view(-1, 1, 1).expand(-1, 3, 3)
         result[keys.BEC] = Residual(bec, label_of(keys.BEC, bec), per_atom, atom_weight * per_atom,
                                     batch.batch.view(-1, 1, 1).expand(-1, 3, 3))
+    for key in (keys.DIPOLE, keys.POLARIZABILITY):  # a TNEP's targets: per structure, per atom as GPUMD's loss
+        if key in output and getattr(batch, key, None) is not None:
+            value = output[key]
+            shape = (-1,) + (1,) * (value.dim() - 1)
+            per_structure = flag(key).view(shape).expand_as(value)
+            result[key] = Residual(value / natoms.view(shape), label_of(key, value) / natoms.view(shape), per_structure,
+                                   structure_weight.view(shape).expand_as(value) * per_structure, graph_ids.view(shape).expand_as(value))
     return result
 
 

@@ -46,7 +46,8 @@ def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict
     GPUMD's xx xy xz yx ... order) for a model that predicts Born effective charges."""
     potential.eval()
     dtype = potential.e0.dtype
-    rows: dict[str, list] = {"energy": [], "force": [], "virial": [], "charge": [], "charge_label": [], "bec": [], "bec_label": []}
+    rows: dict[str, list] = {"energy": [], "force": [], "virial": [], "charge": [], "charge_label": [], "bec": [], "bec_label": [],
+                             "dipole": [], "dipole_label": [], "polarizability": [], "polarizability_label": []}
     for batch in DataLoader(list(graphs), batch_size=batch_size):
         batch = batch.to(potential.e0.device)
         batch.pos = batch.pos.to(dtype)
@@ -71,6 +72,13 @@ def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict
             label = getattr(batch, keys.CHARGES, None)
             rows["charge_label"].append(torch.full_like(out[keys.CHARGES].detach(), MISSING).view(-1, 1) if label is None
                                         else label.to(dtype).view(-1, 1))
+        for key in (keys.DIPOLE, keys.POLARIZABILITY):  # a TNEP's, per atom (as its loss)
+            if key in targets:
+                value = targets[key]
+                flat = value.prediction.reshape(batch.num_graphs, -1)
+                rows[key].append(flat)
+                rows[f"{key}_label"].append(torch.where(value.mask.reshape(batch.num_graphs, -1), value.label.reshape(batch.num_graphs, -1),
+                                                        torch.full_like(flat, MISSING)))
         if keys.BORN_EFFECTIVE_CHARGES in out:
             bec = out[keys.BORN_EFFECTIVE_CHARGES].detach().reshape(-1, 9)
             rows["bec"].append(bec)
@@ -91,8 +99,9 @@ def table_rmse(tables: dict[str, np.ndarray]) -> dict[str, float]:
     }
     if "charge" in tables:
         pairs["charge"] = (tables["charge"], tables["charge_label"])
-    if "bec" in tables:
-        pairs["bec"] = (tables["bec"], tables["bec_label"])
+    for name in ("bec", "dipole", "polarizability"):
+        if name in tables:
+            pairs[name] = (tables[name], tables[f"{name}_label"])
     result = {}
     for name, (pred, ref) in pairs.items():
         labelled = ref != MISSING
@@ -150,14 +159,13 @@ class GPUMDOutputsCallback(L.Callback):
         return Path(self.loss_file) if self.loss_file else Path(trainer.default_root_dir) / "loss.out"
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from mlip_plugins.nep.loss_out import loss_header
+        from mlip_plugins.nep.loss_out import loss_header, model_kind
 
         # a fresh fit starts a new block (generations from zero, as GPUMD after a restart); a
         # resumed one continues the block it left
         resumed = trainer.global_step > 0 and self._loss_path(trainer).exists()
-        charges = any(getattr(m, "charge_mode", 0) for m in self._potential(pl_module).modules())
-        self._charges = bool(charges)
-        self._header = None if resumed else loss_header(self._charges)
+        self._kind = model_kind(self._potential(pl_module))
+        self._header = None if resumed else loss_header(self._kind)
         self._last_row = -1
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
@@ -182,7 +190,7 @@ class GPUMDOutputsCallback(L.Callback):
             for which, graphs in (("train", getattr(datamodule, "train_graphs", [])), ("test", getattr(datamodule, "val_graphs", []))):
                 rmse[which] = table_rmse(prediction_tables(potential, graphs, self.batch_size)) if graphs else {}
         potential.train(was_training)
-        row = format_loss_row(trainer.global_step, float(loss), l1, l2, rmse["train"], rmse["test"], self._charges)
+        row = format_loss_row(trainer.global_step, float(loss), l1, l2, rmse["train"], rmse["test"], self._kind)
         append_loss(self._loss_path(trainer), row, self._header)
         self._header = None
         self._last_row = trainer.global_step

@@ -9,6 +9,8 @@ columns):
   force (eV/Å) and virial (eV/atom) on the training set, then the same three on the test set;
 * a charge model (qNEP), 14 columns: the RMSEs of charge (e) and Born effective charge (e)
   follow the virial's in each set;
+* a dipole or polarizability model (TNEP), 6 columns: ``generation total L1 L2`` and the RMSE
+  of the dipole / polarizability (per atom, as the loss) on the training and the test set;
 * ``L1``, ``L2``: the regularisation terms lambda_1 mean|z| and lambda_2 sqrt(mean z^2).
 
 A new run writes a new header block and counts generations from zero, as GPUMD does after a
@@ -23,26 +25,43 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-#: the RMSE columns of each set, GPUMD's names (potential; a charge model adds the last two)
+#: the RMSE columns of each set, GPUMD's names, by model kind
 POTENTIAL_COLUMNS = ("energy", "force", "virial")
-CHARGE_COLUMNS = ("charge", "bec")
+QUANTITIES = {
+    "potential": POTENTIAL_COLUMNS,
+    "charge": POTENTIAL_COLUMNS + ("charge", "bec"),
+    "dipole": ("dipole",),
+    "polarizability": ("polarizability",),
+}
 
 
-def loss_columns(charges: bool = False) -> list[str]:
-    """GPUMD's column names of loss.out for a potential (``charges``: a qNEP)."""
-    quantities = POTENTIAL_COLUMNS + (CHARGE_COLUMNS if charges else ())
-    return ["generation", "total", "L1", "L2"] + [f"rmse_{q}_{which}" for which in ("train", "test") for q in quantities]
+def model_kind(model) -> str:
+    """The loss.out kind of a Potential or energy tree: the first NEP model's (else ``potential``)."""
+    from mlip_plugins.nep.model import nep_models
+    from mlip_plugins.nep.tnep import MODEL_TYPES
+
+    for nep in nep_models(model):
+        if nep.model_type:
+            return MODEL_TYPES[nep.model_type]
+        if nep.charge_mode:
+            return "charge"
+    return "potential"
 
 
-def loss_header(charges: bool = False) -> str:
+def loss_columns(kind: str = "potential") -> list[str]:
+    """GPUMD's column names of loss.out for a model of ``kind`` (:data:`QUANTITIES`)."""
+    return ["generation", "total", "L1", "L2"] + [f"rmse_{q}_{which}" for which in ("train", "test") for q in QUANTITIES[kind]]
+
+
+def loss_header(kind: str = "potential") -> str:
     """The two header lines GPUMD writes before a run's rows."""
-    return "# format_version 1\n# columns " + " ".join(loss_columns(charges)) + "\n"
+    return "# format_version 1\n# columns " + " ".join(loss_columns(kind)) + "\n"
 
 
 def format_loss_row(generation: int, total: float, l1: float, l2: float, train: Mapping[str, float],
-                    test: Mapping[str, float], charges: bool = False) -> str:
+                    test: Mapping[str, float], kind: str = "potential") -> str:
     """One row: RMSEs missing from ``train``/``test`` (no label, no set) are written as 0."""
-    quantities = POTENTIAL_COLUMNS + (CHARGE_COLUMNS if charges else ())
+    quantities = QUANTITIES[kind]
     values = [float(total), float(l1), float(l2)] + [float(rmse.get(q, 0.0)) for rmse in (train, test) for q in quantities]
     values = [v if math.isfinite(v) else 0.0 for v in values]
     return f"{int(generation)} " + " ".join(f"{v:.5e}" for v in values) + "\n"

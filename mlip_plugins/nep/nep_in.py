@@ -16,6 +16,8 @@ n_max R A           model.energy.model.n_max = [R, A]
 basis_size R A      model.energy.model.basis_size = [R, A]
 l_max L [4b ...]    model.energy.model.l_max = [L, 4b, 5b, q112, q123, q233, q134] (as given)
 neuron N            model.energy.model.neuron
+model_type 1|2      a TNEP (dipole | polarizability): model.energy.model.model_type, no energies
+                    (data.require_energy = false, e0 = 0, loss.<dipole|polarizability> = 1, the rest 0)
 charge_mode 0|1|2   model.energy.model.charge_mode (GPUMD's qNEP; loss.charges / loss.bec weigh
                     charge and Born-effective-charge labels where the data has them)
 zbl r               model.energy.model.zbl = {inner: r/2, outer: r}
@@ -38,7 +40,7 @@ Model keywords missing from the file take GPUMD's defaults (cutoff 8 4, n_max 4 
 basis_size 8 8, l_max 4 2 0, neuron 30), since a nep.in describes the whole model.
 Keywords with no counterpart here (``lambda_shear``, ``type_weight``, ``force_delta``,
 ...) are reported with a warning and skipped; keywords that would change
-what is fitted and that we cannot honour (``prediction 1``, ``model_type`` other than 0,
+what is fitted and that we cannot honour (``prediction 1``,
 ``fine_tune``, typewise cutoff *factors*) are errors naming the file and line.
 
 Two differences in units to keep in mind: GPUMD's loss is a sum of RMSEs and ours a sum of
@@ -76,7 +78,6 @@ IGNORED = {
 }
 UNSUPPORTED = {
     "prediction": "prediction mode is not a training run (use mlip-eval)",
-    "model_type": "only potentials (model_type 0) are supported",
     "fine_tune": "fine-tuning a foundation model is not supported",
     "use_typewise_cutoff": "typewise cutoff factors are not supported (give per-element cutoffs on the cutoff line)",
     "vdw": "van der Waals NEP models are not supported",
@@ -212,7 +213,7 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
 
     for keyword, (number, args) in values.items():
         if keyword in UNSUPPORTED:
-            if keyword in ("model_type", "prediction", "vdw") and all(a in ("0",) for a in args):
+            if keyword in ("prediction", "vdw") and all(a in ("0",) for a in args):
                 continue  # the default value is fine
             raise NEPInputError(f"{where(number)}: {keyword}: {UNSUPPORTED[keyword]}")
         if keyword in IGNORED:
@@ -225,6 +226,17 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
         if version not in (3, 4):
             raise NEPInputError(f"{where(values['version'][0])}: version: only 3 and 4 are supported, got {version}")
         _set(overrides, model + "version", version)
+    if "model_type" in values:
+        kind = numbers("model_type", int, (1,))[0]
+        if kind not in (0, 1, 2):
+            raise NEPInputError(f"{where(values['model_type'][0])}: model_type: expected 0 (potential), 1 (dipole) or "
+                                f"2 (polarizability), got {kind}")
+        if kind:  # a TNEP: trained on dipoles / polarizabilities, no energies
+            target = "dipole" if kind == 1 else "polarizability"
+            _set(overrides, model + "model_type", kind)
+            _set(overrides, "data.require_energy", False)
+            _set(overrides, "e0", {symbol: 0.0 for symbol in symbols})
+            overrides["loss"] = {"energy": 0.0, "forces": 0.0, "stress": 0.0, target: 1.0}
     if "charge_mode" in values:
         mode = numbers("charge_mode", int, (1,))[0]
         if mode not in (0, 1, 2):
@@ -323,7 +335,7 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
     known = set(IGNORED) | set(UNSUPPORTED) | {
         "type", "version", "cutoff", "n_max", "basis_size", "l_max", "neuron", "zbl", "use_typewise_cutoff_zbl",
         "lambda_1", "lambda_2", "lambda_e", "lambda_f", "lambda_v", "batch", "generation", "epoch", "population",
-        "sigma0", "start_lr", "stop_lr", "weight_decay", "output_interval", "charge_mode",
+        "sigma0", "start_lr", "stop_lr", "weight_decay", "output_interval", "charge_mode", "model_type",
     }
     for keyword, (number, _) in values.items():
         if keyword not in known:
