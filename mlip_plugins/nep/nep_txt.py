@@ -1,4 +1,6 @@
-"""Read and write GPUMD ``nep.txt`` model files (NEP3 and NEP4, with or without ZBL; qNEP charge models).
+"""Read and write GPUMD ``nep.txt`` model files (NEP3 and NEP4, with or without ZBL; qNEP charge
+models; TNEP dipole / polarizability models, whose polarizability files carry a second network
+after b1, laid out like the first, with its own bias).
 
 Layout written by GPUMD (``Fitness::write_nep_txt``)::
 
