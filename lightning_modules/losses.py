@@ -28,6 +28,11 @@ class LossWeights:
     forces: float = 10.0
     stress: float = 0.0
     charges: float = 0.0
+    #: Born effective charges (labels ``bec``, models that predict them: qNEP)
+    bec: float = 0.0
+    #: a TNEP's dipole and polarizability per atom (labels ``dipole`` / ``pol``)
+    dipole: float = 0.0
+    polarizability: float = 0.0
     kind: str = "mse"
     huber_delta: float = 0.01
     normalize: str = "none"
@@ -47,14 +52,14 @@ class LossWeights:
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
             raise ConfigError(f"loss.kind: expected one of {', '.join(LOSS_KINDS)}, got {self.kind!r}")
-        for name in ("energy", "forces", "stress", "charges", "huber_delta"):
+        for name in ("energy", "forces", "stress", "charges", "bec", "dipole", "polarizability", "huber_delta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ConfigError(f"loss.{name}: expected a finite number >= 0, got {value!r}")
         if self.normalize not in ("none", "variance"):
             raise ConfigError(f"loss.normalize: expected none or variance, got {self.normalize!r}")
         if self.final:
-            unknown = set(self.final) - {"start", "energy", "forces", "stress", "charges"}
+            unknown = set(self.final) - {"start", "energy", "forces", "stress", "charges", "bec", "dipole", "polarizability"}
             if unknown or not 0.0 <= float(self.final.get("start", -1)) <= 1.0:
                 raise ConfigError(f"loss.final: expected {{start: 0..1, energy/forces/stress/charges: weight}}, got {self.final!r}")
 

@@ -93,6 +93,10 @@ class PotentialModule(L.LightningModule):
         self.model = build_potential(model)
         check_keywords(LossWeights, _plain(loss) or {}, "loss")
         self.loss_weights = LossWeights(**(_plain(loss) or {}))
+        if self.loss_weights.bec > 0:  # models that can predict BEC while training (qNEP) are asked to
+            for part in self.model.modules():
+                if hasattr(part, "bec_in_training"):
+                    part.bec_in_training = True
         self._final_weights = self.loss_weights.final_stage()
         self._total_steps_cache: int | None | bool = False  # False: not computed yet
         self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
@@ -314,7 +318,9 @@ class PotentialModule(L.LightningModule):
     # -- checkpoints -------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # checkpoints written before loss.normalize existed carry no loss scales: unit scales
-        checkpoint["state_dict"].setdefault("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
+        scales = checkpoint["state_dict"].setdefault("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
+        if scales.numel() < len(TARGETS):  # written before a target was added (bec): unit scales for the new ones
+            checkpoint["state_dict"]["loss_scales"] = torch.cat([scales, scales.new_ones(len(TARGETS) - scales.numel())])
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from mlip_plugins.checkpoint import checkpoint_metadata

@@ -188,6 +188,18 @@ def run_training(cfg: DictConfig) -> dict:
 
 def _run_training(cfg: DictConfig) -> dict:
     cfg = reconcile_precision(apply_nep_in(cfg))
+    if cfg.get("stages"):  # staged training (lightning_modules/stages.py)
+        from lightning_modules.stages import run_stages
+
+        return run_stages(cfg, _train_once)
+    result = _train_once(cfg)
+    result.pop("model_config", None), result.pop("module_state", None)
+    return result
+
+
+def _train_once(cfg: DictConfig, initial: dict | None = None) -> dict:
+    """One training run of ``cfg``; ``initial`` (a stage's predecessor): ``{model: config,
+    module_state: state dict}`` to start from. The result also carries both for the next stage."""
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.dtype not in DTYPES:
@@ -198,6 +210,13 @@ def _run_training(cfg: DictConfig) -> dict:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     model_cfg = _plain(cfg.model)
+    init_weights = None
+    if initial is not None:
+        model_cfg = dict(initial["model"])
+    elif cfg.get("init_from"):  # fine-tuning (lightning_modules/init_from.py)
+        from lightning_modules.init_from import initial_model
+
+        model_cfg, init_weights = initial_model(cfg.init_from, model_cfg)
     cutoff = validate_cutoffs(model_cfg)
     data_cfg = _plain(cfg.data)
     check_keywords(AtomsDataModule, data_cfg, "data", exclude=("cutoff", "split_file"))
@@ -215,7 +234,16 @@ def _run_training(cfg: DictConfig) -> dict:
         # nan_policy only for modules that take it (SNES has no gradient steps to skip)
         **({"nan_policy": str(cfg.get("nan_policy", "raise"))} if _accepts(module_cls, "nan_policy") else {}),
     )
-    if not cfg.get("ckpt_path"):
+    if initial is not None:
+        module.load_state_dict(initial["module_state"], strict=True)
+    elif init_weights is not None:
+        from lightning_modules.init_from import load_initial_weights
+
+        load_initial_weights(module, init_weights, f"init_from={cfg.init_from}")
+        if getattr(module.loss_weights, "normalize", "none") == "variance":
+            module.set_loss_scales(label_variances(datamodule.train_graphs, module.model.atomic_numbers,
+                                                   module.model.e0.tolist()))
+    elif not cfg.get("ckpt_path"):
         initialise_statistics(module, datamodule, cfg.e0)
     if _rank_zero():
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
@@ -243,7 +271,8 @@ def _run_training(cfg: DictConfig) -> dict:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     checkpoint_dir = run_dir / "checkpoints"
-    result = {"run_dir": str(run_dir), "last_ckpt": str(checkpoint_dir / "last.ckpt"), "best_ckpt": str(checkpoint_dir / "best.ckpt")}
+    result = {"run_dir": str(run_dir), "last_ckpt": str(checkpoint_dir / "last.ckpt"), "best_ckpt": str(checkpoint_dir / "best.ckpt"),
+              "model_config": model_cfg, "module_state": module.state_dict()}
     if trainer.global_rank != 0:
         return result
     potential = module.eval_model

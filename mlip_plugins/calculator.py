@@ -20,7 +20,8 @@ class MLIPCalculator(Calculator):
     :mod:`mlip_plugins.uncertainty`), ``energy_std`` and ``forces_std`` are added.
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "charges", "born_effective_charges"]
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "charges", "born_effective_charges",
+                              "dipole", "polarizability"]
 
     def __init__(self, potential, device: str = "cpu", dtype: torch.dtype | str | None = torch.float64,
                  uncertainty=None, **kwargs):
@@ -83,6 +84,9 @@ class MLIPCalculator(Calculator):
             self.results["charges"] = out["charges"].detach().cpu().numpy().astype(np.float64)
         if "born_effective_charges" in out:  # [N, 9], row-major 3 x 3 per atom (calorine's layout)
             self.results["born_effective_charges"] = out["born_effective_charges"].detach().cpu().numpy().reshape(-1, 9).astype(np.float64)
+        for key in ("dipole", "polarizability"):  # a TNEP's (mlip_plugins.nep.tnep): [3] and [3, 3]
+            if key in out:
+                self.results[key] = out[key].detach().cpu().numpy()[0].astype(np.float64)
         if self.uncertainty is not None:
             std = self.uncertainty.predict_std(self.potential, batch)
             self.results["energy_std"] = float(std["energy_std"].reshape(-1)[0])

@@ -78,14 +78,17 @@ def format_table(metrics: dict[str, float], title: str) -> str:
     return "\n".join(lines)
 
 
-def parity_plot(pred: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> Path:
-    """Predicted vs reference energy per atom and force components, as a PNG."""
+def parity_plot(pred: dict[str, np.ndarray], path: str | os.PathLike, title: str = "") -> Path | None:
+    """Predicted vs reference energy per atom and force components, as a PNG (None, and no file,
+    when nothing is labelled: a dipole / polarizability model has no energies)."""
+    keys = [k for k in ("energy", "forces", "stress") if pred[f"{k}_true"].size]
+    if not keys:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("energy", "forces", "stress") if pred[f"{k}_true"].size]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         label, unit, _ = _LABELS[key]

@@ -37,9 +37,12 @@ STRESS = "stress"               #: [B, 3, 3] eV/Å³, ASE sign convention
 CHARGES = "charges"             #: [N] partial charges (e)
 TOTAL_CHARGE = "total_charge"   #: [B] total charge of the structure (e)
 WEIGHT = "weight"               #: [B] per-structure loss weight
+BEC = "bec"                     #: [N, 3, 3] Born effective charges (e; row = polarisation), GPUMD's ``bec:R:9``
+DIPOLE = "dipole"               #: [B, 3] dipole of a structure (e Å), GPUMD's ``dipole`` (a TNEP's target and output)
+POLARIZABILITY = "polarizability"  #: [B, 3, 3] polarizability of a structure, GPUMD's ``pol`` (TNEP)
 
 #: the labels a model is trained on; each has a has-label flag (see :func:`has`)
-TARGETS: tuple[str, ...] = (ENERGY, FORCES, STRESS, CHARGES)
+TARGETS: tuple[str, ...] = (ENERGY, FORCES, STRESS, CHARGES, BEC, DIPOLE, POLARIZABILITY)
 
 
 def has(label: str) -> str:
@@ -54,6 +57,7 @@ def has(label: str) -> str:
 HAS_ENERGY = has(ENERGY)
 HAS_FORCES = has(FORCES)
 HAS_STRESS = has(STRESS)
+HAS_BEC = has(BEC)
 
 # -- outputs of the Potential (besides ENERGY, FORCES, STRESS, CHARGES) ---------------------
 ATOMIC_ENERGIES = "atomic_energies"        #: [N] per-atom total energy (eV), sums to ENERGY

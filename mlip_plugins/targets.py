@@ -102,6 +102,19 @@ def residuals(batch, output: Mapping[str, torch.Tensor], labelled_only: bool = T
         # unit weight per atom (frame weights do not scale charges), zero for zero-weight frames (DDP padding)
         unit = (structure_weight > 0).to(dtype)[batch.batch]
         result[keys.CHARGES] = Residual(charges, label_of(keys.CHARGES, charges), every, unit, batch.batch)
+    if keys.BORN_EFFECTIVE_CHARGES in output and getattr(batch, keys.BEC, None) is not None:
+        bec = output[keys.BORN_EFFECTIVE_CHARGES]
+        per_atom = flag(keys.BEC)[batch.batch].view(-1, 1, 1).expand(-1, 3, 3)
+        atom_weight = structure_weight[batch.batch].view(-1, 1, 1).expand(-1, 3, 3)
+        result[keys.BEC] = Residual(bec, label_of(keys.BEC, bec), per_atom, atom_weight * per_atom,
+                                    batch.batch.view(-1, 1, 1).expand(-1, 3, 3))
+    for key in (keys.DIPOLE, keys.POLARIZABILITY):  # a TNEP's targets: per structure, per atom as GPUMD's loss
+        if key in output and getattr(batch, key, None) is not None:
+            value = output[key]
+            shape = (-1,) + (1,) * (value.dim() - 1)
+            per_structure = flag(key).view(shape).expand_as(value)
+            result[key] = Residual(value / natoms.view(shape), label_of(key, value) / natoms.view(shape), per_structure,
+                                   structure_weight.view(shape).expand_as(value) * per_structure, graph_ids.view(shape).expand_as(value))
     return result
 
 

@@ -30,8 +30,8 @@ from mlip_plugins.data.structures import atoms_to_graph
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # 2: keyed on the file's content hash
-_NODE_FIELDS = ("pos", "z", "forces", "charges")
+CACHE_FORMAT = 3  # 2: keyed on the file's content hash; 3: graphs carry bec/has_bec
+_NODE_FIELDS = ("pos", "z", "forces", "charges", "bec")
 _EDGE_FIELDS = ("edge_index", "shifts")
 
 

@@ -39,6 +39,9 @@ class LabelKeys:
     charges: str = "charges"
     total_charge: str = "total_charge"
     weight: str = "weight"
+    bec: str = "bec"
+    dipole: str = "dipole"
+    polarizability: str = "pol"  # GPUMD's name: 9 values row-major, or 6 (xx yy zz xy yz zx)
     extra: dict = field(default_factory=dict)
 
 
@@ -123,6 +126,18 @@ def _per_atom_label(value, shape: tuple[int, ...], what: str, where: str, unit: 
     return array
 
 
+def _structure_tensor(value, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """A per-structure vector/tensor label (dipole, polarizability) as float64 of ``shape``, finite."""
+    try:
+        array = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: not numbers ({value!r})") from exc
+    if array.shape != shape:
+        raise DataError(f"{where}: {array.size} values, expected {shape[0]}")
+    _check_finite(array, where)
+    return array
+
+
 def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bool = False) -> dict:
     """Read and check the labels of one structure. Missing labels are simply absent."""
     n = len(atoms)
@@ -163,6 +178,23 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
     charges = _lookup(atoms, keys.charges)
     if charges is not None:
         labels["charges"] = _per_atom_label(charges, (n,), "charges", f"{where}: field {keys.charges!r}", "e")
+    bec = _lookup(atoms, keys.bec)
+    if bec is not None:  # GPUMD's bec:R:9, row-major xx xy xz yx ... (row = polarisation direction)
+        where_bec = f"{where}: field {keys.bec!r}"
+        flat = _per_atom_label(np.asarray(bec, dtype=np.float64).reshape(n, -1) if np.size(bec) == 9 * n else bec,
+                               (n, 9), "charges", where_bec, "e")
+        labels["bec"] = flat.reshape(n, 3, 3)
+    dipole = _lookup(atoms, keys.dipole)
+    if dipole is not None:
+        labels["dipole"] = _structure_tensor(dipole, (3,), f"{where}: field {keys.dipole!r}")
+    polarizability = _lookup(atoms, keys.polarizability)
+    if polarizability is not None:
+        where_pol = f"{where}: field {keys.polarizability!r}"
+        values = np.asarray(polarizability, dtype=np.float64).reshape(-1)
+        if values.size == 6:  # GPUMD's reduced order xx yy zz xy yz zx
+            xx, yy, zz, xy, yz, zx = values
+            values = np.array([xx, xy, zx, xy, yy, yz, zx, yz, zz])
+        labels["polarizability"] = _structure_tensor(values, (9,), where_pol).reshape(3, 3)
     total_charge = _lookup(atoms, keys.total_charge)
     if total_charge is not None:
         labels["total_charge"] = float(np.asarray(total_charge, dtype=np.float64).reshape(-1)[0])
@@ -259,6 +291,11 @@ def graph_arrays(atoms: Atoms, cutoff: float, labels: dict | None = None, where:
     }
     if "charges" in labels:
         arrays["charges"] = np.array(labels["charges"], dtype=np.float64)
+    arrays["bec"] = np.array(labels["bec"], dtype=np.float64) if "bec" in labels else np.zeros((n, 3, 3))
+    arrays["has_bec"] = np.array([("bec" in labels)])
+    for name, shape in (("dipole", (1, 3)), ("polarizability", (1, 3, 3))):  # a TNEP's targets (per structure)
+        arrays[name] = np.array(labels[name], dtype=np.float64).reshape(shape) if name in labels else np.zeros(shape)
+        arrays[f"has_{name}"] = np.array([(name in labels)])
     arrays["total_charge"] = np.array([labels.get("total_charge", 0.0)], dtype=np.float64)
     arrays["weight"] = np.array([labels.get("weight", 1.0)], dtype=np.float64)
     return arrays

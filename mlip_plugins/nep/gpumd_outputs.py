@@ -8,7 +8,9 @@ sets, one line per structure or atom, predictions first, references second:
 * ``virial_<set>.out``: six components ``xx yy zz xy yz zx`` of the virial per atom (eV/atom)
   predicted, then the six references, ``-1e+06`` where a structure has no virial label.
 
-The virial per atom is -stress * volume / N (GPUMD's sign: positive under compression).
+The virial per atom is -stress * volume / N (GPUMD's sign: positive under compression). A charge
+model (qNEP) also gets ``charge_<set>.out`` (one charge per atom, e). The callback also writes
+GPUMD's ``loss.out`` (:mod:`mlip_plugins.nep.loss_out`) during training.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch_geometric.loader import DataLoader
 
 from mlip_plugins import keys
 from mlip_plugins.atomic_files import atomic_write_text
-from mlip_plugins.targets import residuals
+from mlip_plugins.targets import label_flags, residuals
 
 #: GPUMD's marker of a missing reference value
 MISSING = -1e6
@@ -36,13 +38,16 @@ def _lines(rows: np.ndarray) -> str:
     return "".join(" ".join(f"{value:.6g}" for value in row) + "\n" for row in rows)
 
 
-def write_prediction_files(potential, graphs: Sequence, directory: str | os.PathLike, which: str = "train",
-                           batch_size: int = 16) -> dict[str, Path]:
-    """Write ``energy_<which>.out``, ``force_<which>.out`` and ``virial_<which>.out`` of ``graphs``
-    (in their order) into ``directory``; returns the paths."""
+def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict[str, np.ndarray]:
+    """GPUMD's rows of ``graphs`` (in their order): ``energy``, ``force``, ``virial`` tables
+    (predictions, then references, :data:`MISSING` where unlabelled), and for a model that
+    predicts charges a ``charge`` table (one column, as GPUMD's charge_*.out) with the labels
+    (or :data:`MISSING`) in ``charge_label``; likewise ``bec`` / ``bec_label`` (9 components,
+    GPUMD's xx xy xz yx ... order) for a model that predicts Born effective charges."""
     potential.eval()
     dtype = potential.e0.dtype
-    energy_rows, force_rows, virial_rows = [], [], []
+    rows: dict[str, list] = {"energy": [], "force": [], "virial": [], "charge": [], "charge_label": [], "bec": [], "bec_label": [],
+                             "dipole": [], "dipole_label": [], "polarizability": [], "polarizability_label": []}
     for batch in DataLoader(list(graphs), batch_size=batch_size):
         batch = batch.to(potential.e0.device)
         batch.pos = batch.pos.to(dtype)
@@ -51,41 +56,167 @@ def write_prediction_files(potential, graphs: Sequence, directory: str | os.Path
         natoms = torch.bincount(batch.batch, minlength=batch.num_graphs).to(dtype)
         energy = targets[keys.ENERGY]
         label_e = torch.where(energy.mask, energy.label, torch.full_like(energy.label, MISSING))
-        energy_rows.append(torch.stack([energy.prediction, label_e], 1))
+        rows["energy"].append(torch.stack([energy.prediction, label_e], 1))
         forces = targets[keys.FORCES]
         label_f = torch.where(forces.mask, forces.label, torch.full_like(forces.label, MISSING))
-        force_rows.append(torch.cat([forces.prediction, label_f], 1))
+        rows["force"].append(torch.cat([forces.prediction, label_f], 1))
         stress = targets[keys.STRESS]
         volume = torch.linalg.det(batch.cell.view(-1, 3, 3).to(dtype)).abs()
         to_virial = (-volume / natoms).view(-1, 1)
         pred = torch.stack([stress.prediction[:, a, b] for a, b in VIRIAL_ORDER], 1) * to_virial
         ref = torch.stack([stress.label[:, a, b] for a, b in VIRIAL_ORDER], 1) * to_virial
         ref = torch.where(stress.mask[:, 0, 0].view(-1, 1), ref, torch.full_like(ref, MISSING))
-        virial_rows.append(torch.cat([pred, ref], 1))
+        rows["virial"].append(torch.cat([pred, ref], 1))
+        if keys.CHARGES in out:
+            rows["charge"].append(out[keys.CHARGES].detach().view(-1, 1))
+            label = getattr(batch, keys.CHARGES, None)
+            rows["charge_label"].append(torch.full_like(out[keys.CHARGES].detach(), MISSING).view(-1, 1) if label is None
+                                        else label.to(dtype).view(-1, 1))
+        for key in (keys.DIPOLE, keys.POLARIZABILITY):  # a TNEP's, per atom (as its loss)
+            if key in targets:
+                value = targets[key]
+                flat = value.prediction.reshape(batch.num_graphs, -1)
+                rows[key].append(flat)
+                rows[f"{key}_label"].append(torch.where(value.mask.reshape(batch.num_graphs, -1), value.label.reshape(batch.num_graphs, -1),
+                                                        torch.full_like(flat, MISSING)))
+        if keys.BORN_EFFECTIVE_CHARGES in out:
+            bec = out[keys.BORN_EFFECTIVE_CHARGES].detach().reshape(-1, 9)
+            rows["bec"].append(bec)
+            label = getattr(batch, keys.BEC, None)
+            labelled = label_flags(batch, keys.BEC, batch.num_graphs, bec.device)[batch.batch].view(-1, 1)
+            rows["bec_label"].append(torch.full_like(bec, MISSING) if label is None
+                                     else torch.where(labelled, label.to(dtype).reshape(-1, 9), torch.full_like(bec, MISSING)))
+    return {name: torch.cat(value).cpu().numpy() for name, value in rows.items() if value}
+
+
+def table_rmse(tables: dict[str, np.ndarray]) -> dict[str, float]:
+    """GPUMD's RMSEs (energy and virial per atom, force components, charges) of the labelled
+    rows of :func:`prediction_tables`; a quantity without labels is left out."""
+    pairs = {
+        "energy": (tables["energy"][:, :1], tables["energy"][:, 1:]),
+        "force": (tables["force"][:, :3], tables["force"][:, 3:]),
+        "virial": (tables["virial"][:, :6], tables["virial"][:, 6:]),
+    }
+    if "charge" in tables:
+        pairs["charge"] = (tables["charge"], tables["charge_label"])
+    for name in ("bec", "dipole", "polarizability"):
+        if name in tables:
+            pairs[name] = (tables[name], tables[f"{name}_label"])
+    result = {}
+    for name, (pred, ref) in pairs.items():
+        labelled = ref != MISSING
+        if labelled.any():
+            result[name] = float(np.sqrt(np.mean((pred[labelled] - ref[labelled]) ** 2)))
+    return result
+
+
+def write_prediction_files(potential, graphs: Sequence, directory: str | os.PathLike, which: str = "train",
+                           batch_size: int = 16) -> dict[str, Path]:
+    """Write ``energy_<which>.out``, ``force_<which>.out`` and ``virial_<which>.out`` of ``graphs``
+    (in their order) into ``directory`` (and ``charge_<which>.out`` for a charge model); returns the paths."""
+    tables = prediction_tables(potential, graphs, batch_size)
     directory = Path(directory)
     written = {}
-    for name, rows in (("energy", energy_rows), ("force", force_rows), ("virial", virial_rows)):
-        path = directory / f"{name}_{which}.out"
-        atomic_write_text(_lines(torch.cat(rows).cpu().numpy()), path)
-        written[name] = path
+    for name in ("energy", "force", "virial", "charge"):
+        if name in tables:
+            path = directory / f"{name}_{which}.out"
+            atomic_write_text(_lines(tables[name]), path)
+            written[name] = path
     return written
 
 
 class GPUMDOutputsCallback(L.Callback):
-    """Callback ``gpumd_outputs``: at the end of fitting, write GPUMD's ``*_train.out`` (and
-    ``*_test.out`` for the validation set, which is what GPUMD calls its test set) into the run
-    directory, predicted by the weights used for export (the EMA copy if enabled)."""
+    """Callback ``gpumd_outputs``: GPUMD's output files of a run, in the run directory.
 
-    def __init__(self, batch_size: int = 16):
+    * ``loss.out`` (:mod:`mlip_plugins.nep.loss_out`): every ``loss_interval`` generations
+      (optimizer steps; GPUMD's ``output_interval``, 100 by default) and at the end of
+      fitting, a row with the training loss of that step, NEP's L1/L2 terms and the RMSEs of
+      the weights used for export on the training and validation sets (GPUMD's test set);
+      ``loss_interval: 0`` writes only the final row. Each RMSE row costs one evaluation of
+      both sets (with forces);
+    * at the end of fitting, ``*_train.out`` (and ``*_test.out`` for the validation set),
+      predicted by the weights used for export (the EMA copy if enabled).
+
+    Args:
+        batch_size: structures per evaluation.
+        loss_interval: generations between loss.out rows (0: the final row only).
+        loss_file: where loss.out goes (default: the run directory's ``loss.out``; staged
+            training points every stage at the top run directory's file).
+    """
+
+    def __init__(self, batch_size: int = 16, loss_interval: int = 100, loss_file: str | None = None):
         super().__init__()
         self.batch_size = int(batch_size)
+        self.loss_interval = int(loss_interval)
+        self.loss_file = loss_file
+        self._header: str | None = None
+
+    @staticmethod
+    def _potential(pl_module):
+        return getattr(pl_module, "eval_model", pl_module.model)
+
+    def _loss_path(self, trainer: L.Trainer) -> Path:
+        return Path(self.loss_file) if self.loss_file else Path(trainer.default_root_dir) / "loss.out"
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from mlip_plugins.nep.loss_out import loss_header, model_kind
+
+        # a fresh fit starts a new block (generations from zero, as GPUMD after a restart); a
+        # resumed one continues the block it left
+        resumed = trainer.global_step > 0 and self._loss_path(trainer).exists()
+        self._kind = model_kind(self._potential(pl_module))
+        self._header = None if resumed else loss_header(self._kind)
+        self._last_row = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.loss_interval > 0 and step % self.loss_interval == 0:
+            self._write_loss_row(trainer, pl_module, outputs)
+
+    def _write_loss_row(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs=None) -> None:
+        from mlip_plugins.nep.loss_out import append_loss, format_loss_row
+
+        if trainer.global_rank != 0 or trainer.global_step == self._last_row:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) and "loss" in outputs else outputs
+        if loss is None:
+            loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss", float("nan")))
+        l1, l2 = regularization_terms(pl_module.model)
+        datamodule = trainer.datamodule
+        potential = self._potential(pl_module)
+        was_training = potential.training
+        rmse = {}
+        with torch.enable_grad():  # forces are -dE/dpos
+            for which, graphs in (("train", getattr(datamodule, "train_graphs", [])), ("test", getattr(datamodule, "val_graphs", []))):
+                rmse[which] = table_rmse(prediction_tables(potential, graphs, self.batch_size)) if graphs else {}
+        potential.train(was_training)
+        row = format_loss_row(trainer.global_step, float(loss), l1, l2, rmse["train"], rmse["test"], self._kind)
+        append_loss(self._loss_path(trainer), row, self._header)
+        self._header = None
+        self._last_row = trainer.global_step
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
             return
+        self._write_loss_row(trainer, pl_module)
         datamodule = trainer.datamodule
-        potential = getattr(pl_module, "eval_model", pl_module.model)
+        potential = self._potential(pl_module)
         with torch.enable_grad():  # forces are -dE/dpos
             for which, graphs in (("train", getattr(datamodule, "train_graphs", [])), ("test", getattr(datamodule, "val_graphs", []))):
                 if graphs:
                     write_prediction_files(potential, graphs, trainer.default_root_dir, which, self.batch_size)
+
+
+def regularization_terms(model: torch.nn.Module) -> tuple[float, float]:
+    """NEP's (L1, L2) terms, summed over the NEP models in ``model``: lambda_1 mean|z| and
+    lambda_2 sqrt(mean z^2) (0 where a lambda is 0)."""
+    from mlip_plugins.nep.model import nep_models, nep_regularization
+
+    l1 = l2 = 0.0
+    with torch.no_grad():
+        for nep in nep_models(model):
+            if nep.lambda_1:
+                l1 += float(nep_regularization(nep, nep.lambda_1, 0.0))
+            if nep.lambda_2:
+                l2 += float(nep_regularization(nep, 0.0, nep.lambda_2))
+    return l1, l2

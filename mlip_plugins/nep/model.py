@@ -173,6 +173,9 @@ class NEPModel(nn.Module):
             output, the raw charge (weights ``w1_charge``, no bias), and the model adds the
             Coulomb energy of the neutral charges (:mod:`mlip_plugins.nep.qnep`), returned
             unscaled, with the charges and (when forces are asked) the Born effective charges.
+        model_type: GPUMD's 0 (potential), 1 (dipole) or 2 (polarizability): a tensorial NEP
+            (:mod:`mlip_plugins.nep.tnep`) returns the dipole or polarizability of each structure
+            and a zero energy; a polarizability has a second network (``w0_iso``, ...).
     """
 
     #: a small configuration for the conformance kit (mlip_plugins.testing)
@@ -196,8 +199,16 @@ class NEPModel(nn.Module):
         seed: int = 0,
         l_max_convention: str = "gpumd",
         charge_mode: int = 0,
+        model_type: int = 0,
     ):
         super().__init__()
+        from mlip_plugins.nep.tnep import MODEL_TYPES
+
+        if int(model_type) not in MODEL_TYPES:
+            raise ValueError(f"NEP model_type must be 0 (potential), 1 (dipole) or 2 (polarizability), got {model_type!r}")
+        self.model_type = int(model_type)
+        if self.model_type and (charge_mode or zbl):
+            raise ValueError("a dipole / polarizability NEP (model_type 1 | 2) has no charges and no ZBL")
         if int(version) not in (3, 4):
             raise ValueError(f"NEP version must be 3 or 4, got {version!r}")
         self.version = int(version)
@@ -217,12 +228,19 @@ class NEPModel(nn.Module):
         self.b0 = nn.Parameter(0.01 * torch.randn(networks, self.neuron, generator=generator, dtype=dtype))
         self.w1 = nn.Parameter(torch.randn(networks, self.neuron, generator=generator, dtype=dtype) * math.sqrt(2.0 / (self.neuron + 1)))
         self.b1 = nn.Parameter(torch.zeros((), dtype=dtype))
+        if self.model_type == 2:  # the polarizability's isotropic network
+            self.w0_iso = nn.Parameter(torch.randn(networks, self.neuron, dim, generator=generator, dtype=dtype) * math.sqrt(2.0 / (dim + self.neuron)))
+            self.b0_iso = nn.Parameter(0.01 * torch.randn(networks, self.neuron, generator=generator, dtype=dtype))
+            self.w1_iso = nn.Parameter(torch.randn(networks, self.neuron, generator=generator, dtype=dtype) * math.sqrt(2.0 / (self.neuron + 1)))
+            self.b1_iso = nn.Parameter(torch.zeros((), dtype=dtype))
         self.register_buffer("q_scaler", torch.ones(dim, dtype=dtype))
         self.register_buffer("scaler_fitted", torch.zeros((), dtype=torch.bool))
         # largest radial / angular neighbour counts seen in training (GPUMD's MN_R, MN_A; 0 = unknown)
         self.register_buffer("max_neighbors", torch.zeros(2, dtype=torch.long))
         self.zbl = _zbl_from_config(zbl, self.num_species)
         self.charge_mode = int(charge_mode)
+        #: also compute the Born effective charges while training (set when the loss has a BEC term)
+        self.bec_in_training = False
         self.coulomb = None
         if self.charge_mode:
             from mlip_plugins.nep.qnep import QNEPCoulomb
@@ -248,7 +266,8 @@ class NEPModel(nn.Module):
         num_species = self.descriptor.num_species
         owners: dict[nn.Parameter, torch.Tensor] = {}
         if self.version == 4:
-            for p in (self.w0, self.b0, self.w1) + ((self.w1_charge,) if self.charge_mode else ()):
+            extra = (self.w1_charge,) if self.charge_mode else (self.w0_iso, self.b0_iso, self.w1_iso) if self.model_type == 2 else ()
+            for p in (self.w0, self.b0, self.w1) + extra:
                 owners[p] = torch.arange(num_species).view(-1, *([1] * (p.dim() - 1))).expand_as(p)
         for p in (self.descriptor.c_radial, self.descriptor.c_angular):
             owners[p] = torch.arange(num_species).view(-1, 1, 1, 1).expand_as(p)
@@ -261,29 +280,53 @@ class NEPModel(nn.Module):
         cfg["zbl"] = self.zbl.config() if self.zbl is not None else None
         if self.charge_mode:
             cfg["charge_mode"] = self.charge_mode
+        if self.model_type:
+            cfg["model_type"] = self.model_type
         return cfg
 
     def scaled_descriptor(self, graph: AtomicGraph) -> torch.Tensor:
         """q~ = q_scaler * q: the network input [N, D]."""
         return self.descriptor(graph) * self.q_scaler.to(graph.edge_len.dtype)
 
-    def network(self, q: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        """sum_mu w1 tanh(w0 q - b0) - b1 with each atom's element network: [N]."""
+    def network(self, q: torch.Tensor, species: torch.Tensor, isotropic: bool = False) -> torch.Tensor:
+        """sum_mu w1 tanh(w0 q - b0) - b1 with each atom's element network: [N] (``isotropic``:
+        the polarizability's second network)."""
+        bias = self.b1_iso if isotropic else self.b1
+        element = self._isotropic_network if isotropic else self._element_network
         if self.version == 3 or self.num_species == 1:  # one network for every atom
-            return self._element_network(0, q) - self.b1
-        return per_element(self._element_network, q, species, self.num_species) - self.b1
+            return element(0, q) - bias
+        return per_element(element, q, species, self.num_species) - bias
 
     def _element_network(self, s: int, q: torch.Tensor) -> torch.Tensor:
         """sum_mu w1 tanh(w0 q - b0) of element s (without the shared bias b1): [n_s]."""
         return torch.tanh(q @ self.w0[s].T - self.b0[s]) @ self.w1[s]
 
+    def _isotropic_network(self, s: int, q: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(q @ self.w0_iso[s].T - self.b0_iso[s]) @ self.w1_iso[s]
+
     def forward(self, graph: AtomicGraph):
+        if self.model_type:
+            return self._forward_tensor(graph)
         if self.charge_mode:
             return self._forward_charges(graph)
         energy = self.network(self.scaled_descriptor(graph), graph.species)
         if self.zbl is not None:
             energy = energy + self.zbl(graph)
         return energy
+
+    def _forward_tensor(self, graph: AtomicGraph):
+        """TNEP: the dipole or polarizability per structure, and a zero energy (with a graph)."""
+        from mlip_plugins import keys
+        from mlip_plugins.models.outputs import NodeOutput
+        from mlip_plugins.nep.tnep import tensor_property
+
+        q = self.scaled_descriptor(graph)
+        scalar = self.network(q, graph.species)
+        isotropic = self.network(q, graph.species, isotropic=True) if self.model_type == 2 else None
+        value = tensor_property(graph, scalar, isotropic, self.model_type, create_graph=self.training)
+        key = keys.DIPOLE if self.model_type == 1 else keys.POLARIZABILITY
+        extras = {} if value is None else {key: value}
+        return NodeOutput(scalar * 0.0, extras, {k: "nep" for k in extras})
 
     def _charge_network(self, s: int, q: torch.Tensor) -> torch.Tensor:
         """[n_s, 2]: (energy without b1, raw charge) of element s from one shared hidden layer."""
@@ -303,8 +346,9 @@ class NEPModel(nn.Module):
         charges = neutral_charges(raw, graph)
         coulomb = self.coulomb(graph, charges)
         extras = {keys.ATOMIC_ENERGY_UNSCALED: coulomb, keys.CHARGES: charges}
-        if not self.training:  # evaluation only: one more backward pass through the descriptor
-            bec = born_effective_charges(graph, raw, charges, self.sqrt_epsilon_inf)
+        # one more backward pass through the descriptor: in evaluation, and in training for a BEC loss
+        if not self.training or self.bec_in_training:
+            bec = born_effective_charges(graph, raw, charges, self.sqrt_epsilon_inf, create_graph=self.training)
             if bec is not None:
                 extras[keys.BORN_EFFECTIVE_CHARGES] = bec
         return NodeOutput(energy, extras, {k: "nep" for k in extras})

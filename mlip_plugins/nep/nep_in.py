@@ -16,12 +16,19 @@ n_max R A           model.energy.model.n_max = [R, A]
 basis_size R A      model.energy.model.basis_size = [R, A]
 l_max L [4b ...]    model.energy.model.l_max = [L, 4b, 5b, q112, q123, q233, q134] (as given)
 neuron N            model.energy.model.neuron
+model_type 1|2      a TNEP (dipole | polarizability): model.energy.model.model_type, no energies
+                    (data.require_energy = false, e0 = 0, loss.<dipole|polarizability> = 1, the rest 0)
+charge_mode 0|1|2   model.energy.model.charge_mode (GPUMD's qNEP; loss.charges / loss.bec weigh
+                    charge and Born-effective-charge labels where the data has them)
 zbl r               model.energy.model.zbl = {inner: r/2, outer: r}
 use_typewise_cutoff_zbl [f]   zbl.typewise_factor = f (default 0.7)
 lambda_1, lambda_2  model.energy.model.lambda_1 / lambda_2 (NEP's L1/L2 regulariser)
 lambda_e/f/v        loss.energy / loss.forces / loss.stress
 batch B             data.batch_size
 generation G        trainer.max_steps = G (one generation = one batch), trainer.max_epochs = -1
+generation G1 G2 .. staged training: stages = [{trainer.max_steps: G1}, ...] (also epoch E1 E2 ..);
+                    lambda_e/f/v, start_lr, stop_lr then take 1 value or one per stage
+output_interval N   callbacks.gpumd_outputs.loss_interval = N (a loss.out row every N generations)
 population P        optimizer.population (SNES only)
 sigma0 s            optimizer.sigma0 (SNES only)
 epoch E (GNEP)      trainer.max_epochs = E
@@ -32,9 +39,9 @@ weight_decay w      optimizer.name = adamw, optimizer.weight_decay = w (GNEP)
 Model keywords missing from the file take GPUMD's defaults (cutoff 8 4, n_max 4 4,
 basis_size 8 8, l_max 4 2 0, neuron 30), since a nep.in describes the whole model.
 Keywords with no counterpart here (``lambda_shear``, ``type_weight``, ``force_delta``,
-``output_interval``, ...) are reported with a warning and skipped; keywords that would change
-what is fitted and that we cannot honour (``prediction 1``, ``model_type`` other than 0,
-``fine_tune``, charge models, typewise cutoff *factors*) are errors naming the file and line.
+...) are reported with a warning and skipped; keywords that would change
+what is fitted and that we cannot honour (``prediction 1``,
+``fine_tune``, typewise cutoff *factors*) are errors naming the file and line.
 
 Two differences in units to keep in mind: GPUMD's loss is a sum of RMSEs and ours a sum of
 MSEs (the lambdas weigh different things), and GPUMD's virial error is per atom in eV while
@@ -62,7 +69,6 @@ IGNORED = {
     "lambda_shear": "shear virial components are weighted like the others",
     "type_weight": "per-element force weights are not supported",
     "force_delta": "force-magnitude weighting is not supported",
-    "output_interval": "logging is configured through the trainer",
     "save_potential": "checkpoints are configured through callbacks",
     "initial_para": "initial parameters follow GNEP's scheme",
     "energy_shift": "per-element reference energies are always fitted (config key e0)",
@@ -72,9 +78,7 @@ IGNORED = {
 }
 UNSUPPORTED = {
     "prediction": "prediction mode is not a training run (use mlip-eval)",
-    "model_type": "only potentials (model_type 0) are supported",
     "fine_tune": "fine-tuning a foundation model is not supported",
-    "charge_mode": "training charge models (qNEP) from nep.in is not supported yet (a qNEP nep.txt is read and evaluated)",
     "use_typewise_cutoff": "typewise cutoff factors are not supported (give per-element cutoffs on the cutoff line)",
     "vdw": "van der Waals NEP models are not supported",
 }
@@ -105,6 +109,52 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
     for key in keys[:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
+
+
+#: the loss weights a stage can change: nep.in keyword -> config key
+STAGED_LOSS = (("lambda_e", "loss.energy"), ("lambda_f", "loss.forces"), ("lambda_v", "loss.stress"))
+
+
+def _stage_overrides(values: dict, numbers, where, optimizer_name: str | None) -> list[dict]:
+    """Staged training (lightning_modules/stages.py) from several values on ``generation`` or
+    ``epoch``: one override mapping per stage, with that stage's length and, where a keyword
+    gives one value per stage, its loss weight or learning rates. [] for a single stage."""
+    lengths = {k: numbers(k, int) for k in ("generation", "epoch") if k in values}
+    counts = {k: len(v) for k, v in lengths.items()}
+    stage_count = max(counts.values(), default=1)
+    if stage_count <= 1:
+        for keyword in [k for k, _ in STAGED_LOSS] + ["start_lr", "stop_lr"]:
+            if keyword in values and len(values[keyword][1]) > 1:
+                raise NEPInputError(f"{where(values[keyword][0])}: {keyword}: several values need as many stages "
+                                    f"(several values on generation or epoch)")
+        return []
+    if len(counts) == 2 and min(counts.values()) > 1 and counts["generation"] != counts["epoch"]:
+        raise NEPInputError(f"{where(values['epoch'][0])}: epoch: {counts['epoch']} stages, but generation has {counts['generation']}")
+    per_stage: dict[str, list[float]] = {}
+    for keyword in [k for k, _ in STAGED_LOSS] + ["start_lr", "stop_lr"]:
+        if keyword in values:
+            given = numbers(keyword, float)
+            if len(given) not in (1, stage_count):
+                raise NEPInputError(f"{where(values[keyword][0])}: {keyword}: expected 1 or {stage_count} values "
+                                    f"(one per stage), got {len(given)}")
+            per_stage[keyword] = given * stage_count if len(given) == 1 else given
+    stages = []
+    for k in range(stage_count):
+        stage: dict = {}
+        if "generation" in lengths and len(lengths["generation"]) > 1:
+            _set(stage, "trainer.max_steps", lengths["generation"][k])
+            _set(stage, "trainer.max_epochs", -1)
+        elif "epoch" in lengths:
+            _set(stage, "trainer.max_epochs", lengths["epoch"][k])
+        for keyword, target in STAGED_LOSS:
+            if keyword in per_stage:
+                _set(stage, target, per_stage[keyword][k])
+        if optimizer_name != "snes" and "start_lr" in per_stage:
+            _set(stage, "optimizer.lr", per_stage["start_lr"][k])
+            if "stop_lr" in per_stage:
+                _set(stage, "scheduler.min_lr_ratio", per_stage["stop_lr"][k] / per_stage["start_lr"][k])
+        stages.append(stage)
+    return stages
 
 
 def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) -> dict:
@@ -163,7 +213,7 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
 
     for keyword, (number, args) in values.items():
         if keyword in UNSUPPORTED:
-            if keyword in ("model_type", "prediction", "charge_mode", "vdw") and all(a in ("0",) for a in args):
+            if keyword in ("prediction", "vdw") and all(a in ("0",) for a in args):
                 continue  # the default value is fine
             raise NEPInputError(f"{where(number)}: {keyword}: {UNSUPPORTED[keyword]}")
         if keyword in IGNORED:
@@ -176,6 +226,25 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
         if version not in (3, 4):
             raise NEPInputError(f"{where(values['version'][0])}: version: only 3 and 4 are supported, got {version}")
         _set(overrides, model + "version", version)
+    if "model_type" in values:
+        kind = numbers("model_type", int, (1,))[0]
+        if kind not in (0, 1, 2):
+            raise NEPInputError(f"{where(values['model_type'][0])}: model_type: expected 0 (potential), 1 (dipole) or "
+                                f"2 (polarizability), got {kind}")
+        if kind:  # a TNEP: trained on dipoles / polarizabilities, no energies
+            target = "dipole" if kind == 1 else "polarizability"
+            _set(overrides, model + "model_type", kind)
+            _set(overrides, "data.require_energy", False)
+            _set(overrides, "e0", {symbol: 0.0 for symbol in symbols})
+            overrides["loss"] = {"energy": 0.0, "forces": 0.0, "stress": 0.0, target: 1.0}
+    if "charge_mode" in values:
+        mode = numbers("charge_mode", int, (1,))[0]
+        if mode not in (0, 1, 2):
+            raise NEPInputError(f"{where(values['charge_mode'][0])}: charge_mode: expected 0, 1 or 2 (GPUMD's qNEP modes), got {mode}")
+        if mode and "version" in values and numbers("version", int, (1,))[0] != 4:
+            raise NEPInputError(f"{where(values['charge_mode'][0])}: charge_mode {mode}: a qNEP is a NEP4 model (version 4)")
+        if mode:
+            _set(overrides, model + "charge_mode", mode)
 
     cutoff = list(GPUMD_MODEL_DEFAULTS["cutoff"])
     if "cutoff" in values:
@@ -220,16 +289,26 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
     for keyword in ("lambda_1", "lambda_2"):
         if keyword in values:
             _set(overrides, model + keyword, numbers(keyword, float, (1,))[0])
-    for keyword, target in (("lambda_e", "loss.energy"), ("lambda_f", "loss.forces"), ("lambda_v", "loss.stress")):
-        if keyword in values:
+    for keyword, target in STAGED_LOSS:
+        if keyword in values and len(values[keyword][1]) == 1:
             _set(overrides, target, numbers(keyword, float, (1,))[0])
 
     if "batch" in values:
         _set(overrides, "data.batch_size", numbers("batch", int, (1,))[0])
-    if "generation" in values:
+    if "output_interval" in values:
+        callbacks = (config.get("callbacks") if config is not None and hasattr(config, "get") else None) or {}
+        if "gpumd_outputs" in callbacks:
+            _set(overrides, "callbacks.gpumd_outputs.loss_interval", numbers("output_interval", int, (1,))[0])
+        else:
+            log.warning("%s: output_interval ignored: the gpumd_outputs callback (loss.out) is not configured",
+                        where(values["output_interval"][0]))
+    stages = _stage_overrides(values, numbers, where, optimizer_name)
+    if stages:
+        overrides["stages"] = stages
+    elif "generation" in values:
         _set(overrides, "trainer.max_steps", numbers("generation", int, (1,))[0])
         _set(overrides, "trainer.max_epochs", -1)
-    if "epoch" in values:
+    if "epoch" in values and not stages:
         _set(overrides, "trainer.max_epochs", numbers("epoch", int, (1,))[0])
     for keyword in ("population", "sigma0"):
         if keyword in values:
@@ -244,7 +323,7 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
             log.warning("%s: %s ignored: it is a gradient-training (GNEP) setting and the optimizer is SNES",
                         where(values[keyword][0]), keyword)
     else:
-        if "start_lr" in values:
+        if "start_lr" in values and "stages" not in overrides:
             start = numbers("start_lr", float, (1,))[0]
             _set(overrides, "optimizer.lr", start)
             if "stop_lr" in values:
@@ -256,7 +335,7 @@ def nep_in_to_overrides(path: str | os.PathLike, config: Mapping | None = None) 
     known = set(IGNORED) | set(UNSUPPORTED) | {
         "type", "version", "cutoff", "n_max", "basis_size", "l_max", "neuron", "zbl", "use_typewise_cutoff_zbl",
         "lambda_1", "lambda_2", "lambda_e", "lambda_f", "lambda_v", "batch", "generation", "epoch", "population",
-        "sigma0", "start_lr", "stop_lr", "weight_decay",
+        "sigma0", "start_lr", "stop_lr", "weight_decay", "output_interval", "charge_mode", "model_type",
     }
     for keyword, (number, _) in values.items():
         if keyword not in known:

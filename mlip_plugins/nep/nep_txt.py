@@ -1,4 +1,6 @@
-"""Read and write GPUMD ``nep.txt`` model files (NEP3 and NEP4, with or without ZBL; qNEP charge models).
+"""Read and write GPUMD ``nep.txt`` model files (NEP3 and NEP4, with or without ZBL; qNEP charge
+models; TNEP dipole / polarizability models, whose polarizability files carry a second network
+after b1, laid out like the first, with its own bias).
 
 Layout written by GPUMD (``Fitness::write_nep_txt``)::
 
@@ -69,6 +71,8 @@ class NEPFile:
     charge_mode: int = 0  # qNEP: GPUMD's charge mode (1 | 2), 0 for a plain NEP
     w1_charge: np.ndarray | None = None  # qNEP: [networks, neuron] charge output weights
     sqrt_epsilon_inf: float | None = None  # qNEP: the BEC scale
+    model_type: int = 0  # GPUMD's 0 potential, 1 dipole (nep4_dipole), 2 polarizability (nep4_polarizability)
+    iso: tuple | None = None  # polarizability: the isotropic network (w0, b0, w1, b1), laid out like the first
     extra: dict = field(default_factory=dict)
     l_max_convention: str = "gpumd"  # what the l_max flags mean (descriptor.L_MAX_CONVENTIONS)
 
@@ -104,6 +108,11 @@ def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFil
     except ValueError:
         _fail(path, header_line, f"cannot read the NEP version from {token!r}")
     flags = parts[1:]
+    from mlip_plugins.nep.tnep import MODEL_TYPES
+
+    tensor_flags = {name: kind for kind, name in MODEL_TYPES.items() if kind}
+    model_type = next((tensor_flags[f] for f in flags if f in tensor_flags), 0)
+    flags = [f for f in flags if f not in tensor_flags]
     has_zbl = "zbl" in flags
     charge_mode = 0
     charge_flags = [f for f in flags if f.startswith("charge")]
@@ -113,7 +122,9 @@ def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFil
     unsupported = [f for f in flags if f != "zbl"]
     if unsupported or len(charge_flags) > 1 or (charge_flags and not charge_mode):
         _fail(path, header_line, f"model kind {token!r} is not supported (potentials nep3, nep4 with or without _zbl, "
-                                 "and the charge models nep4[_zbl]_charge1 / _charge2)")
+                                 "the charge models nep4[_zbl]_charge1 / _charge2, and nep3|4_dipole / _polarizability)")
+    if model_type and (has_zbl or charge_mode):
+        _fail(path, header_line, f"{token!r}: a dipole / polarizability model has no ZBL and no charges")
     if charge_mode and version != 4:
         _fail(path, header_line, f"{token!r}: charge models are NEP4 models (nep4_charge1 / nep4_charge2)")
     if version not in (3, 4):
@@ -207,13 +218,13 @@ def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFil
         w0=np.zeros(0), b0=np.zeros(0), w1=np.zeros(0), b1=0.0, c_radial=np.zeros(0), c_angular=np.zeros(0),
         q_scaler=np.zeros(0), typewise_cutoffs=typewise, max_neighbors=max_neighbors, zbl=zbl,
         l_max_convention=l_max_convention,
-        charge_mode=charge_mode,
+        charge_mode=charge_mode, model_type=model_type,
     )
     dim = content.dim
     networks = n_types if version == 4 else 1
     t2 = n_types * n_types
     outputs = 2 if charge_mode else 1  # w1 (and w1_charge) per network
-    n_ann = (dim + 1 + outputs) * neuron * networks + 1 + (1 if charge_mode else 0)
+    n_ann = ((dim + 1 + outputs) * neuron * networks + 1) * (2 if model_type == 2 else 1) + (1 if charge_mode else 0)
     n_c_r = t2 * (n_max[0] + 1) * (basis[0] + 1)
     n_c_a = t2 * (n_max[1] + 1) * (basis[1] + 1)
     n_flex = 10 * n_types * (n_types + 1) // 2 if flexible else 0
@@ -222,26 +233,29 @@ def read_nep(path: str | os.PathLike, l_max_convention: str = "gpumd") -> NEPFil
         _fail(path, None, f"expected {total} parameter values for this header, found {numbers.size}"
                           + (" (file truncated?)" if numbers.size < total else " (extra values?)"))
     offset = 0
-    w0 = np.zeros((networks, neuron, dim))
-    b0 = np.zeros((networks, neuron))
-    w1 = np.zeros((networks, neuron))
-    w1_charge = np.zeros((networks, neuron))
-    for t in range(networks):
-        w0[t] = numbers[offset : offset + neuron * dim].reshape(neuron, dim)
-        offset += neuron * dim
-        b0[t] = numbers[offset : offset + neuron]
-        offset += neuron
-        w1[t] = numbers[offset : offset + neuron]
-        offset += neuron
-        if charge_mode:
-            w1_charge[t] = numbers[offset : offset + neuron]
-            offset += neuron
+
+    def read_networks(with_charge: bool) -> tuple[np.ndarray, ...]:
+        """Per network w0 [neuron x dim], b0, w1 (and w1_charge), as GPUMD lays them out."""
+        nonlocal offset
+        blocks = [np.zeros((networks, neuron, dim)), np.zeros((networks, neuron)), np.zeros((networks, neuron))]
+        blocks += [np.zeros((networks, neuron))] if with_charge else []
+        for t in range(networks):
+            for block in blocks:
+                size = block[t].size
+                block[t] = numbers[offset : offset + size].reshape(block[t].shape)
+                offset += size
+        return tuple(blocks)
+
+    w0, b0, w1, *charge = read_networks(bool(charge_mode))
     if charge_mode:
-        content.w1_charge = w1_charge
+        content.w1_charge = charge[0]
         content.sqrt_epsilon_inf = float(numbers[offset])
         offset += 1
     b1 = float(numbers[offset])
     offset += 1
+    if model_type == 2:  # the isotropic network, laid out like the first
+        content.iso = read_networks(False) + (float(numbers[offset]),)
+        offset += 1
 
     def coefficients(count: int, n: int, k: int) -> np.ndarray:
         nonlocal offset
@@ -273,19 +287,17 @@ def _permute_flexible(rows: list, order: list[int], n_types: int) -> list:
     return [rows[index[(order[a], order[b])]] for a in range(n_types) for b in range(a, n_types)]
 
 
-def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
-    """Build a ``Potential`` (E0 = 0, scale 1) that evaluates exactly what ``content`` describes."""
+def nep_model_config(content: NEPFile) -> dict:
+    """The ``model`` config (elements by atomic number, cutoff, energy tree ``{model: {name: nep,
+    ...}}``) of the architecture ``content`` describes."""
     from ase.data import atomic_numbers
-
-    from mlip_plugins.models.builder import build_potential
 
     for symbol in content.types:
         if symbol not in atomic_numbers:
             raise NEPFormatError(f"unknown element {symbol!r} in the nep.txt header")
     if len(set(content.types)) != len(content.types):
         raise NEPFormatError(f"an element appears twice in the nep.txt header: {content.types}")
-    # model order: by atomic number; order[s] = file index of model species s
-    order = sorted(range(len(content.types)), key=lambda t: atomic_numbers[content.types[t]])
+    order = _model_order(content)
     zbl = content.zbl
     if zbl is not None and "flexible" in zbl:
         zbl = {"flexible": _permute_flexible(zbl["flexible"], order, len(order))}
@@ -303,14 +315,32 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
     }
     if content.charge_mode:
         cfg["charge_mode"] = content.charge_mode
+    if content.model_type:
+        cfg["model_type"] = content.model_type
+    zbl_outer = 0.0
+    if zbl is not None:
+        zbl_outer = max(row[1] for row in zbl["flexible"]) if "flexible" in zbl else zbl["outer"]
+    cutoff = max(content.cutoff_radial, zbl_outer)
+    return {"elements": [content.types[t] for t in order], "cutoff": cutoff, "energy": {"model": cfg}}
+
+
+def _model_order(content: NEPFile) -> list[int]:
+    """order[s] = file index of model species s (our models number elements by atomic number)."""
+    from ase.data import atomic_numbers
+
+    return sorted(range(len(content.types)), key=lambda t: atomic_numbers[content.types[t]])
+
+
+def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
+    """Build a ``Potential`` (E0 = 0, scale 1) that evaluates exactly what ``content`` describes."""
+    from mlip_plugins.models.builder import build_potential
+
+    model_cfg = nep_model_config(content)
+    order = _model_order(content)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        zbl_outer = 0.0
-        if zbl is not None:
-            zbl_outer = max(row[1] for row in zbl["flexible"]) if "flexible" in zbl else zbl["outer"]
-        cutoff = max(content.cutoff_radial, zbl_outer)
-        potential = build_potential({"elements": [content.types[t] for t in order], "cutoff": cutoff, "energy": {"model": cfg}})
+        potential = build_potential(model_cfg)
     finally:
         torch.set_default_dtype(previous)
     model = potential.energy_model
@@ -325,6 +355,12 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
         if content.charge_mode:
             model.w1_charge.copy_(as_tensor(content.w1_charge)[net])
             model.sqrt_epsilon_inf.fill_(content.sqrt_epsilon_inf)
+        if content.model_type == 2:
+            iso_w0, iso_b0, iso_w1, iso_b1 = content.iso
+            model.w0_iso.copy_(as_tensor(iso_w0)[net])
+            model.b0_iso.copy_(as_tensor(iso_b0)[net])
+            model.w1_iso.copy_(as_tensor(iso_w1)[net])
+            model.b1_iso.fill_(iso_b1)
         model.descriptor.c_radial.copy_(as_tensor(content.c_radial)[perm][:, perm])
         model.descriptor.c_angular.copy_(as_tensor(content.c_angular)[perm][:, perm])
         model.q_scaler.copy_(as_tensor(content.q_scaler))
@@ -360,14 +396,19 @@ def _estimate_max_neighbors(cutoff: float, density: float = 0.1) -> int:
 
 
 def potential_to_nep(potential) -> NEPFile:
-    """The :class:`NEPFile` of a ``Potential`` with a NEP energy model, E0 and scale folded in."""
+    """The :class:`NEPFile` of a ``Potential`` with a NEP energy model (or an energy tree that is
+    one, :mod:`mlip_plugins.nep.tree_export`), E0 and scale folded in."""
     from ase.data import chemical_symbols
 
+    from mlip_plugins.nep.tree_export import nep_equivalent
+
+    potential = nep_equivalent(potential)
     model = _nep_model_of(potential)
     desc = model.descriptor
     to_np = lambda t: t.detach().to("cpu", torch.float64).numpy().copy()  # noqa: E731
-    scale = float(potential.energy_scale)
-    e0 = to_np(potential.e0)
+    # a dipole / polarizability model's outputs are not energies: no energy scale, no E0
+    scale = float(potential.energy_scale) if not model.model_type else 1.0
+    e0 = to_np(potential.e0) if not model.model_type else np.zeros(len(potential.atomic_numbers))
     w0, b0, w1 = to_np(model.w0), to_np(model.b0), to_np(model.w1) * scale
     w1_charge = to_np(model.w1_charge) if model.charge_mode else None
     b1 = float(model.b1.detach()) * scale
@@ -398,6 +439,9 @@ def potential_to_nep(potential) -> NEPFile:
         zbl=model.zbl.config() if model.zbl is not None else None, l_max_convention=desc.l_max_convention,
         charge_mode=model.charge_mode, w1_charge=w1_charge,
         sqrt_epsilon_inf=float(model.sqrt_epsilon_inf.detach()) if model.charge_mode else None,
+        model_type=model.model_type,
+        iso=(to_np(model.w0_iso), to_np(model.b0_iso), to_np(model.w1_iso), float(model.b1_iso.detach()))
+        if model.model_type == 2 else None,
     )
 
 
@@ -416,6 +460,10 @@ def format_nep(content: NEPFile) -> str:
     kind = f"nep{content.version}" + ("_zbl" if content.zbl is not None else "")
     if content.charge_mode:
         kind += f"_charge{content.charge_mode}"
+    if content.model_type:
+        from mlip_plugins.nep.tnep import MODEL_TYPES
+
+        kind += f"_{MODEL_TYPES[content.model_type]}"
     out = [f"{kind} {n_types} {' '.join(content.types)}"]
     zbl = content.zbl
     if zbl is not None:
@@ -444,6 +492,13 @@ def format_nep(content: NEPFile) -> str:
     if content.charge_mode:
         values.append(content.sqrt_epsilon_inf)
     values.append(content.b1)
+    if content.model_type == 2:
+        iso_w0, iso_b0, iso_w1, iso_b1 = content.iso
+        for t in range(np.asarray(iso_w0).shape[0]):
+            values.extend(np.asarray(iso_w0[t]).reshape(-1))
+            values.extend(np.asarray(iso_b0[t]).reshape(-1))
+            values.extend(np.asarray(iso_w1[t]).reshape(-1))
+        values.append(iso_b1)
     for c in (content.c_radial, content.c_angular):
         values.extend(np.asarray(c).transpose(2, 3, 0, 1).reshape(-1))  # (n, k, t_i, t_j)
     values.extend(np.asarray(content.q_scaler).reshape(-1))

@@ -78,7 +78,7 @@ def test_bad_nep_txt_files_name_the_problem(tmp_path):
     good = format_nep(potential_to_nep(make_potential())).splitlines()
     cases = {
         "truncated": (good[:-3], "expected .* parameter values"),
-        "dipole": (["nep4_dipole 2 Ni Pd"] + good[1:], "not supported"),
+        "temperature": (["nep4_temperature 2 Ni Pd"] + good[1:], "not supported"),
         "nep5": (["nep5 2 Ni Pd"] + good[1:], "version 5"),
         "types": (["nep4 3 Ni Pd"] + good[1:], "3 types announced"),
         "missing_line": (good[:2] + good[3:], "line 3: expected the 'n_max' line"),
@@ -89,7 +89,7 @@ def test_bad_nep_txt_files_name_the_problem(tmp_path):
         path.write_text("\n".join(lines) + "\n")
         with pytest.raises(NEPFormatError, match=message):
             read_nep(path)
-    with pytest.raises(ValueError, match="single NEP model"):
+    with pytest.raises(ValueError, match="nep.txt holds a single NEP"):
         write_nep(build_potential({"elements": ["Cu"], "cutoff": 4.0, "energy": {"descriptor": {"name": "radial"}}}), tmp_path / "x.txt")
 
 

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Timer
 from lightning_modules.datamodule import AtomsDataModule
 from lightning_modules.losses import LossWeights, errors, total_loss
 from lightning_modules.module import PotentialModule
+from mlip_plugins import keys
 from mlip_plugins.data.statistics import label_variances
 from mlip_plugins.data.structures import atoms_to_graph
 
@@ -63,12 +64,18 @@ def test_loss_scales_are_module_state_and_old_checkpoints_load():
     module = PotentialModule(MODEL, loss={"normalize": "variance"})
     module.set_loss_scales({"energy": 0.25, "forces": 2.0})
     state = module.state_dict()
-    assert state["loss_scales"].tolist() == [0.25, 2.0, 1.0, 1.0]
+    n = len(keys.TARGETS)
+    assert state["loss_scales"].tolist() == [0.25, 2.0] + [1.0] * (n - 2)
     old = {"state_dict": {k: v for k, v in state.items() if k != "loss_scales"}}
     module.on_load_checkpoint(old)
     fresh = PotentialModule(MODEL)
     fresh.load_state_dict(old["state_dict"])  # strict: the missing buffer was filled with ones
-    assert fresh.loss_scales.tolist() == [1.0] * 4
+    assert fresh.loss_scales.tolist() == [1.0] * n
+    # a checkpoint from before the BEC / dipole / polarizability targets: four scales, padded with ones
+    four = {"state_dict": dict(state, loss_scales=state["loss_scales"][:4].clone())}
+    module.on_load_checkpoint(four)
+    fresh.load_state_dict(four["state_dict"])
+    assert fresh.loss_scales.tolist() == [0.25, 2.0] + [1.0] * (n - 2)
 
 
 def _cosine_factor(module, trainer):

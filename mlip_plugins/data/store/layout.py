@@ -85,6 +85,10 @@ def pack_shard(items: Sequence[tuple[dict, int, int]]) -> dict[str, np.ndarray]:
     for k, (arrays, frame, source) in enumerate(items):
         a0, a1 = offsets[k, 0], offsets[k + 1, 0]
         e0, e1 = offsets[k, 1], offsets[k + 1, 1]
+        for name in ("bec", "dipole", "polarizability"):
+            if f"has_{name}" in arrays and bool(arrays[f"has_{name}"][0]):
+                raise StoreError(f"graph store: source file {source}, frame {frame}: field {name!r}: the graph store does not "
+                                 f"keep {name} labels; train from the file itself (data.store=null, data.streaming=false)")
         atoms[a0:a1, POS], atoms[a0:a1, FORCES] = arrays["pos"], arrays["forces"]
         if "charges" in arrays:
             atoms[a0:a1, CHARGE] = arrays["charges"]
@@ -114,6 +118,10 @@ def unpack_item(n_atoms: int, atoms, z, edges, structure, flags) -> dict:
     }
     if flags[HAS_CHARGES]:
         arrays["charges"] = atoms[:, CHARGE]
+    arrays["bec"] = np.zeros((n_atoms, 3, 3))  # never stored (pack_items refuses BEC labels)
+    arrays["has_bec"] = np.zeros(1, dtype=bool)
+    for name, shape in (("dipole", (1, 3)), ("polarizability", (1, 3, 3))):
+        arrays[name], arrays[f"has_{name}"] = np.zeros(shape), np.zeros(1, dtype=bool)
     arrays["total_charge"] = structure[TOTAL_CHARGE:TOTAL_CHARGE + 1]
     arrays["weight"] = structure[WEIGHT:WEIGHT + 1]
     if len(z) != n_atoms:
