@@ -168,10 +168,13 @@ class GPUMDOutputsCallback(L.Callback):
         self._header = None if resumed else loss_header(self._kind)
         self._last_row = -1
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        # the row of generation k is written before step k + 1 (the last one at the end of fitting):
+        # callbacks' batch-end hooks run before the module's, which updates the EMA weights
+        # that the row evaluates
         step = trainer.global_step
-        if self.loss_interval > 0 and step % self.loss_interval == 0:
-            self._write_loss_row(trainer, pl_module, outputs)
+        if self.loss_interval > 0 and step > 0 and step % self.loss_interval == 0:
+            self._write_loss_row(trainer, pl_module)
 
     def _write_loss_row(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs=None) -> None:
         from mlip_plugins.nep.loss_out import append_loss, format_loss_row
