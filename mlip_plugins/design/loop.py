@@ -276,6 +276,9 @@ class AdaptiveDesign:
         start = time.perf_counter()
         first = self.evaluate(self.start_spec())
         self._log_trial(first)
+        if self.settings.limits.max_params is not None and first.n_params > self.settings.limits.max_params:
+            self.log(f"the start model has {first.n_params} parameters, more than max_params={self.settings.limits.max_params}: "
+                     "only candidates within the limit are tried after it")
         while len(self.trials) < self.settings.budget:
             if self.settings.max_minutes is not None and time.perf_counter() - start > 60 * self.settings.max_minutes:
                 self.log(f"time limit of {self.settings.max_minutes} min reached")

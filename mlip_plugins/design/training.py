@@ -133,4 +133,5 @@ def train_potential(potential: nn.Module, graphs: Sequence, settings: TrainSetti
         if settings.max_seconds is not None and progress(step) >= 1.0:
             break
     potential.eval()
-    return {"loss_history": history, "epochs_run": len(history), "seconds": time.perf_counter() - start}
+    return {"loss_history": history, "epochs_run": len(history), "steps": step, "final_lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - start}

@@ -40,7 +40,10 @@ def period(z: int) -> int:
 
 
 def periodic_group(z: int) -> int | None:
-    """IUPAC group (1..18) of element ``z``; ``None`` for lanthanides/actinides (f block)."""
+    """IUPAC group (1..18) of element ``z``; ``None`` for the f block (La..Yb, Ac..No).
+
+    Lu and Lr are in group 3 below Sc and Y (IUPAC's 2021 recommendation; HEA25's 25
+    transition metals include Lu as the period-6 member of group 3)."""
     if z == 1:
         return 1
     if z == 2:
@@ -54,7 +57,7 @@ def periodic_group(z: int) -> int | None:
         return offset + 1
     if offset < 2:
         return offset + 1
-    if offset < 17:  # La..Lu / Ac..Lr
+    if offset < 16:  # La..Yb / Ac..No
         return None
     return offset - 14 + 1
 

@@ -41,13 +41,14 @@ def graphs(n: int = 4) -> list:
 @pytest.mark.parametrize(
     "symbol, group, row",
     [("H", 1, 1), ("He", 18, 1), ("B", 13, 2), ("Al", 13, 3), ("Ni", 10, 4), ("Cu", 11, 4), ("Pd", 10, 5),
-     ("Ag", 11, 5), ("Pt", 10, 6), ("Au", 11, 6), ("Hf", 4, 6), ("Rn", 18, 6), ("Fr", 1, 7), ("Og", 18, 7), ("Ce", None, 6)],
+     ("Ag", 11, 5), ("Pt", 10, 6), ("Au", 11, 6), ("Hf", 4, 6), ("Rn", 18, 6), ("Fr", 1, 7), ("Og", 18, 7), ("Ce", None, 6),
+     ("La", None, 6), ("Yb", None, 6), ("Lu", 3, 6), ("Lr", 3, 7), ("Y", 3, 5), ("Ta", 5, 6)],
 )
 def test_periodic_table_groups(symbol, group, row):
     z = atomic_numbers[symbol]
     assert periodic_group(z) == group
     assert period(z) == row
-    assert group_label(z) == (f"group {group}" if group else "lanthanides")
+    assert group_label(z) == (f"group {group}" if group else "lanthanides" if row == 6 else "actinides")
 
 
 def test_pca_recovers_two_clusters():
