@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=8, help="number of candidates trained, the start included (default 8)")
     p.add_argument("--max-minutes", type=float, default=None, help="start no new candidate after this wall time")
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--final-epochs", type=int, default=None,
+                   help="after the search, train the pick once more with this many epochs (one more candidate)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--energy-weight", type=float, default=1.0, help="loss weight of the energy per atom")
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         probe_size=args.probe_size, sloppy_threshold=args.sloppy_threshold, eos_reference=eos, score_properties=score,
         tolerance=args.tolerance, limits=DesignLimits(max_terms=args.max_terms, hidden=args.hidden, max_params=args.max_params),
         blocks=[b.strip() for b in args.blocks.split(",")] if args.blocks else None,
-        start=_start_spec(args.start), seed=args.seed,
+        start=_start_spec(args.start), seed=args.seed, final_epochs=args.final_epochs,
     )
     print(f"mlip-design: {len(train)} training / {len(val)} validation / {len(test)} test structures, elements {elements}, "
           f"cutoff {args.cutoff} Å, budget {args.budget}", flush=True)

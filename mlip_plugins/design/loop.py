@@ -6,7 +6,10 @@
 2. Take the best configuration evaluated so far (lowest score) that still has untried moves,
    rank its moves with its Fisher report (:func:`mlip_plugins.design.space.propose_moves`),
    and train and evaluate the first one not tried yet (identical models are never retrained).
-3. Repeat within the trial budget (and the optional wall-time limit). Moves to a model larger
+3. Repeat within the trial budget (and the optional wall-time limit).
+4. With ``final_epochs``, train the pick once more with that many epochs (a cheap schedule to
+   explore, a long one for the model that is kept): the refit is one more candidate, and the
+   best-candidate rule then chooses between it and the rest as before. Moves to a model larger
    than ``DesignLimits.max_params`` are not trained (the paper's search for a small model).
 
 With test graphs (``mlip-design --test``) every candidate is also evaluated on them; the test
@@ -65,7 +68,7 @@ class DesignSettings:
     """Settings of the loop (see the module docstring).
 
     Attributes:
-        budget: number of trained candidates, the start included.
+        budget: number of candidates of the search, the start included (a refit comes on top).
         max_minutes: stop starting new trials after this wall time.
         probe_size: training structures in the Fisher probe set.
         probe_selection: ``diverse`` (cover every element pair first) or ``first``.
@@ -76,6 +79,7 @@ class DesignSettings:
         tolerance: parsimony window of the best-candidate rule.
         blocks: building blocks to use (default: every installed one of radial, eam, angular).
         start: the start spec (default: a linear two-body term).
+        final_epochs: refit the pick with this many epochs after the search (None: no refit).
     """
 
     budget: int = 8
@@ -93,6 +97,7 @@ class DesignSettings:
     blocks: Sequence[str] | None = None
     start: dict | None = None
     seed: int = 0
+    final_epochs: int | None = None
 
 
 @dataclass
@@ -183,7 +188,8 @@ class AdaptiveDesign:
     def model_config(self, spec: dict) -> dict:
         return {"elements": self.elements, "cutoff": self.cutoff, "energy": copy.deepcopy(spec)}
 
-    def evaluate(self, spec: dict, parent: int | None = None, move: str = "start", reason: str = "") -> Trial:
+    def evaluate(self, spec: dict, parent: int | None = None, move: str = "start", reason: str = "",
+                 train: TrainSettings | None = None) -> Trial:
         trial = Trial(len(self.trials), parent, move, reason, describe(spec, self.blocks), copy.deepcopy(spec))
         self._tried.add(canonical_key(spec))
         start = time.perf_counter()
@@ -193,7 +199,7 @@ class AdaptiveDesign:
             counts = potential.parameter_counts()
             trial.n_params = int(counts.pop("total"))
             trial.params_per_term = counts
-            history = train_potential(potential, self.train_graphs, self.settings.train)
+            history = train_potential(potential, self.train_graphs, train or self.settings.train)
             trial.train_seconds = history["seconds"]
             trial.errors = validation_errors(potential, self.val_graphs)
             if self.test_graphs:
@@ -290,6 +296,12 @@ class AdaptiveDesign:
             parent, move = choice
             trial = self.evaluate(move.spec, parent.id, move.label, move.reason)
             self._log_trial(trial)
+        if self.settings.final_epochs and any(t.status == "ok" for t in self.trials):
+            pick = self.best()
+            refit = self.evaluate(pick.spec, pick.id, f"refit {pick.id} ({self.settings.final_epochs} epochs)",
+                                  "the pick of the search, trained longer",
+                                  replace(self.settings.train, epochs=self.settings.final_epochs))
+            self._log_trial(refit)
         return self.trials
 
     def _log_trial(self, t: Trial) -> None:

@@ -208,6 +208,32 @@ def gate_pca(vectors: np.ndarray, components: int = 2) -> tuple[np.ndarray, np.n
     return coords, ratio
 
 
+def periodic_correlation(gates: np.ndarray, atomic_numbers: Sequence[int], permutations: int = 200,
+                         seed: int = 0) -> dict[str, float]:
+    """Does expert usage follow the periodic table? One number and its shuffled baseline.
+
+    The Spearman rank correlation between the pairwise Euclidean distances of the elements'
+    gate vectors (rows of ``gates`` [S, E], e.g. ``LayerRouting.mean_gates``) and their
+    distances in (group, period) space. The baseline is the same correlation with the elements'
+    (group, period) labels permuted (``permutations`` times, seeded); ``p`` is the fraction of
+    permutations that reach the observed value. Needs elements that all have a group (no f block).
+    """
+    from scipy.spatial.distance import pdist
+    from scipy.stats import spearmanr
+
+    groups = [periodic_group(int(z)) for z in atomic_numbers]
+    if None in groups or len(groups) < 3:
+        raise ValueError("periodic_correlation: needs three or more elements outside the f block")
+    coordinates = np.array([[g, period(int(z))] for g, z in zip(groups, atomic_numbers)], dtype=float)
+    usage = pdist(np.asarray(gates, dtype=float))
+    observed = float(spearmanr(usage, pdist(coordinates)).statistic)
+    rng = np.random.default_rng(seed)
+    shuffled = np.array([spearmanr(usage, pdist(coordinates[rng.permutation(len(coordinates))])).statistic
+                         for _ in range(permutations)])
+    return {"spearman": observed, "shuffled_mean": float(shuffled.mean()), "shuffled_std": float(shuffled.std()),
+            "p": float((shuffled >= observed).mean()), "permutations": int(permutations)}
+
+
 def routing_summary(layer: LayerRouting) -> dict:
     """JSON-ready per-element statistics of one layer, with PCA coordinates."""
     present = layer.present()

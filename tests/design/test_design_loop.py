@@ -150,7 +150,7 @@ def test_mlip_design_max_params_and_held_out_test_errors(tmp_path, tiny_xyz, cap
     try:
         code = main(["--data", str(tiny_xyz), "--test", str(tiny_xyz), "--cutoff", "4.0", "--budget", "4", "--epochs", "1",
                      "--probe-size", "2", "--blocks", "radial,eam", "--max-params", "850", "--normalize", "variance",
-                     "--max-structures", "12", "--eos", "none", "-o", str(tmp_path / "out")])
+                     "--max-structures", "12", "--eos", "none", "--final-epochs", "2", "-o", str(tmp_path / "out")])
     finally:
         torch.set_num_threads(threads)
         torch.set_default_dtype(dtype)
@@ -162,3 +162,7 @@ def test_mlip_design_max_params_and_held_out_test_errors(tmp_path, tiny_xyz, cap
     assert len(rows) >= 2 and all(int(r["params"]) <= 850 for r in rows)
     assert all(float(r["test_forces_mae_meV_A"]) > 0 and float(r["test_energy_rmse_meV_atom"]) >= 0 for r in rows)
     assert "test F MAE" in (tmp_path / "out" / "candidates.md").read_text()
+    # --final-epochs: the pick of the search is trained once more, as one more candidate of the same model
+    refit = rows[-1]
+    assert refit["move"].startswith(f"refit {refit['parent']} (2 epochs)")
+    assert refit["model"] == rows[int(refit["parent"])]["model"] and len(rows) == 5

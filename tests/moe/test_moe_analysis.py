@@ -163,3 +163,19 @@ def test_mlip_moe_writes_beside_the_checkpoint_by_default(tmp_path, monkeypatch,
     assert main([str(path), "--no-plot"]) == 0
     assert (tmp_path / "run" / "moe_analysis" / "moe_routing.json").exists()
     assert not (tmp_path / "moe_analysis").exists()
+
+
+def test_periodic_correlation_of_expert_usage():
+    """Gates that encode (group, period) correlate perfectly, beating every shuffle; random gates do not."""
+    from mlip_plugins.moe.analysis import periodic_correlation
+
+    symbols = ["Sc", "Ti", "V", "Cr", "Y", "Zr", "Nb", "Mo", "Lu", "Hf", "Ta", "W", "Ni", "Pd", "Pt"]
+    numbers = [atomic_numbers[s] for s in symbols]
+    encoded = np.array([[periodic_group(z), period(z)] for z in numbers], dtype=float)
+    result = periodic_correlation(encoded, numbers, permutations=100)
+    assert result["spearman"] == pytest.approx(1.0)
+    assert result["p"] == 0.0 and abs(result["shuffled_mean"]) < 0.2
+    noise = periodic_correlation(np.random.default_rng(0).random((len(numbers), 8)), numbers, permutations=100)
+    assert abs(noise["spearman"]) < 0.3 and noise["p"] > 0.01
+    with pytest.raises(ValueError, match="f block"):
+        periodic_correlation(encoded[:3], [atomic_numbers[s] for s in ("Ce", "Ti", "V")])
