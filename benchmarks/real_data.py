@@ -91,6 +91,16 @@ class Budget:
 # (``benchmarks/real_data_<topic>.py``), registered here by name.
 SPECIAL_CASES: dict[str, "Callable[[Budget], dict]"] = {}
 
+# HEA25: MoE with element routing vs a dense readout, 5-fold CV, expert usage vs the periodic table
+from benchmarks.real_data_moe import run as _hea25_moe  # noqa: E402
+
+SPECIAL_CASES["hea25_moe"] = _hea25_moe
+
+# mlearn Mo: mlip-design's <= 100-parameter model vs SNAP, and its Fisher spectrum beside the recipe's
+from benchmarks.real_data_design import run as _design_mo  # noqa: E402
+
+SPECIAL_CASES["design_Mo"] = _design_mo
+
 
 def _load() -> float:
     return os.getloadavg()[0]

@@ -12,6 +12,7 @@ Examples::
 
     mlip-design --budget 6 --epochs 15 -o design/                 # embedded EMT dataset
     mlip-design --data train.xyz --cutoff 5.5 --blocks radial,eam --budget 10
+    mlip-design --data Mo_training.extxyz --test Mo_test.extxyz --max-params 100 --normalize variance
 """
 
 from __future__ import annotations
@@ -32,22 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mlip-design", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="default", help="structure file ASE reads, or 'default' (embedded EMT metals)")
+    p.add_argument("--test", default=None, help="held-out structure file: every candidate's test errors are reported (never scored)")
     p.add_argument("--cutoff", type=float, default=5.0)
     p.add_argument("--elements", default="auto", help="comma-separated symbols, or 'auto' (those in the data)")
     p.add_argument("--budget", type=int, default=8, help="number of candidates trained, the start included (default 8)")
     p.add_argument("--max-minutes", type=float, default=None, help="start no new candidate after this wall time")
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--final-epochs", type=int, default=None,
+                   help="after the search, train the pick once more with this many epochs (one more candidate)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--energy-weight", type=float, default=1.0, help="loss weight of the energy per atom")
     p.add_argument("--forces-weight", type=float, default=10.0, help="loss weight of the force components")
     p.add_argument("--stress-weight", type=float, default=0.0, help="loss weight of the stress")
+    p.add_argument("--normalize", choices=("none", "variance"), default="none",
+                   help="variance: divide each loss term by the training set's variance of its label (as experiment=dft)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--max-structures", type=int, default=None, help="use at most this many structures (random subset)")
     p.add_argument("--probe-size", type=int, default=16, help="training structures in the Fisher probe set")
     p.add_argument("--sloppy-threshold", type=float, default=1e-6)
     p.add_argument("--blocks", default=None, help="comma-separated building blocks (radial, eam, angular); default: all installed")
     p.add_argument("--max-terms", type=int, default=3)
+    p.add_argument("--max-params", type=int, default=None, help="skip candidates with more trainable parameters than this")
     p.add_argument("--hidden", type=int, default=8, help="hidden width of the nonlinear (MLP) readout")
     p.add_argument("--eos", default="auto", help="EOS reference calculator ('emt'), 'none', or 'auto' (emt for the default data)")
     p.add_argument("--score", default="energy,forces", help="properties in the score: energy, forces, stress, eos")
@@ -107,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     graphs = load_graphs(args.data, args.cutoff, args.data_format)
     train, val = split(graphs, args.val_fraction, args.seed, args.max_structures)
+    test = load_graphs(args.test, args.cutoff, args.data_format) if args.test else []
     elements = elements_in(graphs) if args.elements == "auto" else [e.strip() for e in args.elements.split(",")]
     eos = {"auto": "emt" if args.data == "default" else None, "none": None}.get(args.eos, args.eos)
     names = {"energy": "energy_rmse", "forces": "forces_rmse", "stress": "stress_rmse", "eos": "eos_rmse"}
@@ -119,15 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = DesignSettings(
         budget=args.budget, max_minutes=args.max_minutes,
         train=TrainSettings(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, energy=args.energy_weight,
-                            forces=args.forces_weight, stress=args.stress_weight, seed=args.seed),
+                            forces=args.forces_weight, stress=args.stress_weight, normalize=args.normalize, seed=args.seed),
         probe_size=args.probe_size, sloppy_threshold=args.sloppy_threshold, eos_reference=eos, score_properties=score,
-        tolerance=args.tolerance, limits=DesignLimits(max_terms=args.max_terms, hidden=args.hidden),
+        tolerance=args.tolerance, limits=DesignLimits(max_terms=args.max_terms, hidden=args.hidden, max_params=args.max_params),
         blocks=[b.strip() for b in args.blocks.split(",")] if args.blocks else None,
-        start=_start_spec(args.start), seed=args.seed,
+        start=_start_spec(args.start), seed=args.seed, final_epochs=args.final_epochs,
     )
-    print(f"mlip-design: {len(train)} training / {len(val)} validation structures, elements {elements}, "
+    print(f"mlip-design: {len(train)} training / {len(val)} validation / {len(test)} test structures, elements {elements}, "
           f"cutoff {args.cutoff} Å, budget {args.budget}", flush=True)
-    design = AdaptiveDesign(elements, args.cutoff, train, val, settings, log=lambda line: print(line, flush=True))
+    design = AdaptiveDesign(elements, args.cutoff, train, val, settings, log=lambda line: print(line, flush=True), test_graphs=test)
     print(f"building blocks: {', '.join(design.blocks)}", flush=True)
     design.run()
     files = write_all(design, args.output)

@@ -7,6 +7,14 @@
    rank its moves with its Fisher report (:func:`mlip_plugins.design.space.propose_moves`),
    and train and evaluate the first one not tried yet (identical models are never retrained).
 3. Repeat within the trial budget (and the optional wall-time limit).
+4. With ``final_epochs``, train the pick once more with that many epochs (a cheap schedule to
+   explore, a long one for the model that is kept): the refit is one more candidate, and the
+   best-candidate rule then chooses between it and the rest as before. Moves to a model larger
+   than ``DesignLimits.max_params`` are not trained (the paper's search for a small model).
+
+With test graphs (``mlip-design --test``) every candidate is also evaluated on them; the test
+errors are reported beside the validation errors but never enter the score or the choice of
+the best candidate, so the test set stays held out.
 
 The score of a candidate is the mean, over the properties, of its error divided by the start
 model's error (1.0 = as good as the start). The *best* candidate is the one with the fewest
@@ -51,6 +59,8 @@ class DesignError(MLIPError, RuntimeError):
 
 #: properties that enter the score (when measured)
 SCORED = ("energy_rmse", "forces_rmse", "stress_rmse", "eos_rmse")
+#: test-set errors in the candidate table (key, unit of the column after x1000)
+TEST_COLUMNS = (("energy_mae", "meV_atom"), ("energy_rmse", "meV_atom"), ("forces_mae", "meV_A"), ("forces_rmse", "meV_A"))
 
 
 @dataclass
@@ -58,7 +68,7 @@ class DesignSettings:
     """Settings of the loop (see the module docstring).
 
     Attributes:
-        budget: number of trained candidates, the start included.
+        budget: number of candidates of the search, the start included (a refit comes on top).
         max_minutes: stop starting new trials after this wall time.
         probe_size: training structures in the Fisher probe set.
         probe_selection: ``diverse`` (cover every element pair first) or ``first``.
@@ -69,6 +79,7 @@ class DesignSettings:
         tolerance: parsimony window of the best-candidate rule.
         blocks: building blocks to use (default: every installed one of radial, eam, angular).
         start: the start spec (default: a linear two-body term).
+        final_epochs: refit the pick with this many epochs after the search (None: no refit).
     """
 
     budget: int = 8
@@ -86,6 +97,7 @@ class DesignSettings:
     blocks: Sequence[str] | None = None
     start: dict | None = None
     seed: int = 0
+    final_epochs: int | None = None
 
 
 @dataclass
@@ -101,6 +113,7 @@ class Trial:
     n_params: int = 0
     params_per_term: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
+    test_errors: dict = field(default_factory=dict)  # reported only, never scored
     fisher: dict = field(default_factory=dict)  # summary: metrics and per-term sloppy fractions
     score: float = math.inf
     train_seconds: float = 0.0
@@ -117,6 +130,8 @@ class Trial:
             "forces_rmse_meV_A": 1000 * self.errors["forces_rmse"] if "forces_rmse" in self.errors else None,
             "stress_rmse_meV_A3": 1000 * self.errors["stress_rmse"] if "stress_rmse" in self.errors else None,
             "eos_rmse_meV_atom": 1000 * self.errors["eos_rmse"] if "eos_rmse" in self.errors else None,
+            **{f"test_{key}_{unit}": 1000 * self.test_errors[key] if key in self.test_errors else None
+               for key, unit in TEST_COLUMNS},
             "bulk_modulus_rel_error": self.errors.get("bulk_modulus_rel_error"),
             "condition_number": f.get("condition_number"), "decades": f.get("decades"),
             "n_sloppy": f.get("n_sloppy"), "sloppy_ratio": f.get("sloppy_ratio"),
@@ -136,14 +151,18 @@ class AdaptiveDesign:
         train_graphs, val_graphs: PyG graphs (with labels) built with ``cutoff``.
         settings: :class:`DesignSettings`.
         log: called with one line of text per event.
+        test_graphs: optional held-out graphs, evaluated for the record only (never scored).
     """
 
     def __init__(self, elements: Sequence, cutoff: float, train_graphs: Sequence, val_graphs: Sequence,
-                 settings: DesignSettings | None = None, log: Callable[[str], None] = print):
+                 settings: DesignSettings | None = None, log: Callable[[str], None] = print,
+                 test_graphs: Sequence | None = None):
         self.elements = list(elements)
         self.cutoff = float(cutoff)
         self.train_graphs = list(train_graphs)
         self.val_graphs = list(val_graphs)
+        self.test_graphs = list(test_graphs or [])
+        self._sizes: dict[str, int] = {}
         self.settings = settings or DesignSettings()
         self.log = log
         self.blocks: dict[str, Block] = available_blocks(self.settings.blocks, self.cutoff)
@@ -169,7 +188,8 @@ class AdaptiveDesign:
     def model_config(self, spec: dict) -> dict:
         return {"elements": self.elements, "cutoff": self.cutoff, "energy": copy.deepcopy(spec)}
 
-    def evaluate(self, spec: dict, parent: int | None = None, move: str = "start", reason: str = "") -> Trial:
+    def evaluate(self, spec: dict, parent: int | None = None, move: str = "start", reason: str = "",
+                 train: TrainSettings | None = None) -> Trial:
         trial = Trial(len(self.trials), parent, move, reason, describe(spec, self.blocks), copy.deepcopy(spec))
         self._tried.add(canonical_key(spec))
         start = time.perf_counter()
@@ -179,9 +199,11 @@ class AdaptiveDesign:
             counts = potential.parameter_counts()
             trial.n_params = int(counts.pop("total"))
             trial.params_per_term = counts
-            history = train_potential(potential, self.train_graphs, self.settings.train)
+            history = train_potential(potential, self.train_graphs, train or self.settings.train)
             trial.train_seconds = history["seconds"]
             trial.errors = validation_errors(potential, self.val_graphs)
+            if self.test_graphs:
+                trial.test_errors = validation_errors(potential, self.test_graphs)
             if self.settings.eos_reference:
                 trial.errors.update(eos_errors(potential, self.settings.eos_reference))
             report = analyse(potential, self.probe, weights=self.settings.fisher_weights, method=self.settings.fisher_method,
@@ -234,10 +256,24 @@ class AdaptiveDesign:
                                                   self.limits())
         return self._moves[trial.id]
 
+    def parameter_count(self, spec: dict) -> int:
+        """Trainable parameters of the model ``spec`` describes (built once per distinct model, untrained)."""
+        key = canonical_key(spec)
+        if key not in self._sizes:
+            self._sizes[key] = int(build_potential(self.model_config(spec)).parameter_counts()["total"])
+        return self._sizes[key]
+
+    def allowed(self, spec: dict) -> bool:
+        """Within the limits: at most ``max_terms`` terms and ``max_params`` parameters."""
+        limits = self.settings.limits
+        if len(list(iter_terms(spec))) > limits.max_terms:
+            return False
+        return limits.max_params is None or self.parameter_count(spec) <= limits.max_params
+
     def next_move(self) -> tuple[Trial, Move] | None:
         for parent in sorted((t for t in self.trials if t.status == "ok"), key=lambda t: (t.score, t.n_params)):
             for move in self.moves_of(parent):
-                if canonical_key(move.spec) not in self._tried and len(list(iter_terms(move.spec))) <= self.settings.limits.max_terms:
+                if canonical_key(move.spec) not in self._tried and self.allowed(move.spec):
                     return parent, move
         return None
 
@@ -246,6 +282,9 @@ class AdaptiveDesign:
         start = time.perf_counter()
         first = self.evaluate(self.start_spec())
         self._log_trial(first)
+        if self.settings.limits.max_params is not None and first.n_params > self.settings.limits.max_params:
+            self.log(f"the start model has {first.n_params} parameters, more than max_params={self.settings.limits.max_params}: "
+                     "only candidates within the limit are tried after it")
         while len(self.trials) < self.settings.budget:
             if self.settings.max_minutes is not None and time.perf_counter() - start > 60 * self.settings.max_minutes:
                 self.log(f"time limit of {self.settings.max_minutes} min reached")
@@ -257,6 +296,12 @@ class AdaptiveDesign:
             parent, move = choice
             trial = self.evaluate(move.spec, parent.id, move.label, move.reason)
             self._log_trial(trial)
+        if self.settings.final_epochs and any(t.status == "ok" for t in self.trials):
+            pick = self.best()
+            refit = self.evaluate(pick.spec, pick.id, f"refit {pick.id} ({self.settings.final_epochs} epochs)",
+                                  "the pick of the search, trained longer",
+                                  replace(self.settings.train, epochs=self.settings.final_epochs))
+            self._log_trial(refit)
         return self.trials
 
     def _log_trial(self, t: Trial) -> None:
@@ -265,8 +310,10 @@ class AdaptiveDesign:
             return
         e = t.errors
         f = t.fisher
+        test = (f" | test MAE E {1000 * t.test_errors['energy_mae']:.1f}, F {1000 * t.test_errors['forces_mae']:.0f}"
+                if "forces_mae" in t.test_errors and "energy_mae" in t.test_errors else "")
         self.log(f"[{t.id}] {t.move}: {t.description} | {t.n_params} params | E {1000 * e.get('energy_rmse', math.nan):.1f} meV/atom, "
-                 f"F {1000 * e.get('forces_rmse', math.nan):.0f} meV/Å | score {t.score:.3f} | "
+                 f"F {1000 * e.get('forces_rmse', math.nan):.0f} meV/Å{test} | score {t.score:.3f} | "
                  f"sloppy {f.get('n_sloppy')}/{t.n_params}, cond {f.get('condition_number') or math.nan:.2e} | {t.seconds:.0f} s")
 
     # -- results -------------------------------------------------------------------------

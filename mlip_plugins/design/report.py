@@ -7,12 +7,12 @@ import json
 import math
 from pathlib import Path
 
-from mlip_plugins.design.loop import AdaptiveDesign, Trial
+from mlip_plugins.design.loop import TEST_COLUMNS, AdaptiveDesign, Trial
 from mlip_plugins.plotting import save_figure
 
 COLUMNS = [
     "id", "parent", "move", "model", "params", "score", "energy_rmse_meV_atom", "forces_rmse_meV_A", "stress_rmse_meV_A3",
-    "eos_rmse_meV_atom", "bulk_modulus_rel_error", "condition_number", "decades", "n_sloppy", "sloppy_ratio",
+    "eos_rmse_meV_atom", "bulk_modulus_rel_error", *(f"test_{key}_{unit}" for key, unit in TEST_COLUMNS), "condition_number", "decades", "n_sloppy", "sloppy_ratio",
     "effective_dimension", "term_sloppy_fractions", "seconds", "status",
 ]
 
@@ -45,10 +45,11 @@ def write_tables(design: AdaptiveDesign, directory: Path) -> tuple[Path, Path]:
     except RuntimeError:
         best = None
     shown = ["id", "move", "model", "params", "score", "energy_rmse_meV_atom", "forces_rmse_meV_A", "stress_rmse_meV_A3",
-             "eos_rmse_meV_atom", "condition_number", "n_sloppy", "sloppy_ratio", "effective_dimension", "seconds"]
+             "eos_rmse_meV_atom", "test_energy_mae_meV_atom", "test_forces_mae_meV_A", "condition_number", "n_sloppy", "sloppy_ratio", "effective_dimension", "seconds"]
     shown = [c for c in shown if any(r.get(c) is not None for r in rows)]
     header = {"energy_rmse_meV_atom": "E RMSE (meV/atom)", "forces_rmse_meV_A": "F RMSE (meV/Å)",
               "stress_rmse_meV_A3": "stress RMSE (meV/Å³)", "eos_rmse_meV_atom": "EOS RMSE (meV/atom)",
+              "test_energy_mae_meV_atom": "test E MAE (meV/atom)", "test_forces_mae_meV_A": "test F MAE (meV/Å)",
               "condition_number": "cond(FIM)", "n_sloppy": "sloppy", "sloppy_ratio": "sloppy/P",
               "effective_dimension": "d_eff", "seconds": "s"}
     lines = ["| " + " | ".join(header.get(c, c) for c in shown) + " | Pareto |",

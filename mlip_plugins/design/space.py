@@ -215,9 +215,12 @@ class DesignLimits:
             fraction of sloppy directions stays below this; ``None`` lets the loop use the
             start model's fraction plus ``sloppy_ratio_margin`` (no sloppier than the start).
         hidden: hidden width of the nonlinear readout.
+        max_params: largest number of trainable parameters of a candidate (None: no limit);
+            larger moves are skipped before training.
     """
 
     max_terms: int = 3
+    max_params: int | None = None
     remove_threshold: float = 0.99
     shrink_margin: float = 0.02
     sloppy_ratio_ok: float | None = None

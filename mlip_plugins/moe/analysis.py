@@ -40,7 +40,10 @@ def period(z: int) -> int:
 
 
 def periodic_group(z: int) -> int | None:
-    """IUPAC group (1..18) of element ``z``; ``None`` for lanthanides/actinides (f block)."""
+    """IUPAC group (1..18) of element ``z``; ``None`` for the f block (La..Yb, Ac..No).
+
+    Lu and Lr are in group 3 below Sc and Y (IUPAC's 2021 recommendation; HEA25's 25
+    transition metals include Lu as the period-6 member of group 3)."""
     if z == 1:
         return 1
     if z == 2:
@@ -54,7 +57,7 @@ def periodic_group(z: int) -> int | None:
         return offset + 1
     if offset < 2:
         return offset + 1
-    if offset < 17:  # La..Lu / Ac..Lr
+    if offset < 16:  # La..Yb / Ac..No
         return None
     return offset - 14 + 1
 
@@ -203,6 +206,32 @@ def gate_pca(vectors: np.ndarray, components: int = 2) -> tuple[np.ndarray, np.n
     if total > 0:
         ratio[:k] = s[:k] ** 2 / total
     return coords, ratio
+
+
+def periodic_correlation(gates: np.ndarray, atomic_numbers: Sequence[int], permutations: int = 200,
+                         seed: int = 0) -> dict[str, float]:
+    """Does expert usage follow the periodic table? One number and its shuffled baseline.
+
+    The Spearman rank correlation between the pairwise Euclidean distances of the elements'
+    gate vectors (rows of ``gates`` [S, E], e.g. ``LayerRouting.mean_gates``) and their
+    distances in (group, period) space. The baseline is the same correlation with the elements'
+    (group, period) labels permuted (``permutations`` times, seeded); ``p`` is the fraction of
+    permutations that reach the observed value. Needs elements that all have a group (no f block).
+    """
+    from scipy.spatial.distance import pdist
+    from scipy.stats import spearmanr
+
+    groups = [periodic_group(int(z)) for z in atomic_numbers]
+    if None in groups or len(groups) < 3:
+        raise ValueError("periodic_correlation: needs three or more elements outside the f block")
+    coordinates = np.array([[g, period(int(z))] for g, z in zip(groups, atomic_numbers)], dtype=float)
+    usage = pdist(np.asarray(gates, dtype=float))
+    observed = float(spearmanr(usage, pdist(coordinates)).statistic)
+    rng = np.random.default_rng(seed)
+    shuffled = np.array([spearmanr(usage, pdist(coordinates[rng.permutation(len(coordinates))])).statistic
+                         for _ in range(permutations)])
+    return {"spearman": observed, "shuffled_mean": float(shuffled.mean()), "shuffled_std": float(shuffled.std()),
+            "p": float((shuffled >= observed).mean()), "permutations": int(permutations)}
 
 
 def routing_summary(layer: LayerRouting) -> dict:

@@ -110,3 +110,59 @@ def test_mlip_design_cli_budget_two(tmp_path, tiny_xyz, capsys):
     config = yaml.safe_load((tmp_path / "out" / "best_model.yaml").read_text())
     assert set(config) == {"elements", "cutoff", "energy"}
     assert build_potential(config).parameter_counts()["total"] in {int(r["params"]) for r in rows}
+
+
+def test_variance_normalisation_divides_each_term_by_its_scale():
+    """normalize=variance: the loss is Σ w_k MSE_k / var_k (as mlip-train's loss.normalize)."""
+    from torch_geometric.data import Batch
+
+    from mlip_plugins.design.training import TrainSettings, batch_loss
+
+    torch.manual_seed(0)
+    potential = build_potential({"elements": ["Cu", "Au"], "cutoff": 4.0, "energy": term("t")})
+    batch = Batch.from_data_list(_graphs())
+    energy = batch_loss(potential, batch, TrainSettings(energy=1.0, forces=0.0))
+    forces = batch_loss(potential, batch, TrainSettings(energy=0.0, forces=1.0))
+    both = batch_loss(potential, batch, TrainSettings(energy=1.0, forces=1.0), scales={"energy": 4.0, "forces": 0.5})
+    assert float(both) == pytest.approx(float(energy) / 4.0 + float(forces) / 0.5, rel=1e-6)
+
+
+def test_wall_budget_anneals_the_learning_rate_and_stops():
+    """With max_seconds the cosine runs over the budget: a 1000-epoch run stops early at a low learning rate."""
+    from mlip_plugins.design.training import TrainSettings, train_potential
+
+    torch.manual_seed(0)
+    potential = build_potential({"elements": ["Cu", "Au"], "cutoff": 4.0, "energy": term("t")})
+    history = train_potential(potential, _graphs(), TrainSettings(epochs=1000, lr=0.01, batch_size=1, max_seconds=0.5,
+                                                                  normalize="variance"))
+    assert history["epochs_run"] < 1000
+    assert history["final_lr"] < 0.2 * 0.01  # annealed (min ratio 0.02), not cut at the initial rate
+    with pytest.raises(Exception, match="normalize"):
+        train_potential(potential, _graphs(), TrainSettings(epochs=1, normalize="std"))
+
+
+def test_mlip_design_max_params_and_held_out_test_errors(tmp_path, tiny_xyz, capsys):
+    """--max-params: no candidate above the limit is trained; --test: test errors per candidate, not in the score."""
+    from mlip_plugins.cli.design import main
+
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)
+    try:
+        code = main(["--data", str(tiny_xyz), "--test", str(tiny_xyz), "--cutoff", "4.0", "--budget", "4", "--epochs", "1",
+                     "--probe-size", "2", "--blocks", "radial,eam", "--max-params", "850", "--normalize", "variance",
+                     "--max-structures", "12", "--eos", "none", "--final-epochs", "2", "-o", str(tmp_path / "out")])
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_default_dtype(dtype)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    with open(tmp_path / "out" / "candidates.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    # seven elements: the start (2b[3]·L) has 812 parameters; growing it (add, nonlinear readout) would pass 850
+    assert len(rows) >= 2 and all(int(r["params"]) <= 850 for r in rows)
+    assert all(float(r["test_forces_mae_meV_A"]) > 0 and float(r["test_energy_rmse_meV_atom"]) >= 0 for r in rows)
+    assert "test F MAE" in (tmp_path / "out" / "candidates.md").read_text()
+    # --final-epochs: the pick of the search is trained once more, as one more candidate of the same model
+    refit = rows[-1]
+    assert refit["move"].startswith(f"refit {refit['parent']} (2 epochs)")
+    assert refit["model"] == rows[int(refit["parent"])]["model"] and len(rows) == 5

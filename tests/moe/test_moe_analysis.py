@@ -41,13 +41,14 @@ def graphs(n: int = 4) -> list:
 @pytest.mark.parametrize(
     "symbol, group, row",
     [("H", 1, 1), ("He", 18, 1), ("B", 13, 2), ("Al", 13, 3), ("Ni", 10, 4), ("Cu", 11, 4), ("Pd", 10, 5),
-     ("Ag", 11, 5), ("Pt", 10, 6), ("Au", 11, 6), ("Hf", 4, 6), ("Rn", 18, 6), ("Fr", 1, 7), ("Og", 18, 7), ("Ce", None, 6)],
+     ("Ag", 11, 5), ("Pt", 10, 6), ("Au", 11, 6), ("Hf", 4, 6), ("Rn", 18, 6), ("Fr", 1, 7), ("Og", 18, 7), ("Ce", None, 6),
+     ("La", None, 6), ("Yb", None, 6), ("Lu", 3, 6), ("Lr", 3, 7), ("Y", 3, 5), ("Ta", 5, 6)],
 )
 def test_periodic_table_groups(symbol, group, row):
     z = atomic_numbers[symbol]
     assert periodic_group(z) == group
     assert period(z) == row
-    assert group_label(z) == (f"group {group}" if group else "lanthanides")
+    assert group_label(z) == (f"group {group}" if group else "lanthanides" if row == 6 else "actinides")
 
 
 def test_pca_recovers_two_clusters():
@@ -162,3 +163,19 @@ def test_mlip_moe_writes_beside_the_checkpoint_by_default(tmp_path, monkeypatch,
     assert main([str(path), "--no-plot"]) == 0
     assert (tmp_path / "run" / "moe_analysis" / "moe_routing.json").exists()
     assert not (tmp_path / "moe_analysis").exists()
+
+
+def test_periodic_correlation_of_expert_usage():
+    """Gates that encode (group, period) correlate perfectly, beating every shuffle; random gates do not."""
+    from mlip_plugins.moe.analysis import periodic_correlation
+
+    symbols = ["Sc", "Ti", "V", "Cr", "Y", "Zr", "Nb", "Mo", "Lu", "Hf", "Ta", "W", "Ni", "Pd", "Pt"]
+    numbers = [atomic_numbers[s] for s in symbols]
+    encoded = np.array([[periodic_group(z), period(z)] for z in numbers], dtype=float)
+    result = periodic_correlation(encoded, numbers, permutations=100)
+    assert result["spearman"] == pytest.approx(1.0)
+    assert result["p"] == 0.0 and abs(result["shuffled_mean"]) < 0.2
+    noise = periodic_correlation(np.random.default_rng(0).random((len(numbers), 8)), numbers, permutations=100)
+    assert abs(noise["spearman"]) < 0.3 and noise["p"] > 0.01
+    with pytest.raises(ValueError, match="f block"):
+        periodic_correlation(encoded[:3], [atomic_numbers[s] for s in ("Ce", "Ti", "V")])
