@@ -188,6 +188,15 @@ class PotentialModule(L.LightningModule):
             self.log(f"train/loss_{key}", value, batch_size=size, on_step=False, on_epoch=True)
         return loss
 
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """Backpropagate into the trainable parameters only: the positions are a leaf that
+        requires a gradient (for the forces), and a plain ``loss.backward()`` would also compute
+        d loss / d positions through the force graph, a Hessian-vector product nobody reads."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        if self._fabric is None and "inputs" not in kwargs and trainable:
+            kwargs["inputs"] = trainable
+        super().backward(loss, *args, **kwargs)
+
     def on_before_optimizer_step(self, optimizer) -> None:
         """Drop the update after a non-finite loss or gradient (optimizers skip parameters
         whose ``grad`` is None, so weights and optimizer moments stay as they were)."""
