@@ -166,6 +166,7 @@ def train_ours(runner: Runner) -> None:
             "experiment=nep", f"nep_in={runner.args.nep_in}", f"data.path={DATASET / 'train.xyz'}",
             "data.val_fraction=0", "data.test_fraction=0", f"run_dir={runner.out / 'run'}",
             f"threads={runner.args.threads}", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
+            "trainer.enable_checkpointing=false",
             "~callbacks.checkpoint", "~callbacks.last", "~callbacks.lr_monitor", "~callbacks.gpumd_outputs",
             f"seed={runner.args.seed}",
         ] + list(runner.args.ours)
