@@ -9,12 +9,17 @@ the model: a NEP4 with random parameters written by calorine (``--model`` to use
 The two codes are also checked to agree (largest force difference in the table).
 
     python benchmarks/nep_inference.py [--sizes 256 864 2048] [--threads 1] [--device cpu|cuda]
+    python benchmarks/nep_inference.py --pbte --sizes 250 1000     # GPUMD's PbTe nep.txt on its own frames
+
+``--pbte``: GPUMD's PbTe example instead (its nep.txt: cutoff 8/4, n_max 6/6, basis 6/6, l_max
+4 2 0, 30 neurons; the first frame of its train.xyz, 250 atoms, repeated along a and b for more).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +30,7 @@ from ase.build import bulk
 from ase.calculators.calculator import all_changes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "nep"))
+PBTE = Path(os.environ.get("MLIP_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets")) / "gpumd_pbte"
 
 
 def random_model_file(path: Path, types=("Cu", "Ag", "Au")) -> Path:
@@ -41,6 +47,17 @@ def structure(n_atoms: int, symbols, seed: int = 0):
     rng = np.random.default_rng(seed)
     atoms.set_chemical_symbols(list(rng.choice(list(symbols), len(atoms))))
     atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def pbte_structure(n_atoms: int):
+    """GPUMD's first PbTe training frame (250 atoms), repeated (k, k, 1)-fold to about ``n_atoms``."""
+    from ase.io import read
+
+    frame = read(PBTE / "train.xyz", index=0, format="gpumd-xyz")
+    k = max(1, round((n_atoms / len(frame)) ** 0.5))
+    atoms = frame.repeat((k, k, 1))
+    atoms.rattle(0.01, seed=0)
     return atoms
 
 
@@ -75,8 +92,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (calorine's NEP_CPU runs on one)")
     parser.add_argument("--model", default=None, help="a nep.txt (default: a random 3-element NEP4)")
     parser.add_argument("--device", default="cpu", help="device of our model (cuda for a GPU figure; the peer stays on the CPU)")
+    parser.add_argument("--pbte", action="store_true", help="GPUMD's PbTe nep.txt and frames (gpumd_pbte)")
     parser.add_argument("--out", default="outputs/nep_inference")
     args = parser.parse_args()
+    if args.pbte:
+        if not (PBTE / "nep.txt").exists():
+            raise SystemExit(f"nep_inference: {PBTE} not found (set MLIP_DATASETS)")
+        args.model = args.model or str(PBTE / "nep.txt")
     torch.set_num_threads(args.threads)
     from calorine.calculators import CPUNEP
 
@@ -95,7 +117,7 @@ def main() -> None:
     calcs = {name: make() for name, make in peers.items()}
     rows = []
     for n in args.sizes:
-        atoms = structure(n, symbols)
+        atoms = pbte_structure(n) if args.pbte else structure(n, symbols)
         best = {name: float("inf") for name in calcs}
         best["ours float64, model only"] = float("inf")
         for _ in range(args.rounds):
@@ -110,7 +132,9 @@ def main() -> None:
                      "max_force_diff": df, "energy_diff_per_atom": de})
     peer = "calorine CPUNEP (C++)"
     header = f"{'atoms':>6} | {'peer: calorine atoms/s':>22} | {'ours f64 atoms/s':>16} | {'ratio':>6} | {'ours f32 atoms/s':>16} | {'ratio':>6} | {'f64 model-only':>14} | {'ratio':>6} | {'max|dF|':>8}"
-    lines = [f"NEP energy + forces, {args.threads} thread(s), device {args.device}; ratio = ours / peer (>1: we are faster)", header, "-" * len(header)]
+    load = os.getloadavg()[0]
+    lines = [f"NEP energy + forces ({'GPUMD PbTe' if args.pbte else model.name}), {args.threads} thread(s), device {args.device}; "
+             f"ratio = ours / peer (>1: we are faster); load average {load:.1f}", header, "-" * len(header)]
     for row in rows:
         a = row["atoms_per_s"]
         lines.append(

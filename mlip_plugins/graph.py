@@ -71,6 +71,15 @@ def _batch_vector(data) -> torch.Tensor:
     return batch
 
 
+def _edge_offsets(shifts: torch.Tensor, cell: torch.Tensor, edge_graph: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """shifts[e] @ cell[graph of e]: one [E_g, 3] x [3, 3] product per structure when the edges
+    come grouped by structure (as PyG batches them), ~3x faster than a cell per edge."""
+    if edge_graph.numel() == 0 or bool((edge_graph[1:] < edge_graph[:-1]).any()):
+        return torch.einsum("ei,eij->ej", shifts, cell[edge_graph])
+    counts = torch.bincount(edge_graph, minlength=num_graphs).tolist()
+    return torch.cat([s @ c for s, c in zip(torch.split(shifts, counts), cell)])
+
+
 def build_atomic_graph(
     data,
     species: torch.Tensor,
@@ -100,7 +109,7 @@ def build_atomic_graph(
     if num_graphs == 1:  # one structure (MD, large cells): a plain matmul, ~3x faster than a cell per edge
         offsets = shifts @ cell[0]
     else:
-        offsets = torch.einsum("ei,eij->ej", shifts, cell[batch[dst]])
+        offsets = _edge_offsets(shifts, cell, batch[dst], num_graphs)
     edge_vec = pos[src] - pos[dst] + offsets
     # Norm with a safe gradient at zero length (self-images are never edges, but be safe).
     edge_len = torch.sqrt(torch.clamp((edge_vec * edge_vec).sum(-1), min=1e-30))

@@ -168,7 +168,11 @@ class NEPModel(nn.Module):
         zbl: ``null``, an outer radius r (inner r/2), or ``{inner, outer, typewise_factor}``,
             or ``{flexible: [[10 values] per element pair]}``.
         lambda_1, lambda_2: NEP's L1 and L2 regularisation weights (0 disables).
-        seed: seed of the initial parameters (GNEP's initialisation).
+        seed: seed of the initial parameters.
+        init: the initial parameters: ``"gnep"`` (GNEP's: c ~ 0.1 N(0,1) + U(-0.5, 0.5),
+            w0 ~ N(0, 2/(D+H)), b0 ~ 0.01 N(0,1), w1 ~ N(0, 2/(H+1))) or ``"uniform"`` (GPUMD's
+            c ~ U(-1, 1) and PyTorch's layer default w ~ U(+-1/sqrt(fan_in)), b0 = 0, as neppo
+            starts).
         charge_mode: 0 (a plain NEP) or GPUMD's qNEP charge mode 1 | 2: the network gets a second
             output, the raw charge (weights ``w1_charge``, no bias), and the model adds the
             Coulomb energy of the neutral charges (:mod:`mlip_plugins.nep.qnep`), returned
@@ -200,10 +204,13 @@ class NEPModel(nn.Module):
         l_max_convention: str = "gpumd",
         charge_mode: int = 0,
         model_type: int = 0,
+        init: str = "gnep",
     ):
         super().__init__()
         from mlip_plugins.nep.tnep import MODEL_TYPES
 
+        if init not in ("gnep", "uniform"):
+            raise ValueError(f"NEP init must be 'gnep' or 'uniform', got {init!r}")
         if int(model_type) not in MODEL_TYPES:
             raise ValueError(f"NEP model_type must be 0 (potential), 1 (dipole) or 2 (polarizability), got {model_type!r}")
         self.model_type = int(model_type)
@@ -216,6 +223,7 @@ class NEPModel(nn.Module):
         self.descriptor = NEPDescriptor(
             num_species, cutoff=cutoff, cutoff_angular=cutoff_angular, n_max=n_max, basis_size=basis_size,
             l_max=l_max, typewise_cutoffs=typewise_cutoffs, seed=seed, l_max_convention=l_max_convention,
+            init="gnep" if init == "gnep" else 1.0,
         )
         self.neuron = int(neuron)
         self.lambda_1, self.lambda_2 = float(lambda_1), float(lambda_2)
@@ -223,10 +231,15 @@ class NEPModel(nn.Module):
         networks = self.num_species if self.version == 4 else 1
         dtype = torch.get_default_dtype()
         generator = torch.Generator().manual_seed(int(seed) + 1)
-        # GNEP's initialisation: w0 ~ N(0, 2/(D+H)), b0 ~ 0.01 N(0,1), w1 ~ N(0, 2/(H+1))
-        self.w0 = nn.Parameter(torch.randn(networks, self.neuron, dim, generator=generator, dtype=dtype) * math.sqrt(2.0 / (dim + self.neuron)))
-        self.b0 = nn.Parameter(0.01 * torch.randn(networks, self.neuron, generator=generator, dtype=dtype))
-        self.w1 = nn.Parameter(torch.randn(networks, self.neuron, generator=generator, dtype=dtype) * math.sqrt(2.0 / (self.neuron + 1)))
+        if init == "gnep":  # w0 ~ N(0, 2/(D+H)), b0 ~ 0.01 N(0,1), w1 ~ N(0, 2/(H+1))
+            w0 = torch.randn(networks, self.neuron, dim, generator=generator, dtype=dtype) * math.sqrt(2.0 / (dim + self.neuron))
+            b0 = 0.01 * torch.randn(networks, self.neuron, generator=generator, dtype=dtype)
+            w1 = torch.randn(networks, self.neuron, generator=generator, dtype=dtype) * math.sqrt(2.0 / (self.neuron + 1))
+        else:  # U(-1/sqrt(fan_in), 1/sqrt(fan_in)), b0 = 0
+            w0 = (2.0 * torch.rand(networks, self.neuron, dim, generator=generator, dtype=dtype) - 1.0) / math.sqrt(dim)
+            b0 = torch.zeros(networks, self.neuron, dtype=dtype)
+            w1 = (2.0 * torch.rand(networks, self.neuron, generator=generator, dtype=dtype) - 1.0) / math.sqrt(self.neuron)
+        self.w0, self.b0, self.w1 = nn.Parameter(w0), nn.Parameter(b0), nn.Parameter(w1)
         self.b1 = nn.Parameter(torch.zeros((), dtype=dtype))
         if self.model_type == 2:  # the polarizability's isotropic network
             self.w0_iso = nn.Parameter(torch.randn(networks, self.neuron, dim, generator=generator, dtype=dtype) * math.sqrt(2.0 / (dim + self.neuron)))

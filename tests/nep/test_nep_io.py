@@ -212,3 +212,23 @@ def test_mlip_export_cli(tmp_path, capsys):
     assert checks and all(value < 1e-9 for value in checks.values())
     assert main([str(tmp_path / "missing.ckpt"), "-o", str(tmp_path / "out.txt")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_uniform_init_draws_gpumd_and_pytorch_ranges():
+    """init="uniform" (experiment=nep's): c ~ U(-1, 1) as GPUMD, weights U(+-1/sqrt(fan_in)), b0 = 0."""
+    import math
+
+    import pytest
+
+    from mlip_plugins.nep.model import NEPModel
+
+    model = NEPModel(2, cutoff=5.0, cutoff_angular=4.0, n_max=[4, 4], basis_size=[6, 6], l_max=[4, 2, 0], neuron=10, init="uniform")
+    dim = model.descriptor.dim
+    for c in (model.descriptor.c_radial, model.descriptor.c_angular):
+        assert c.abs().max() <= 1.0 and c.abs().max() > 0.9  # the whole range, not GNEP's narrower one
+    assert model.w0.abs().max() <= 1.0 / math.sqrt(dim) and model.w1.abs().max() <= 1.0 / math.sqrt(10)
+    assert torch.all(model.b0 == 0)
+    gnep = NEPModel(2, cutoff=5.0, cutoff_angular=4.0, n_max=[4, 4], basis_size=[6, 6], l_max=[4, 2, 0], neuron=10)
+    assert not torch.equal(gnep.w0, model.w0)
+    with pytest.raises(ValueError, match="init"):
+        NEPModel(2, init="xavier")
