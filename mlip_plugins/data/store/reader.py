@@ -1,15 +1,16 @@
-"""Read a graph store: a torch ``Dataset`` of graphs, one memory-mapped structure at a time.
+"""Read a graph store: a torch ``Dataset`` of graphs read from memory-mapped shards.
 
 :class:`GraphStore` opens shards lazily, in the process that reads (so each DataLoader worker
 and each DDP process opens its own handles, and a pickled store carries only its folder and
 manifest), and returns for index i the ``Data`` that
 :func:`~mlip_plugins.data.structures.atoms_to_graph` makes of that structure (plus its
-``source``, 'file:frame', as the in-memory loader sets it).
+``source``, 'file:frame', as the in-memory loader sets it); :meth:`GraphStore.batch` reads a
+whole batch at once as the ``Batch`` PyG's collate would make of those graphs (what the
+training loader uses).
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import os
@@ -18,36 +19,53 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+import torch
 from torch.utils.data import Dataset
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import cumsum
 
 from mlip_plugins.data.store import layout
 from mlip_plugins.data.store.statistics import StreamingStatistics
 from mlip_plugins.data.structures import LabelKeys, graph_from_arrays
 
 #: shards kept open per process: each maps its file (pages the kernel may reclaim, counted in
-#: the process's RSS once read) and holds its per-structure tables (~0.6 MB for 2000 structures)
+#: the process's RSS once read) and holds one file descriptor
 OPEN_SHARDS = 64
 
 
-class _OpenShard:
-    """One shard, open: its per-structure tables in memory (~0.3 KB per structure), its atom
-    and edge arrays memory-mapped and sliced per item."""
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenated ranges ``[start, start + length)``: the rows of several structures."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1] if len(ends) else 0)
 
-    def __init__(self, path: Path):
-        self.handle = safe_open(str(path), framework="pt")
-        self.offsets = self.handle.get_tensor("offsets").tolist()
-        self.index, self.structures = self.handle.get_tensor("index"), self.handle.get_tensor("structures")
-        self.atoms, self.z, self.edges = (self.handle.get_slice(name) for name in ("atoms", "z", "edges"))
 
-    def graph(self, row: int, paths: list[str]) -> Data:
-        (a0, e0), (a1, e1) = self.offsets[row], self.offsets[row + 1]
-        flags = self.index[row]
-        arrays = layout.unpack_item(a1 - a0, self.atoms[a0:a1], self.z[a0:a1], self.edges[e0:e1], self.structures[row], flags)
-        graph = graph_from_arrays(arrays)
-        graph.source = f"{paths[int(flags[layout.SOURCE])]}:{int(flags[layout.FRAME])}"
-        return graph
+def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
+    """Where each of consecutive blocks of ``counts`` rows starts (along the first axis)."""
+    starts = np.zeros_like(counts)
+    np.cumsum(counts[:-1], axis=0, out=starts[1:])
+    return starts
+
+
+def _collated(graphs: Data, sources: list[str], counts: torch.Tensor) -> Batch:
+    """The ``Batch`` of structures whose fields are concatenated in ``graphs`` (``edge_index``
+    already offset per structure), with [atoms, edges] ``counts`` per structure: the object
+    ``Batch.from_data_list`` makes of the separate graphs, down to the ``batch``/``ptr``
+    vectors and the slice and increment tables (so ``to_data_list`` and ``get_example`` work)."""
+    n = len(sources)
+    per_structure = torch.ones(n, dtype=torch.long)
+    sizes = {**dict.fromkeys(layout.ATOM_FIELDS, counts[:, 0]), **dict.fromkeys(layout.EDGE_FIELDS, counts[:, 1])}
+    ptr = cumsum(counts[:, 0])
+    batch = Batch(_base_cls=Data)
+    slices, increments = {}, {}
+    for key, value in graphs.items():
+        batch[key] = value
+        slices[key] = cumsum(sizes.get(key, per_structure))
+        increments[key] = ptr[:-1].clone() if key == "edge_index" else torch.zeros(n, dtype=torch.long)
+    batch["source"], slices["source"], increments["source"] = sources, torch.arange(n + 1), None
+    batch["batch"] = torch.repeat_interleave(torch.arange(n), counts[:, 0])
+    batch["ptr"] = ptr
+    batch._num_graphs, batch._slice_dict, batch._inc_dict = n, slices, increments
+    return batch
 
 
 class GraphStore(Dataset):
@@ -64,7 +82,7 @@ class GraphStore(Dataset):
                                     f"reads {layout.FORMAT_VERSION}; remove the folder to rebuild it")
         self.manifest = manifest
         self._shards = [shard["file"] for shard in manifest["shards"]]
-        self._starts = np.concatenate([[0], np.cumsum([shard["structures"] for shard in manifest["shards"]])]).tolist()
+        self._starts = np.concatenate([[0], np.cumsum([shard["structures"] for shard in manifest["shards"]])]).astype(np.int64)
         self._paths = [source["path"] for source in manifest["sources"]]
         self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
@@ -76,12 +94,13 @@ class GraphStore(Dataset):
         state["_handles"] = OrderedDict()
         return state
 
-    def _shard(self, shard: int) -> _OpenShard:
+    def _shard(self, shard: int) -> dict[str, np.ndarray]:
+        """The arrays of shard ``shard``, memory-mapped (:func:`.layout.map_shard`)."""
         if self._pid != os.getpid():  # a forked worker: open its own
             self._handles, self._pid = OrderedDict(), os.getpid()
         handle = self._handles.get(shard)
         if handle is None:
-            handle = _OpenShard(self.directory / self._shards[shard])
+            handle = layout.map_shard(self.directory / self._shards[shard])
             self._handles[shard] = handle
             if len(self._handles) > OPEN_SHARDS:
                 self._handles.popitem(last=False)
@@ -93,20 +112,67 @@ class GraphStore(Dataset):
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def locate(self, index: int) -> tuple[int, int]:
-        """(shard, row in the shard) of structure ``index``."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"structure {index} of a graph store of {len(self)}")
-        index = index % len(self)
-        shard = bisect.bisect_right(self._starts, index) - 1
-        return shard, index - int(self._starts[shard])
+    def _positions(self, indices: Sequence[int]) -> np.ndarray:
+        """``indices`` as an int64 array within [0, len) (negative ones count from the end)."""
+        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if positions.size and not (-len(self) <= positions.min() and positions.max() < len(self)):
+            raise IndexError(f"structure index outside a graph store of {len(self)}")
+        return positions % max(len(self), 1)
+
+    def _read(self, indices: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The shard arrays' rows of the structures ``indices``, in that order (atom and edge rows
+        concatenated), and their [atoms, edges] counts: one gather per array and shard."""
+        starts = self._starts
+        shards = np.searchsorted(starts, indices, side="right") - 1
+        rows = indices - starts[shards]
+        groups = [(self._shard(int(shard)), np.flatnonzero(shards == shard)) for shard in np.unique(shards)]
+        first, counts = np.empty((len(indices), 2), np.int64), np.empty((len(indices), 2), np.int64)
+        for arrays, members in groups:
+            offsets = arrays["offsets"]
+            first[members] = offsets[rows[members]]
+            counts[members] = offsets[rows[members] + 1] - first[members]
+        placed, total = _exclusive_cumsum(counts), counts.sum(axis=0)
+        sizes = {"atoms": total[0], "z": total[0], "edges": total[1], "structures": len(indices), "index": len(indices)}
+        out = {name: np.empty((sizes[name], *array.shape[1:]), np.float64 if array.dtype.kind == "f" else np.int64)
+               for name, array in groups[0][0].items() if name in sizes}
+        for arrays, members in groups:
+            for name, column in (("atoms", 0), ("z", 0), ("edges", 1)):
+                into = _ranges(placed[members, column], counts[members, column])
+                out[name][into] = arrays[name][_ranges(first[members, column], counts[members, column])]
+            out["structures"][members] = arrays["structures"][rows[members]]
+            out["index"][members] = arrays["index"][rows[members]]
+        return out, counts
+
+    def _sources(self, index: np.ndarray) -> list[str]:
+        """'file:frame' of each row of ``index`` (the in-memory loader's ``source``)."""
+        return [f"{self._paths[s]}:{f}" for s, f in zip(index[:, layout.SOURCE].tolist(), index[:, layout.FRAME].tolist())]
 
     def __getitem__(self, index: int) -> Data:
-        shard, row = self.locate(int(index))
-        return self._shard(shard).graph(row, self._paths)
+        arrays, _ = self._read(self._positions([int(index)]))
+        graph = graph_from_arrays(layout.unpack(**arrays))
+        graph.source = self._sources(arrays["index"])[0]
+        return graph
 
     def __iter__(self) -> Iterator[Data]:
         return (self[i] for i in range(len(self)))
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        """The structures ``indices`` as one PyG ``Batch``, equal (fields, dtypes, values, and the
+        slice and increment tables ``to_data_list`` needs) to ``Batch.from_data_list`` of
+        ``[self[i] for i in indices]``, but read with one gather per array and shard and built
+        without a ``Data`` per structure (which cost more than the training step on small
+        structures). A batch mixing structures with and without charges takes the per-item path,
+        whatever PyG's collate makes of it."""
+        indices = self._positions(indices)
+        arrays, counts = self._read(indices)
+        charged = arrays["index"][:, layout.HAS_CHARGES]
+        if charged.any() and not charged.all():
+            return Batch.from_data_list([self[int(i)] for i in indices])
+        fields = layout.unpack(**arrays)
+        node_start = _exclusive_cumsum(counts[:, 0])
+        fields["edge_index"] = fields["edge_index"] + np.repeat(node_start, counts[:, 1])
+        graphs = graph_from_arrays({key: np.ascontiguousarray(value) for key, value in fields.items()})
+        return _collated(graphs, self._sources(arrays["index"]), torch.from_numpy(counts))
 
     # -- what the manifest knows ----------------------------------------------------------------
     @property
@@ -125,16 +191,16 @@ class GraphStore(Dataset):
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"structure indices outside a graph store of {len(self)}")
-        starts = np.asarray(self._starts, dtype=np.int64)
+        starts = self._starts
         owners = np.searchsorted(starts, indices, side="right") - 1
         parts = []
         for shard in np.unique(owners):
             rows = indices[owners == shard] - starts[shard]
-            with safe_open(str(self.directory / self._shards[shard]), framework="numpy") as handle:
-                index, structures = handle.get_tensor("index"), handle.get_tensor("structures")
-                parts.append(StreamingStatistics.from_columns(
-                    handle.get_tensor("z"), handle.get_tensor("offsets")[:, 0], structures[:, layout.ENERGY],
-                    index[:, layout.HAS_ENERGY], structures[:, layout.FORCE_SQ], index[:, layout.HAS_FORCES], rows))
+            arrays = self._shard(int(shard))
+            index, structures = arrays["index"], arrays["structures"]
+            parts.append(StreamingStatistics.from_columns(
+                arrays["z"], arrays["offsets"][:, 0], structures[:, layout.ENERGY], index[:, layout.HAS_ENERGY],
+                structures[:, layout.FORCE_SQ], index[:, layout.HAS_FORCES], rows))
         return StreamingStatistics.total(parts)
 
 
@@ -154,6 +220,10 @@ class StoreSubset(Dataset):
 
     def __iter__(self) -> Iterator[Data]:
         return (self.dataset[i] for i in self.indices)
+
+    def batch(self, positions: Sequence[int]) -> Batch:
+        """The structures at ``positions`` of the subset as one ``Batch`` (:meth:`GraphStore.batch`)."""
+        return self.dataset.batch([self.indices[p] for p in positions])
 
 
 def default_store_directory(path: str, cutoff: float, settings: dict) -> Path:
