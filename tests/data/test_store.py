@@ -97,6 +97,76 @@ def test_ase_db_source(tmp_path):
         assert_same_graph(store[k], fresh[k])
 
 
+def assert_same_batch(new, old):
+    """Same class, fields (order, dtype, shape, layout, values) and slice/increment tables."""
+    assert type(new).__name__ == type(old).__name__ and new.num_graphs == old.num_graphs
+    assert list(new.keys()) == list(old.keys())
+    for key in old.keys():
+        if isinstance(old[key], torch.Tensor):
+            assert (new[key].dtype, new[key].shape, new[key].is_contiguous()) == (old[key].dtype, old[key].shape, True), key
+            assert torch.equal(new[key], old[key]), key
+        else:
+            assert new[key] == old[key], key
+    for table in ("_slice_dict", "_inc_dict"):
+        ours, theirs = getattr(new, table), getattr(old, table)
+        assert list(ours) == list(theirs), table
+        for key, value in theirs.items():
+            assert (value is None and ours[key] is None) or torch.equal(ours[key], value), (table, key)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batches_equal_collated_items(tmp_path, mixed_xyz, dtype):
+    """GraphStore.batch (one gather per array and shard, one Batch) equals PyG's collate of the
+    per-item graphs and of the in-memory loader's graphs: shuffled across shards, repeated
+    indices, one structure, charges (all charged: the fast path; mixed: the per-item path)."""
+    from torch_geometric.data import Batch
+
+    build_store(tmp_path / "store", [mixed_xyz], CUTOFF, shard_size=7, progress=False)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        store, fresh = GraphStore(tmp_path / "store"), _in_memory(mixed_xyz)
+        order = np.random.default_rng(1).permutation([i for i in range(len(fresh)) if i != 21]).tolist()
+        batches = [order[k : k + 6] for k in range(0, len(order), 6)] + [[23, 0, 23, 8], [5], [21], [21, 21], [3, 21], [-1]]
+        for indices in batches:
+            new, old = store.batch(indices), Batch.from_data_list([store[i] for i in indices])
+            assert_same_batch(new, old)
+            assert_same_batch(new, Batch.from_data_list([fresh[i] for i in indices]))
+            for ours, theirs in zip(new.to_data_list(), old.to_data_list(), strict=True):  # the tables work
+                assert_same_graph(ours, theirs)
+        with pytest.raises(IndexError):
+            store.batch([0, len(store)])
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_training_loader_reads_whole_batches(tmp_path, mixed_xyz, float64):
+    """The datamodule's loader over a store (PaddedGraphs.__getitems__ -> GraphStore.batch) gives
+    the batches of today's per-item path (PyG DataLoader over the graphs), DDP padding (zero
+    weights) included, in process and with DataLoader workers."""
+    from torch.utils.data import DataLoader
+    from torch_geometric.loader import DataLoader as PyGLoader
+
+    from lightning_modules.datamodule import PaddedGraphs, collate_graphs
+    from mlip_plugins.data.store.reader import StoreSubset
+
+    build_store(tmp_path / "store", [mixed_xyz], CUTOFF, shard_size=5, progress=False)
+    store = GraphStore(tmp_path / "store")
+    train = StoreSubset(store, [i for i in range(2, 23) if i != 21])  # 20 structures: padded on 3 ranks
+    items = [store[i] for i in train.indices]
+    for rank, workers in ((0, 0), (2, 0), (1, 2)):
+        sampler = EpochSeededSampler(len(train), seed=3, num_replicas=3, rank=rank)
+        sampler.set_epoch(2)
+        ours = list(DataLoader(PaddedGraphs(train), batch_size=3, sampler=sampler, collate_fn=collate_graphs,
+                               num_workers=workers))
+        theirs = list(PyGLoader(PaddedGraphs(items), batch_size=3, sampler=sampler))
+        assert len(ours) == len(theirs) == 3
+        for new, old in zip(ours, theirs):
+            assert_same_batch(new, old)
+        if rank == 2:
+            assert (ours[-1].weight == 0).any()  # the padding copy is in this rank's last batch
+
+
 def test_statistics_equal_in_memory_functions(tmp_path, mixed_xyz, float64):
     """E0 fit, energy scale (force RMS; per-atom energy spread without forces) of the whole store
     and of a subset equal today's in-memory functions to 1e-10."""

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Batch, Data
-from torch_geometric.utils import cumsum
 
 from mlip_plugins.data.store import layout
 from mlip_plugins.data.store.statistics import StreamingStatistics
@@ -46,24 +45,24 @@ def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
     return starts
 
 
-def _collated(graphs: Data, sources: list[str], counts: torch.Tensor) -> Batch:
+def _collated(graphs: Data, sources: list[str], counts: np.ndarray) -> Batch:
     """The ``Batch`` of structures whose fields are concatenated in ``graphs`` (``edge_index``
     already offset per structure), with [atoms, edges] ``counts`` per structure: the object
     ``Batch.from_data_list`` makes of the separate graphs, down to the ``batch``/``ptr``
     vectors and the slice and increment tables (so ``to_data_list`` and ``get_example`` work)."""
     n = len(sources)
-    per_structure = torch.ones(n, dtype=torch.long)
-    sizes = {**dict.fromkeys(layout.ATOM_FIELDS, counts[:, 0]), **dict.fromkeys(layout.EDGE_FIELDS, counts[:, 1])}
-    ptr = cumsum(counts[:, 0])
+    atom_slices, edge_slices = (torch.from_numpy(np.concatenate([[0], np.cumsum(counts[:, k])])) for k in (0, 1))
+    level = {**dict.fromkeys(layout.ATOM_FIELDS, atom_slices), **dict.fromkeys(layout.EDGE_FIELDS, edge_slices)}
+    structure_slices = torch.arange(n + 1)
     batch = Batch(_base_cls=Data)
     slices, increments = {}, {}
     for key, value in graphs.items():
         batch[key] = value
-        slices[key] = cumsum(sizes.get(key, per_structure))
-        increments[key] = ptr[:-1].clone() if key == "edge_index" else torch.zeros(n, dtype=torch.long)
-    batch["source"], slices["source"], increments["source"] = sources, torch.arange(n + 1), None
-    batch["batch"] = torch.repeat_interleave(torch.arange(n), counts[:, 0])
-    batch["ptr"] = ptr
+        slices[key] = level.get(key, structure_slices).clone()
+        increments[key] = atom_slices[:-1].clone() if key == "edge_index" else torch.zeros(n, dtype=torch.long)
+    batch["source"], slices["source"], increments["source"] = sources, structure_slices, None
+    batch["batch"] = torch.repeat_interleave(torch.arange(n), atom_slices.diff())
+    batch["ptr"] = atom_slices
     batch._num_graphs, batch._slice_dict, batch._inc_dict = n, slices, increments
     return batch
 
@@ -121,26 +120,42 @@ class GraphStore(Dataset):
 
     def _read(self, indices: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The shard arrays' rows of the structures ``indices``, in that order (atom and edge rows
-        concatenated), and their [atoms, edges] counts: one gather per array and shard."""
-        starts = self._starts
-        shards = np.searchsorted(starts, indices, side="right") - 1
-        rows = indices - starts[shards]
-        groups = [(self._shard(int(shard)), np.flatnonzero(shards == shard)) for shard in np.unique(shards)]
+        concatenated), and their [atoms, edges] counts.
+
+        The structures are read grouped by shard (one gather per array and shard, whatever the
+        number of structures) and put back in the asked order with one gather per array."""
+        shards = np.searchsorted(self._starts, indices, side="right") - 1
+        order = np.argsort(shards, kind="stable")
+        rows = (indices - self._starts[shards])[order]
+        owners, group_starts = np.unique(shards[order], return_index=True)
+        bounds = [*group_starts.tolist(), len(indices)]
+        groups = [(self._shard(int(shard)), slice(bounds[k], bounds[k + 1])) for k, shard in enumerate(owners)]
         first, counts = np.empty((len(indices), 2), np.int64), np.empty((len(indices), 2), np.int64)
         for arrays, members in groups:
             offsets = arrays["offsets"]
             first[members] = offsets[rows[members]]
             counts[members] = offsets[rows[members] + 1] - first[members]
-        placed, total = _exclusive_cumsum(counts), counts.sum(axis=0)
-        sizes = {"atoms": total[0], "z": total[0], "edges": total[1], "structures": len(indices), "index": len(indices)}
-        out = {name: np.empty((sizes[name], *array.shape[1:]), np.float64 if array.dtype.kind == "f" else np.int64)
-               for name, array in groups[0][0].items() if name in sizes}
+        placed = _exclusive_cumsum(counts)  # where each structure's atoms and edges start, shard order
+        ends = placed + counts
+        sources = [_ranges(first[:, k], counts[:, k]) for k in (0, 1)]  # the rows within their shard
+        column = {"atoms": 0, "z": 0, "edges": 1}
+        out = {}
+        for name, array in groups[0][0].items():
+            if name == "offsets":
+                continue
+            size = placed[-1, column[name]] + counts[-1, column[name]] if name in column else len(indices)
+            out[name] = np.empty((size, *array.shape[1:]), np.float64 if array.dtype.kind == "f" else np.int64)
         for arrays, members in groups:
-            for name, column in (("atoms", 0), ("z", 0), ("edges", 1)):
-                into = _ranges(placed[members, column], counts[members, column])
-                out[name][into] = arrays[name][_ranges(first[members, column], counts[members, column])]
+            for name, k in column.items():
+                within = slice(placed[members.start, k], ends[members.stop - 1, k])
+                out[name][within] = arrays[name][sources[k][within]]
             out["structures"][members] = arrays["structures"][rows[members]]
             out["index"][members] = arrays["index"][rows[members]]
+        if len(groups) > 1:  # back to the asked order
+            back = np.argsort(order)
+            atoms, edges = (_ranges(placed[back, k], counts[back, k]) for k in (0, 1))
+            out = {name: array[{0: atoms, 1: edges}[column[name]] if name in column else back] for name, array in out.items()}
+            counts = counts[back]
         return out, counts
 
     def _sources(self, index: np.ndarray) -> list[str]:
@@ -148,9 +163,15 @@ class GraphStore(Dataset):
         return [f"{self._paths[s]}:{f}" for s, f in zip(index[:, layout.SOURCE].tolist(), index[:, layout.FRAME].tolist())]
 
     def __getitem__(self, index: int) -> Data:
-        arrays, _ = self._read(self._positions([int(index)]))
-        graph = graph_from_arrays(layout.unpack(**arrays))
-        graph.source = self._sources(arrays["index"])[0]
+        index = int(self._positions([int(index)])[0])
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        arrays, row = self._shard(shard), index - int(self._starts[shard])
+        (a0, e0), (a1, e1) = arrays["offsets"][row : row + 2].tolist()
+        rows = {"atoms": arrays["atoms"][a0:a1], "z": arrays["z"][a0:a1], "edges": arrays["edges"][e0:e1],
+                "structures": arrays["structures"][row : row + 1], "index": arrays["index"][row : row + 1]}
+        rows = {name: np.array(view) for name, view in rows.items()}  # out of the read-only map
+        graph = graph_from_arrays(layout.unpack(**rows))
+        graph.source = self._sources(rows["index"])[0]
         return graph
 
     def __iter__(self) -> Iterator[Data]:
@@ -172,7 +193,7 @@ class GraphStore(Dataset):
         node_start = _exclusive_cumsum(counts[:, 0])
         fields["edge_index"] = fields["edge_index"] + np.repeat(node_start, counts[:, 1])
         graphs = graph_from_arrays({key: np.ascontiguousarray(value) for key, value in fields.items()})
-        return _collated(graphs, self._sources(arrays["index"]), torch.from_numpy(counts))
+        return _collated(graphs, self._sources(arrays["index"]), counts)
 
     # -- what the manifest knows ----------------------------------------------------------------
     @property
