@@ -61,6 +61,12 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenated index ranges ``[start, start + length)``: the rows of several structures."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1] if len(ends) else 0)
+
+
 def compact_int(array: np.ndarray) -> np.ndarray:
     """``array`` in the smallest signed integer type that holds its values (int8 ... int64)."""
     array = np.asarray(array, dtype=np.int64)

@@ -32,12 +32,6 @@ from mlip_plugins.data.structures import LabelKeys, graph_from_arrays
 OPEN_SHARDS = 64
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The concatenated ranges ``[start, start + length)``: the rows of several structures."""
-    ends = np.cumsum(lengths)
-    return np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1] if len(ends) else 0)
-
-
 def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
     """Where each of consecutive blocks of ``counts`` rows starts (along the first axis)."""
     starts = np.zeros_like(counts)
@@ -137,7 +131,7 @@ class GraphStore(Dataset):
             counts[members] = offsets[rows[members] + 1] - first[members]
         placed = _exclusive_cumsum(counts)  # where each structure's atoms and edges start, shard order
         ends = placed + counts
-        sources = [_ranges(first[:, k], counts[:, k]) for k in (0, 1)]  # the rows within their shard
+        sources = [layout.ranges(first[:, k], counts[:, k]) for k in (0, 1)]  # the rows within their shard
         column = {"atoms": 0, "z": 0, "edges": 1}
         out = {}
         for name, array in groups[0][0].items():
@@ -153,7 +147,7 @@ class GraphStore(Dataset):
             out["index"][members] = arrays["index"][rows[members]]
         if len(groups) > 1:  # back to the asked order
             back = np.argsort(order)
-            atoms, edges = (_ranges(placed[back, k], counts[back, k]) for k in (0, 1))
+            atoms, edges = (layout.ranges(placed[back, k], counts[back, k]) for k in (0, 1))
             out = {name: array[{0: atoms, 1: edges}[column[name]] if name in column else back] for name, array in out.items()}
             counts = counts[back]
         return out, counts
@@ -205,7 +199,8 @@ class GraphStore(Dataset):
         """Statistics of the structures ``indices`` (default: all, from the manifest).
 
         A subset is summed shard by shard from the per-structure columns (atomic numbers,
-        energy, flags, force sums): a few bytes per atom, no positions or edges.
+        energy, stress, flags, force sums; the charges of charged structures): a few bytes per
+        atom, no positions or edges.
         """
         if indices is None:
             return StreamingStatistics.from_dict(self.manifest["statistics"])
@@ -217,11 +212,7 @@ class GraphStore(Dataset):
         parts = []
         for shard in np.unique(owners):
             rows = indices[owners == shard] - starts[shard]
-            arrays = self._shard(int(shard))
-            index, structures = arrays["index"], arrays["structures"]
-            parts.append(StreamingStatistics.from_columns(
-                arrays["z"], arrays["offsets"][:, 0], structures[:, layout.ENERGY], index[:, layout.HAS_ENERGY],
-                structures[:, layout.FORCE_SQ], index[:, layout.HAS_FORCES], rows))
+            parts.append(StreamingStatistics.from_tables(self._shard(int(shard)), rows))
         return StreamingStatistics.total(parts)
 
 
