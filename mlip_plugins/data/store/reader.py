@@ -117,7 +117,8 @@ class GraphStore(Dataset):
         concatenated), and their [atoms, edges] counts.
 
         The structures are read grouped by shard (one gather per array and shard, whatever the
-        number of structures) and put back in the asked order with one gather per array."""
+        number of structures) and put back in the asked order with one gather per array (cheaper,
+        with many shards, than scattering each shard's rows to their places)."""
         shards = np.searchsorted(self._starts, indices, side="right") - 1
         order = np.argsort(shards, kind="stable")
         rows = (indices - self._starts[shards])[order]
@@ -175,9 +176,9 @@ class GraphStore(Dataset):
         """The structures ``indices`` as one PyG ``Batch``, equal (fields, dtypes, values, and the
         slice and increment tables ``to_data_list`` needs) to ``Batch.from_data_list`` of
         ``[self[i] for i in indices]``, but read with one gather per array and shard and built
-        without a ``Data`` per structure (which cost more than the training step on small
-        structures). A batch mixing structures with and without charges takes the per-item path,
-        whatever PyG's collate makes of it."""
+        without a ``Data`` per structure (reading and collating those took 30 % of a
+        4-atom training step, see ``benchmarks/large_dataset.py``). A batch mixing structures
+        with and without charges takes the per-item path, whatever PyG's collate makes of it."""
         indices = self._positions(indices)
         arrays, counts = self._read(indices)
         charged = arrays["index"][:, layout.HAS_CHARGES]
