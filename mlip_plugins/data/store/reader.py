@@ -47,13 +47,13 @@ def _collated(graphs: Data, sources: list[str], counts: np.ndarray) -> Batch:
     n = len(sources)
     atom_slices, edge_slices = (torch.from_numpy(np.concatenate([[0], np.cumsum(counts[:, k])])) for k in (0, 1))
     level = {**dict.fromkeys(layout.ATOM_FIELDS, atom_slices), **dict.fromkeys(layout.EDGE_FIELDS, edge_slices)}
-    structure_slices = torch.arange(n + 1)
+    structure_slices, no_increment = torch.arange(n + 1), torch.zeros(n, dtype=torch.long)
     batch = Batch(_base_cls=Data)
     slices, increments = {}, {}
-    for key, value in graphs.items():
+    for key, value in graphs.items():  # tables shared between fields (read only): fewer tensors to send from a worker
         batch[key] = value
-        slices[key] = level.get(key, structure_slices).clone()
-        increments[key] = atom_slices[:-1].clone() if key == "edge_index" else torch.zeros(n, dtype=torch.long)
+        slices[key] = level.get(key, structure_slices)
+        increments[key] = atom_slices[:-1] if key == "edge_index" else no_increment
     batch["source"], slices["source"], increments["source"] = sources, structure_slices, None
     batch["batch"] = torch.repeat_interleave(torch.arange(n), atom_slices.diff())
     batch["ptr"] = atom_slices
