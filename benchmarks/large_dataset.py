@@ -12,8 +12,10 @@
    structures/s and the peak memory of the build (the process and its workers);
 3. trains ``--steps`` steps of the default model from the store (``data.store``) through
    ``run_training`` in a fresh process: its peak memory and the data-loading share of a step
-   (time from the end of one training batch to the start of the next, over the time from one
-   start to the next, after 10 warm-up steps).
+   (time spent in the training DataLoader, making its iterator each epoch and fetching each
+   batch, over the wall time of the steps, after 10 warm-up steps); also the time between
+   steps (end of one to the start of the next), which adds Lightning's own work, such as the
+   epoch-end checkpoint, to the data loading.
 
 Memory is sampled every 0.2 s over the process and its children: ``rss`` sums their resident
 sets (pages shared between them, such as the mapped store files or the libraries of spawned
@@ -148,23 +150,61 @@ def phase_build(args) -> dict:
 
 
 class StepTimer:
-    """Lightning callback (duck-typed: the build's spawned workers need not import Lightning): time
-    waiting for data (batch end to next batch start) and whole steps (start to next start)."""
+    """Lightning callback (duck-typed: the build's spawned workers need not import Lightning): the
+    wall time of the steps after ``warmup`` (start of the first measured step to the end of the
+    last), the time between steps (end of one to the start of the next: data loading plus
+    Lightning's own work, the epoch-end checkpoint included) and, through :meth:`watch_loader`,
+    the time spent in the training DataLoader (its iterator made each epoch and each batch
+    fetched), which is what waiting for data costs a step."""
 
     def __init__(self, warmup: int = 10):
-        self.warmup, self.steps, self.data, self.total = warmup, 0, 0.0, 0.0
-        self._last_end = self._last_start = None
+        self.warmup, self.steps = warmup, 0
+        self.loading = self.between = 0.0
+        self._first = self._last_end = None
+
+    @property
+    def measuring(self) -> bool:
+        return self._first is not None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         now = time.perf_counter()
-        if self._last_end is not None and self.steps >= self.warmup:
-            self.data += now - self._last_end
-            self.total += now - self._last_start
-        self._last_start = now
+        if self.steps == self.warmup:
+            self._first = now
+        elif self.measuring:
+            self.between += now - self._last_end
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self._last_end = time.perf_counter()
         self.steps += 1
+
+    def result(self) -> dict:
+        measured = max(self.steps - self.warmup, 1)
+        total = self._last_end - self._first if self.measuring else float("nan")
+        return {"steps": self.steps, "step_ms": 1e3 * total / measured, "data_ms": 1e3 * self.loading / measured,
+                "data_share": self.loading / total, "between_ms": 1e3 * self.between / measured,
+                "between_share": self.between / total}
+
+    def watch_loader(self) -> None:
+        """Add the time of the training loader's ``iter()`` and ``next()`` (the loader whose
+        sampler is an ``EpochSeededSampler``) to ``loading`` while measuring."""
+        from torch.utils.data import DataLoader
+        from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+        from lightning_modules.datamodule import EpochSeededSampler
+
+        def timed(method, is_training):
+            def wrapper(this):
+                start = time.perf_counter()
+                try:
+                    return method(this)
+                finally:
+                    if self.measuring and is_training(this):
+                        self.loading += time.perf_counter() - start
+            return wrapper
+
+        DataLoader.__iter__ = timed(DataLoader.__iter__, lambda loader: isinstance(loader.sampler, EpochSeededSampler))
+        _BaseDataLoaderIter.__next__ = timed(
+            _BaseDataLoaderIter.__next__, lambda it: isinstance(getattr(it._index_sampler, "sampler", None), EpochSeededSampler))
 
 
 def phase_train(args) -> dict:
@@ -175,6 +215,7 @@ def phase_train(args) -> dict:
     import lightning_modules.train as train
 
     timer = type("TimerCallback", (StepTimer, Callback), {})()
+    timer.watch_loader()
     original = train.build_callbacks
     train.build_callbacks = lambda cfg: original(cfg) + [timer]
     data = [f"data.store={args.store}"] if args.store else [f"data.path={args.source}", "data.cache=false"]
@@ -187,10 +228,7 @@ def phase_train(args) -> dict:
         with initialize_config_module("mlip_plugins.conf", version_base=None):
             train.run_training(compose("train", overrides=overrides))
         seconds = time.perf_counter() - start
-    measured = timer.steps - timer.warmup - 1
-    return {"steps": timer.steps, "seconds": seconds, "peak_rss_mb": memory.rss, "peak_pss_mb": memory.pss,
-            "data_share": timer.data / timer.total if timer.total else float("nan"),
-            "step_ms": 1e3 * timer.total / max(measured, 1), "data_ms": 1e3 * timer.data / max(measured, 1)}
+    return {**timer.result(), "seconds": seconds, "peak_rss_mb": memory.rss, "peak_pss_mb": memory.pss}
 
 
 def run_phase(argv: list[str]) -> dict:
@@ -255,7 +293,8 @@ def main() -> None:
             trained = run_phase(["--phase", "train", *flags, *extra, "--run-dir", str(workdir / f"run_{name.replace(' ', '_')}")])
             print(f"train from {name}, {trained['steps']} steps of {args.batch_size}: peak rss {trained['peak_rss_mb']:.0f} MB, "
                   f"pss {trained['peak_pss_mb']:.0f} MB; step {trained['step_ms']:.1f} ms, data loading "
-                  f"{trained['data_ms']:.2f} ms = {100 * trained['data_share']:.1f} % of a step; load {os.getloadavg()[0]:.1f}")
+                  f"{trained['data_ms']:.2f} ms = {100 * trained['data_share']:.1f} % of a step (between steps "
+                  f"{trained['between_ms']:.2f} ms = {100 * trained['between_share']:.1f} %); load {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
-from torch_geometric.loader import DataLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch_geometric.data import Batch
 
 from lightning_modules.config_checks import check_keywords
 from mlip_plugins.data.default_dataset import default_dataset_path
@@ -91,10 +91,15 @@ def _describe_change(role: str, before: Mapping | None, now: Mapping | None) -> 
 
 
 class PaddedGraphs(Dataset):
-    """The training graphs; index ``len + i`` is a zero-weight copy of graph ``i`` (DDP padding,
-    see :class:`EpochSeededSampler`)."""
+    """The graphs of a loader; index ``len + i`` is a zero-weight copy of graph ``i`` (DDP padding,
+    see :class:`EpochSeededSampler`).
 
-    def __init__(self, graphs: list):
+    The loader reads a batch at a time (``__getitems__``): from a graph store (``graphs`` has a
+    ``batch`` method) as one ``Batch``, read and assembled at once; otherwise as the list of
+    graphs, which :func:`collate_graphs` batches with PyG as before.
+    """
+
+    def __init__(self, graphs):
         self.graphs = graphs
 
     def __len__(self) -> int:
@@ -106,6 +111,23 @@ class PaddedGraphs(Dataset):
         padding = self.graphs[index - len(self.graphs)].clone()
         padding.weight = torch.zeros_like(padding.weight)
         return padding
+
+    def __getitems__(self, indices: list[int]):
+        read = getattr(self.graphs, "batch", None)
+        if read is None:
+            return [self[index] for index in indices]
+        n = len(self.graphs)
+        batch = read([index % n for index in indices])
+        padding = [k for k, index in enumerate(indices) if index >= n]
+        if padding:
+            batch.weight[padding] = 0.0
+        return batch
+
+
+def collate_graphs(graphs) -> Batch:
+    """A loader's batch: what :meth:`PaddedGraphs.__getitems__` read, batched with PyG unless it
+    came as one ``Batch`` already (a module-level function: DataLoader workers pickle it)."""
+    return graphs if isinstance(graphs, Batch) else Batch.from_data_list(graphs)
 
 
 class AtomsDataModule(L.LightningDataModule):
@@ -300,10 +322,14 @@ class AtomsDataModule(L.LightningDataModule):
         trainer = self.trainer
         world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
         sampler = EpochSeededSampler(len(self.train_graphs), self.shuffle_seed, num_replicas=world, rank=rank)
-        return DataLoader(PaddedGraphs(self.train_graphs), batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers)
+        return self._loader(self.train_graphs, self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_graphs or self.train_graphs[:1], batch_size=self.val_batch_size, num_workers=self.num_workers)
+        return self._loader(self.val_graphs or self.train_graphs[:1], self.val_batch_size)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_graphs or self.val_graphs, batch_size=self.val_batch_size, num_workers=self.num_workers)
+        return self._loader(self.test_graphs or self.val_graphs, self.val_batch_size)
+
+    def _loader(self, graphs, batch_size: int, sampler=None) -> DataLoader:
+        return DataLoader(PaddedGraphs(graphs), batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate_graphs)

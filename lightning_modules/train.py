@@ -166,7 +166,8 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
             target.e0.copy_(torch.as_tensor(e0, dtype=target.e0.dtype))
             target.energy_scale.fill_(scale)
     if hasattr(module, "set_loss_scales") and getattr(module.loss_weights, "normalize", "none") == "variance":
-        module.set_loss_scales(label_variances(datamodule.train_graphs, elements, e0))
+        module.set_loss_scales(streamed.label_variances(elements, e0) if streamed is not None
+                               else label_variances(datamodule.train_graphs, elements, e0))
 
 
 def run_training(cfg: DictConfig) -> dict:

@@ -17,7 +17,7 @@ from lightning_modules.datamodule import EpochSeededSampler
 from mlip_plugins.data.default_dataset import generate_default_dataset
 from mlip_plugins.data.graph_cache import build_graphs
 from mlip_plugins.data.reading import read_structures
-from mlip_plugins.data.statistics import elements_in, energy_scale, fit_e0
+from mlip_plugins.data.statistics import elements_in, energy_scale, fit_e0, label_variances
 from mlip_plugins.data.store import build, layout
 from mlip_plugins.data.store.build import build_store
 from mlip_plugins.data.store.reader import GraphStore, open_store
@@ -97,17 +97,88 @@ def test_ase_db_source(tmp_path):
         assert_same_graph(store[k], fresh[k])
 
 
+def assert_same_batch(new, old):
+    """Same class, fields (order, dtype, shape, layout, values) and slice/increment tables."""
+    assert type(new).__name__ == type(old).__name__ and new.num_graphs == old.num_graphs
+    assert list(new.keys()) == list(old.keys())
+    for key in old.keys():
+        if isinstance(old[key], torch.Tensor):
+            assert (new[key].dtype, new[key].shape, new[key].is_contiguous()) == (old[key].dtype, old[key].shape, True), key
+            assert torch.equal(new[key], old[key]), key
+        else:
+            assert new[key] == old[key], key
+    for table in ("_slice_dict", "_inc_dict"):
+        ours, theirs = getattr(new, table), getattr(old, table)
+        assert list(ours) == list(theirs), table
+        for key, value in theirs.items():
+            assert (value is None and ours[key] is None) or torch.equal(ours[key], value), (table, key)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batches_equal_collated_items(tmp_path, mixed_xyz, dtype):
+    """GraphStore.batch (one gather per array and shard, one Batch) equals PyG's collate of the
+    per-item graphs and of the in-memory loader's graphs: shuffled across shards, repeated
+    indices, one structure, charges (all charged: the fast path; mixed: the per-item path)."""
+    from torch_geometric.data import Batch
+
+    build_store(tmp_path / "store", [mixed_xyz], CUTOFF, shard_size=7, progress=False)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        store, fresh = GraphStore(tmp_path / "store"), _in_memory(mixed_xyz)
+        order = np.random.default_rng(1).permutation([i for i in range(len(fresh)) if i != 21]).tolist()
+        batches = [order[k : k + 6] for k in range(0, len(order), 6)] + [[23, 0, 23, 8], [5], [21], [21, 21], [3, 21], [-1]]
+        for indices in batches:
+            new, old = store.batch(indices), Batch.from_data_list([store[i] for i in indices])
+            assert_same_batch(new, old)
+            assert_same_batch(new, Batch.from_data_list([fresh[i] for i in indices]))
+            for ours, theirs in zip(new.to_data_list(), old.to_data_list(), strict=True):  # the tables work
+                assert_same_graph(ours, theirs)
+        with pytest.raises(IndexError):
+            store.batch([0, len(store)])
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def test_training_loader_reads_whole_batches(tmp_path, mixed_xyz, float64):
+    """The datamodule's loader over a store (PaddedGraphs.__getitems__ -> GraphStore.batch) gives
+    the batches of today's per-item path (PyG DataLoader over the graphs), DDP padding (zero
+    weights) included, in process and with DataLoader workers."""
+    from torch.utils.data import DataLoader
+    from torch_geometric.loader import DataLoader as PyGLoader
+
+    from lightning_modules.datamodule import PaddedGraphs, collate_graphs
+    from mlip_plugins.data.store.reader import StoreSubset
+
+    build_store(tmp_path / "store", [mixed_xyz], CUTOFF, shard_size=5, progress=False)
+    store = GraphStore(tmp_path / "store")
+    train = StoreSubset(store, [i for i in range(2, 23) if i != 21])  # 20 structures: padded on 3 ranks
+    items = [store[i] for i in train.indices]
+    for rank, workers in ((0, 0), (2, 0), (1, 2)):
+        sampler = EpochSeededSampler(len(train), seed=3, num_replicas=3, rank=rank)
+        sampler.set_epoch(2)
+        ours = list(DataLoader(PaddedGraphs(train), batch_size=3, sampler=sampler, collate_fn=collate_graphs,
+                               num_workers=workers))
+        theirs = list(PyGLoader(PaddedGraphs(items), batch_size=3, sampler=sampler))
+        assert len(ours) == len(theirs) == 3
+        for new, old in zip(ours, theirs):
+            assert_same_batch(new, old)
+        if rank == 2:
+            assert (ours[-1].weight == 0).any()  # the padding copy is in this rank's last batch
+
+
 def test_statistics_equal_in_memory_functions(tmp_path, mixed_xyz, float64):
-    """E0 fit, energy scale (force RMS; per-atom energy spread without forces) of the whole store
-    and of a subset equal today's in-memory functions to 1e-10."""
+    """E0 fit, energy scale (force RMS; per-atom energy spread without forces) and the loss's label
+    variances of the whole store and of subsets equal today's in-memory functions."""
     build_store(tmp_path / "store", [mixed_xyz], CUTOFF, shard_size=5, progress=False)
     store, graphs = GraphStore(tmp_path / "store"), _in_memory(mixed_xyz)
     elements = elements_in(graphs) + [8]  # a model element absent from the data gets E0 = 0
-    subset = [0, 3, 4, 9, 13, 17, 20, 21, 23]
-    for stats, part in ((store.statistics(), graphs), (store.statistics(subset), [graphs[i] for i in subset])):
+    subsets = ([0, 3, 4, 9, 13, 17, 20, 21, 23], [1, 2, 5, 22])  # with and without the charged structure
+    for stats, part in ((store.statistics(), graphs), *((store.statistics(sub), [graphs[i] for i in sub]) for sub in subsets)):
         e0 = fit_e0(part, elements)
         np.testing.assert_allclose(stats.fit_e0(elements), e0, rtol=1e-10, atol=1e-10)
         assert stats.energy_scale(elements, e0) == pytest.approx(energy_scale(part, elements, e0), rel=1e-10)
+        assert stats.label_variances(elements, e0) == pytest.approx(label_variances(part, elements, e0), rel=1e-9)
     summary = store.manifest["summary"]
     assert summary["edges"] == sum(g.edge_index.shape[1] for g in graphs)
     assert summary["max_neighbors"] == max(int(torch.bincount(g.edge_index[1]).max()) for g in graphs)
@@ -122,6 +193,7 @@ def test_statistics_equal_in_memory_functions(tmp_path, mixed_xyz, float64):
     elements = elements_in(graphs)
     e0 = fit_e0(graphs, elements) + 0.01  # the spread after any E0, not only the fitted one
     assert stats.force_rms() is None
+    assert stats.label_variances(elements, e0) == pytest.approx(label_variances(graphs, elements, e0), rel=1e-9)
     assert stats.energy_scale(elements, e0) == pytest.approx(energy_scale(graphs, elements, e0), rel=1e-10)
 
 
@@ -288,19 +360,27 @@ def test_sampler_reads_only_each_process_indices(tmp_path, mixed_xyz):
     assert all(torch.equal(a, b) for a, b in zip(in_process, with_workers)) and len(in_process) == len(with_workers)
 
 
-def test_training_from_a_store(tmp_path, tiny_xyz):
-    """data.streaming=true builds the store from data.path and trains from it through run_training."""
+def test_training_from_a_store(tmp_path, tiny_xyz, monkeypatch):
+    """data.streaming=true builds the store from data.path and trains from it through run_training;
+    the loss's label variances (loss.normalize=variance) come from the store's sums, not from a
+    pass over the training graphs in memory."""
     import json
 
     from hydra import compose, initialize_config_module
 
+    import lightning_modules.train as train
     from lightning_modules.train import run_training
+
+    def in_memory_pass(*args):
+        raise AssertionError("label variances computed from the graphs in memory")
+
+    monkeypatch.setattr(train, "label_variances", in_memory_pass)
 
     store = tmp_path / "store"
     overrides = [f"data.path={tiny_xyz}", "data.streaming=true", f"data.store={store}", "data.store_workers=1",
                  "data.batch_size=4", "+trainer.max_steps=2", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
                  "model=composable", "model.cutoff=4.0", "model.energy.descriptor.n_max=3", "model.energy.readout.hidden=[8]",
-                 f"run_dir={tmp_path / 'run'}"]
+                 "loss.normalize=variance", f"run_dir={tmp_path / 'run'}"]
     with initialize_config_module("mlip_plugins.conf", version_base=None):
         result = run_training(compose("train", overrides=overrides))
     assert np.isfinite(result["metrics"]["energy_rmse"]) and np.isfinite(result["metrics"]["forces_rmse"])

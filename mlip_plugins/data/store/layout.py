@@ -61,6 +61,12 @@ def shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The concatenated index ranges ``[start, start + length)``: the rows of several structures."""
+    ends = np.cumsum(lengths)
+    return np.repeat(starts - ends + lengths, lengths) + np.arange(ends[-1] if len(ends) else 0)
+
+
 def compact_int(array: np.ndarray) -> np.ndarray:
     """``array`` in the smallest signed integer type that holds its values (int8 ... int64)."""
     array = np.asarray(array, dtype=np.int64)
@@ -105,27 +111,61 @@ def pack_shard(items: Sequence[tuple[dict, int, int]]) -> dict[str, np.ndarray]:
             "structures": structures, "index": index}
 
 
-def unpack_item(n_atoms: int, atoms, z, edges, structure, flags) -> dict:
-    """The graph arrays (``graph_arrays``' fields, in its order) of one structure of ``n_atoms``
-    atoms from its slices of ``atoms``, ``z``, ``edges`` and its rows of ``structures`` and
-    ``index`` (numpy arrays or tensors)."""
-    arrays = {
-        "pos": atoms[:, POS], "z": z, "cell": structure[CELL].reshape(1, 3, 3), "pbc": flags[PBC].reshape(1, 3) != 0,
+#: the graph fields that are per atom and per edge (concatenated in a batch); every other field
+#: has one row per structure
+ATOM_FIELDS, EDGE_FIELDS = ("pos", "z", "forces", "charges", "bec"), ("edge_index", "shifts")
+
+
+def unpack(atoms, z, edges, structures, index) -> dict:
+    """The graph fields (``graph_arrays``' names and order) of consecutive structures from their
+    rows of the shard arrays: per-atom and per-edge fields concatenated (``edge_index`` counted
+    within each structure), per-structure fields with one row each (``cell`` [S, 3, 3],
+    ``energy`` [S], ...). For one structure these are exactly ``graph_arrays``' shapes.
+    ``charges`` is present if every structure has charges."""
+    fields = {
+        "pos": atoms[:, POS], "z": z, "cell": structures[:, CELL].reshape(-1, 3, 3), "pbc": index[:, PBC] != 0,
         "edge_index": edges[:, :2].T, "shifts": edges[:, 2:],
-        "energy": structure[ENERGY:ENERGY + 1], "has_energy": flags[HAS_ENERGY:HAS_ENERGY + 1] != 0,
-        "forces": atoms[:, FORCES], "has_forces": flags[HAS_FORCES:HAS_FORCES + 1] != 0,
-        "stress": structure[STRESS].reshape(1, 3, 3), "has_stress": flags[HAS_STRESS:HAS_STRESS + 1] != 0,
+        "energy": structures[:, ENERGY], "has_energy": index[:, HAS_ENERGY] != 0,
+        "forces": atoms[:, FORCES], "has_forces": index[:, HAS_FORCES] != 0,
+        "stress": structures[:, STRESS].reshape(-1, 3, 3), "has_stress": index[:, HAS_STRESS] != 0,
     }
-    if flags[HAS_CHARGES]:
-        arrays["charges"] = atoms[:, CHARGE]
-    arrays["bec"] = np.zeros((n_atoms, 3, 3))  # never stored (pack_items refuses BEC labels)
-    arrays["has_bec"] = np.zeros(1, dtype=bool)
-    for name, shape in (("dipole", (1, 3)), ("polarizability", (1, 3, 3))):
-        arrays[name], arrays[f"has_{name}"] = np.zeros(shape), np.zeros(1, dtype=bool)
-    arrays["total_charge"] = structure[TOTAL_CHARGE:TOTAL_CHARGE + 1]
-    arrays["weight"] = structure[WEIGHT:WEIGHT + 1]
-    if len(z) != n_atoms:
-        raise StoreError(f"graph store shard: offset table and atom arrays disagree ({len(z)} != {n_atoms} atoms)")
+    if index[:, HAS_CHARGES].all():
+        fields["charges"] = atoms[:, CHARGE]
+    n_atoms, n_structures = len(z), len(structures)
+    fields["bec"] = np.zeros((n_atoms, 3, 3))  # never stored (pack_items refuses BEC labels)
+    fields["has_bec"] = np.zeros(n_structures, dtype=bool)
+    for name, shape in (("dipole", (3,)), ("polarizability", (3, 3))):
+        fields[name], fields[f"has_{name}"] = np.zeros((n_structures, *shape)), np.zeros(n_structures, dtype=bool)
+    fields["total_charge"], fields["weight"] = structures[:, TOTAL_CHARGE], structures[:, WEIGHT]
+    return fields
+
+
+#: safetensors' dtype names of the arrays a shard holds, as numpy dtypes
+_NUMPY_DTYPES = {"F64": "<f8", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1"}
+
+
+def map_shard(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a shard as read-only numpy views of the memory-mapped file (nothing is read
+    until indexed; the kernel pages in what a gather touches).
+
+    Why not safetensors' ``get_slice``: it copies one contiguous range per call (~20 µs), and a
+    batch of 32 structures needs a hundred ranges; a numpy view gathers them all in one
+    fancy-indexing call per array. The file was written (and its header validated on build) by
+    safetensors; this reads its documented layout: an 8-byte little-endian header length, a JSON
+    header giving each tensor's dtype, shape and byte range, then the data.
+    """
+    try:
+        mapped = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)  # plain views index faster
+        length = int.from_bytes(mapped[:8].tobytes(), "little")
+        header = json.loads(mapped[8 : 8 + length].tobytes())
+        arrays = {}
+        for name in SHARD_ARRAYS:
+            info = header[name]
+            begin, end = (8 + length + offset for offset in info["data_offsets"])
+            arrays[name] = mapped[begin:end].view(_NUMPY_DTYPES[info["dtype"]]).reshape(info["shape"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"{path}: unreadable graph store shard ({type(exc).__name__}: {exc}); "
+                         "remove the store folder to rebuild it") from exc
     return arrays
 
 

@@ -1,15 +1,16 @@
-"""Read a graph store: a torch ``Dataset`` of graphs, one memory-mapped structure at a time.
+"""Read a graph store: a torch ``Dataset`` of graphs read from memory-mapped shards.
 
 :class:`GraphStore` opens shards lazily, in the process that reads (so each DataLoader worker
 and each DDP process opens its own handles, and a pickled store carries only its folder and
 manifest), and returns for index i the ``Data`` that
 :func:`~mlip_plugins.data.structures.atoms_to_graph` makes of that structure (plus its
-``source``, 'file:frame', as the in-memory loader sets it).
+``source``, 'file:frame', as the in-memory loader sets it); :meth:`GraphStore.batch` reads a
+whole batch at once as the ``Batch`` PyG's collate would make of those graphs (what the
+training loader uses).
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import os
@@ -18,36 +19,46 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-from safetensors import safe_open
+import torch
 from torch.utils.data import Dataset
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 
 from mlip_plugins.data.store import layout
 from mlip_plugins.data.store.statistics import StreamingStatistics
 from mlip_plugins.data.structures import LabelKeys, graph_from_arrays
 
 #: shards kept open per process: each maps its file (pages the kernel may reclaim, counted in
-#: the process's RSS once read) and holds its per-structure tables (~0.6 MB for 2000 structures)
+#: the process's RSS once read) and holds one file descriptor
 OPEN_SHARDS = 64
 
 
-class _OpenShard:
-    """One shard, open: its per-structure tables in memory (~0.3 KB per structure), its atom
-    and edge arrays memory-mapped and sliced per item."""
+def _exclusive_cumsum(counts: np.ndarray) -> np.ndarray:
+    """Where each of consecutive blocks of ``counts`` rows starts (along the first axis)."""
+    starts = np.zeros_like(counts)
+    np.cumsum(counts[:-1], axis=0, out=starts[1:])
+    return starts
 
-    def __init__(self, path: Path):
-        self.handle = safe_open(str(path), framework="pt")
-        self.offsets = self.handle.get_tensor("offsets").tolist()
-        self.index, self.structures = self.handle.get_tensor("index"), self.handle.get_tensor("structures")
-        self.atoms, self.z, self.edges = (self.handle.get_slice(name) for name in ("atoms", "z", "edges"))
 
-    def graph(self, row: int, paths: list[str]) -> Data:
-        (a0, e0), (a1, e1) = self.offsets[row], self.offsets[row + 1]
-        flags = self.index[row]
-        arrays = layout.unpack_item(a1 - a0, self.atoms[a0:a1], self.z[a0:a1], self.edges[e0:e1], self.structures[row], flags)
-        graph = graph_from_arrays(arrays)
-        graph.source = f"{paths[int(flags[layout.SOURCE])]}:{int(flags[layout.FRAME])}"
-        return graph
+def _collated(graphs: Data, sources: list[str], counts: np.ndarray) -> Batch:
+    """The ``Batch`` of structures whose fields are concatenated in ``graphs`` (``edge_index``
+    already offset per structure), with [atoms, edges] ``counts`` per structure: the object
+    ``Batch.from_data_list`` makes of the separate graphs, down to the ``batch``/``ptr``
+    vectors and the slice and increment tables (so ``to_data_list`` and ``get_example`` work)."""
+    n = len(sources)
+    atom_slices, edge_slices = (torch.from_numpy(np.concatenate([[0], np.cumsum(counts[:, k])])) for k in (0, 1))
+    level = {**dict.fromkeys(layout.ATOM_FIELDS, atom_slices), **dict.fromkeys(layout.EDGE_FIELDS, edge_slices)}
+    structure_slices, no_increment = torch.arange(n + 1), torch.zeros(n, dtype=torch.long)
+    batch = Batch(_base_cls=Data)
+    slices, increments = {}, {}
+    for key, value in graphs.items():  # tables shared between fields (read only): fewer tensors to send from a worker
+        batch[key] = value
+        slices[key] = level.get(key, structure_slices)
+        increments[key] = atom_slices[:-1] if key == "edge_index" else no_increment
+    batch["source"], slices["source"], increments["source"] = sources, structure_slices, None
+    batch["batch"] = torch.repeat_interleave(torch.arange(n), atom_slices.diff())
+    batch["ptr"] = atom_slices
+    batch._num_graphs, batch._slice_dict, batch._inc_dict = n, slices, increments
+    return batch
 
 
 class GraphStore(Dataset):
@@ -64,7 +75,7 @@ class GraphStore(Dataset):
                                     f"reads {layout.FORMAT_VERSION}; remove the folder to rebuild it")
         self.manifest = manifest
         self._shards = [shard["file"] for shard in manifest["shards"]]
-        self._starts = np.concatenate([[0], np.cumsum([shard["structures"] for shard in manifest["shards"]])]).tolist()
+        self._starts = np.concatenate([[0], np.cumsum([shard["structures"] for shard in manifest["shards"]])]).astype(np.int64)
         self._paths = [source["path"] for source in manifest["sources"]]
         self._handles: OrderedDict = OrderedDict()
         self._pid = os.getpid()
@@ -76,12 +87,13 @@ class GraphStore(Dataset):
         state["_handles"] = OrderedDict()
         return state
 
-    def _shard(self, shard: int) -> _OpenShard:
+    def _shard(self, shard: int) -> dict[str, np.ndarray]:
+        """The arrays of shard ``shard``, memory-mapped (:func:`.layout.map_shard`)."""
         if self._pid != os.getpid():  # a forked worker: open its own
             self._handles, self._pid = OrderedDict(), os.getpid()
         handle = self._handles.get(shard)
         if handle is None:
-            handle = _OpenShard(self.directory / self._shards[shard])
+            handle = layout.map_shard(self.directory / self._shards[shard])
             self._handles[shard] = handle
             if len(self._handles) > OPEN_SHARDS:
                 self._handles.popitem(last=False)
@@ -93,20 +105,90 @@ class GraphStore(Dataset):
     def __len__(self) -> int:
         return int(self._starts[-1])
 
-    def locate(self, index: int) -> tuple[int, int]:
-        """(shard, row in the shard) of structure ``index``."""
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"structure {index} of a graph store of {len(self)}")
-        index = index % len(self)
-        shard = bisect.bisect_right(self._starts, index) - 1
-        return shard, index - int(self._starts[shard])
+    def _positions(self, indices: Sequence[int]) -> np.ndarray:
+        """``indices`` as an int64 array within [0, len) (negative ones count from the end)."""
+        positions = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if positions.size and not (-len(self) <= positions.min() and positions.max() < len(self)):
+            raise IndexError(f"structure index outside a graph store of {len(self)}")
+        return positions % max(len(self), 1)
+
+    def _read(self, indices: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The shard arrays' rows of the structures ``indices``, in that order (atom and edge rows
+        concatenated), and their [atoms, edges] counts.
+
+        The structures are read grouped by shard (one gather per array and shard, whatever the
+        number of structures) and put back in the asked order with one gather per array (cheaper,
+        with many shards, than scattering each shard's rows to their places)."""
+        shards = np.searchsorted(self._starts, indices, side="right") - 1
+        order = np.argsort(shards, kind="stable")
+        rows = (indices - self._starts[shards])[order]
+        owners, group_starts = np.unique(shards[order], return_index=True)
+        bounds = [*group_starts.tolist(), len(indices)]
+        groups = [(self._shard(int(shard)), slice(bounds[k], bounds[k + 1])) for k, shard in enumerate(owners)]
+        first, counts = np.empty((len(indices), 2), np.int64), np.empty((len(indices), 2), np.int64)
+        for arrays, members in groups:
+            offsets = arrays["offsets"]
+            first[members] = offsets[rows[members]]
+            counts[members] = offsets[rows[members] + 1] - first[members]
+        placed = _exclusive_cumsum(counts)  # where each structure's atoms and edges start, shard order
+        ends = placed + counts
+        sources = [layout.ranges(first[:, k], counts[:, k]) for k in (0, 1)]  # the rows within their shard
+        column = {"atoms": 0, "z": 0, "edges": 1}
+        out = {}
+        for name, array in groups[0][0].items():
+            if name == "offsets":
+                continue
+            size = placed[-1, column[name]] + counts[-1, column[name]] if name in column else len(indices)
+            out[name] = np.empty((size, *array.shape[1:]), np.float64 if array.dtype.kind == "f" else np.int64)
+        for arrays, members in groups:
+            for name, k in column.items():
+                within = slice(placed[members.start, k], ends[members.stop - 1, k])
+                out[name][within] = arrays[name][sources[k][within]]
+            out["structures"][members] = arrays["structures"][rows[members]]
+            out["index"][members] = arrays["index"][rows[members]]
+        if len(groups) > 1:  # back to the asked order
+            back = np.argsort(order)
+            atoms, edges = (layout.ranges(placed[back, k], counts[back, k]) for k in (0, 1))
+            out = {name: array[{0: atoms, 1: edges}[column[name]] if name in column else back] for name, array in out.items()}
+            counts = counts[back]
+        return out, counts
+
+    def _sources(self, index: np.ndarray) -> list[str]:
+        """'file:frame' of each row of ``index`` (the in-memory loader's ``source``)."""
+        return [f"{self._paths[s]}:{f}" for s, f in zip(index[:, layout.SOURCE].tolist(), index[:, layout.FRAME].tolist())]
 
     def __getitem__(self, index: int) -> Data:
-        shard, row = self.locate(int(index))
-        return self._shard(shard).graph(row, self._paths)
+        index = int(self._positions([int(index)])[0])
+        shard = int(np.searchsorted(self._starts, index, side="right")) - 1
+        arrays, row = self._shard(shard), index - int(self._starts[shard])
+        (a0, e0), (a1, e1) = arrays["offsets"][row : row + 2].tolist()
+        rows = {"atoms": arrays["atoms"][a0:a1], "z": arrays["z"][a0:a1], "edges": arrays["edges"][e0:e1],
+                "structures": arrays["structures"][row : row + 1], "index": arrays["index"][row : row + 1]}
+        rows = {name: np.array(view) for name, view in rows.items()}  # out of the read-only map
+        graph = graph_from_arrays(layout.unpack(**rows))
+        graph.source = self._sources(rows["index"])[0]
+        return graph
 
     def __iter__(self) -> Iterator[Data]:
         return (self[i] for i in range(len(self)))
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        """The structures ``indices`` as one PyG ``Batch``, equal (fields, dtypes, values, and the
+        slice and increment tables ``to_data_list`` needs) to ``Batch.from_data_list`` of
+        ``[self[i] for i in indices]``, but read with one gather per array and shard and built
+        without a ``Data`` per structure (reading and collating those took 30 % of a
+        4-atom training step, see ``benchmarks/large_dataset.py``). A batch mixing structures
+        with and without charges takes the per-item path, whatever PyG's collate makes of it."""
+        indices = self._positions(indices)
+        arrays, counts = self._read(indices)
+        charged = arrays["index"][:, layout.HAS_CHARGES]
+        if charged.any() and not charged.all():
+            return Batch.from_data_list([self[int(i)] for i in indices])
+        fields = layout.unpack(**arrays)
+        node_start = _exclusive_cumsum(counts[:, 0])
+        fields["edge_index"] = fields["edge_index"] + np.repeat(node_start, counts[:, 1])
+        graphs = graph_from_arrays({key: np.ascontiguousarray(value) for key, value in fields.items()})
+        return _collated(graphs, self._sources(arrays["index"]), counts)
 
     # -- what the manifest knows ----------------------------------------------------------------
     @property
@@ -118,23 +200,20 @@ class GraphStore(Dataset):
         """Statistics of the structures ``indices`` (default: all, from the manifest).
 
         A subset is summed shard by shard from the per-structure columns (atomic numbers,
-        energy, flags, force sums): a few bytes per atom, no positions or edges.
+        energy, stress, flags, force sums; the charges of charged structures): a few bytes per
+        atom, no positions or edges.
         """
         if indices is None:
             return StreamingStatistics.from_dict(self.manifest["statistics"])
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"structure indices outside a graph store of {len(self)}")
-        starts = np.asarray(self._starts, dtype=np.int64)
+        starts = self._starts
         owners = np.searchsorted(starts, indices, side="right") - 1
         parts = []
         for shard in np.unique(owners):
             rows = indices[owners == shard] - starts[shard]
-            with safe_open(str(self.directory / self._shards[shard]), framework="numpy") as handle:
-                index, structures = handle.get_tensor("index"), handle.get_tensor("structures")
-                parts.append(StreamingStatistics.from_columns(
-                    handle.get_tensor("z"), handle.get_tensor("offsets")[:, 0], structures[:, layout.ENERGY],
-                    index[:, layout.HAS_ENERGY], structures[:, layout.FORCE_SQ], index[:, layout.HAS_FORCES], rows))
+            parts.append(StreamingStatistics.from_tables(self._shard(int(shard)), rows))
         return StreamingStatistics.total(parts)
 
 
@@ -154,6 +233,10 @@ class StoreSubset(Dataset):
 
     def __iter__(self) -> Iterator[Data]:
         return (self.dataset[i] for i in self.indices)
+
+    def batch(self, positions: Sequence[int]) -> Batch:
+        """The structures at ``positions`` of the subset as one ``Batch`` (:meth:`GraphStore.batch`)."""
+        return self.dataset.batch([self.indices[p] for p in positions])
 
 
 def default_store_directory(path: str, cutoff: float, settings: dict) -> Path:

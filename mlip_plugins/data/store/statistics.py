@@ -9,6 +9,8 @@
   force components and their number (force RMS), and for the fallback without forces the
   moments of the per-atom energy a = E/n and composition b = C/n, since
   std(a - b·e0)² = ⟨a²⟩ - 2⟨ab⟩·e0 + e0ᵀ⟨bbᵀ⟩e0 - (⟨a⟩ - ⟨b⟩·e0)² for any e0 given later;
+* the loss's label variances (:func:`~mlip_plugins.data.statistics.label_variances`): the
+  sums and sums of squares of the stress components and of the charges, with their counts;
 * neighbour counts: edges per atom, and the largest number of neighbours of one atom.
 
 Sums over shards are merged (:meth:`StreamingStatistics.merge`), so each build worker sums its
@@ -25,6 +27,11 @@ import numpy as np
 
 from mlip_plugins.data.statistics import choose_energy_scale, e0_from_normal_equations, e0_mapping
 from mlip_plugins.data.store import layout
+
+
+#: the sums that add as plain numbers (the element-indexed ones are re-indexed first)
+_SCALAR_SUMS = ("n_energy", "sum_a", "sum_a2", "force_sq", "force_components", "n_stress", "stress_sum", "stress_sq",
+                "n_charges", "charge_sum", "charge_sq")
 
 
 @dataclass
@@ -47,42 +54,51 @@ class StreamingStatistics:
     sum_bb: list = field(default_factory=list)        #: [S, S]
     force_sq: float = 0.0
     force_components: int = 0
+    n_stress: int = 0                                 #: structures with a stress
+    stress_sum: float = 0.0                           #: sum of their stress components
+    stress_sq: float = 0.0                            #: ... and of their squares
+    n_charges: int = 0                                #: per-atom charges (structures that have them)
+    charge_sum: float = 0.0
+    charge_sq: float = 0.0
 
     # -- building the sums ------------------------------------------------------------------
     @classmethod
-    def from_columns(cls, z: np.ndarray, atom_offsets: np.ndarray, energy: np.ndarray, has_energy: np.ndarray,
-                     force_sq: np.ndarray, has_forces: np.ndarray, rows: np.ndarray | None = None) -> StreamingStatistics:
-        """Sums over the structures ``rows`` (default: all) of one shard's per-structure columns
-        (``atom_offsets`` [S+1] delimit each structure's atoms in ``z``); no neighbour counts."""
-        z = np.asarray(z, dtype=np.int64)
-        atom_offsets = np.asarray(atom_offsets, dtype=np.int64)
+    def from_tables(cls, arrays: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> StreamingStatistics:
+        """Sums over the structures ``rows`` (default: all) of one shard (its arrays, packed or
+        memory-mapped) from the per-structure tables, ``z`` and, if some of them have charges,
+        the charge column; no neighbour counts."""
+        offsets, index, structures = arrays["offsets"], arrays["index"], arrays["structures"]
+        z = np.asarray(arrays["z"], dtype=np.int64)
+        atom_offsets = np.asarray(offsets[:, 0], dtype=np.int64)
         elements = np.unique(z)
         n_atoms = np.diff(atom_offsets)
         owner = np.repeat(np.arange(len(n_atoms)), n_atoms)
         counts = np.zeros((len(n_atoms), len(elements)))
         np.add.at(counts, (owner, np.searchsorted(elements, z)), 1.0)
         rows = np.arange(len(n_atoms)) if rows is None else np.asarray(rows, dtype=np.int64)
-        counts, n_atoms = counts[rows], n_atoms[rows]
-        energy, has_energy = np.asarray(energy, dtype=np.float64)[rows], np.asarray(has_energy, dtype=bool)[rows]
-        has_forces = np.asarray(has_forces, dtype=bool)[rows]
+        counts, n_atoms, index, structures = counts[rows], n_atoms[rows], index[rows], structures[rows]
+        energy, has_energy = structures[:, layout.ENERGY], index[:, layout.HAS_ENERGY] != 0
+        has_forces, has_stress = index[:, layout.HAS_FORCES] != 0, index[:, layout.HAS_STRESS] != 0
         labelled, e = counts[has_energy], energy[has_energy]
         a, b = e / n_atoms[has_energy], labelled / n_atoms[has_energy, None]
-        stats = cls(
+        stress = structures[has_stress][:, layout.STRESS]
+        charged = rows[index[:, layout.HAS_CHARGES] != 0]
+        charges = arrays["atoms"][layout.ranges(atom_offsets[charged], np.diff(atom_offsets)[charged]), layout.CHARGE]
+        return cls(
             elements=[int(x) for x in elements], n_structures=len(rows), n_atoms=int(n_atoms.sum()),
             atom_counts=counts.sum(0).tolist(), n_energy=int(has_energy.sum()),
             gram=(labelled.T @ labelled).tolist(), rhs=(labelled.T @ e).tolist(),
             sum_a=float(a.sum()), sum_a2=float((a * a).sum()), sum_ab=(b.T @ a).tolist(), sum_b=b.sum(0).tolist(),
-            sum_bb=(b.T @ b).tolist(), force_sq=float(np.asarray(force_sq, dtype=np.float64)[rows][has_forces].sum()),
+            sum_bb=(b.T @ b).tolist(), force_sq=float(structures[has_forces, layout.FORCE_SQ].sum()),
             force_components=int(3 * n_atoms[has_forces].sum()),
+            n_stress=int(has_stress.sum()), stress_sum=float(stress.sum()), stress_sq=float(np.square(stress).sum()),
+            n_charges=int(charges.size), charge_sum=float(charges.sum()), charge_sq=float(np.square(charges).sum()),
         )
-        return stats
 
     @classmethod
     def from_shard(cls, shard: dict[str, np.ndarray]) -> StreamingStatistics:
         """Sums over every structure of a packed shard (:func:`layout.pack_shard`), with neighbour counts."""
-        offsets, index, structures = shard["offsets"], shard["index"], shard["structures"]
-        stats = cls.from_columns(shard["z"], offsets[:, 0], structures[:, layout.ENERGY], index[:, layout.HAS_ENERGY],
-                                 structures[:, layout.FORCE_SQ], index[:, layout.HAS_FORCES])
+        stats, offsets = cls.from_tables(shard), shard["offsets"]
         edges = shard["edges"]
         stats.n_edges = int(len(edges))
         if len(edges):  # in-degree of every atom: edges[:, 1] is the centre, local to its structure
@@ -120,9 +136,7 @@ class StreamingStatistics:
         return StreamingStatistics(
             elements=elements, n_structures=self.n_structures + other.n_structures, n_atoms=self.n_atoms + other.n_atoms,
             n_edges=self.n_edges + other.n_edges, max_neighbors=max(self.max_neighbors, other.max_neighbors),
-            n_energy=self.n_energy + other.n_energy, sum_a=self.sum_a + other.sum_a, sum_a2=self.sum_a2 + other.sum_a2,
-            force_sq=self.force_sq + other.force_sq, force_components=self.force_components + other.force_components,
-            **merged,
+            **{name: getattr(self, name) + getattr(other, name) for name in _SCALAR_SUMS}, **merged,
         )
 
     @classmethod
@@ -159,6 +173,23 @@ class StreamingStatistics:
     def energy_scale(self, elements: Sequence[int], e0: np.ndarray) -> float:
         """:func:`mlip_plugins.data.statistics.energy_scale` of these structures."""
         return choose_energy_scale(self.force_rms(), self.per_atom_energy_std(elements, e0))
+
+    def label_variances(self, elements: Sequence[int], e0: np.ndarray) -> dict[str, float]:
+        """:func:`mlip_plugins.data.statistics.label_variances` of these structures (the loss's
+        ``normalize: variance``): the per-atom energy spread after E0 (squared), the mean square
+        force component, and the (n-1)-normalised variance of the stress components and of the
+        charges. Sums of a store built before these were kept count as no labels (1.0)."""
+        def variance(n: int, total: float, squares: float) -> float:
+            return (squares - total * total / n) / (n - 1)
+
+        energy_std = self.per_atom_energy_std(elements, e0)
+        result = {
+            "energy": energy_std**2 if energy_std is not None else 1.0,
+            "forces": self.force_sq / self.force_components if self.force_components else 1.0,
+            "stress": variance(9 * self.n_stress, self.stress_sum, self.stress_sq) if self.n_stress > 1 else 1.0,
+            "charges": variance(self.n_charges, self.charge_sum, self.charge_sq) if self.n_charges > 1 else 1.0,
+        }
+        return {key: value if np.isfinite(value) and value > 1e-12 else 1.0 for key, value in result.items()}
 
     def summary(self) -> dict:
         """Neighbour counts and label coverage, for people (the manifest's ``summary``)."""
