@@ -30,7 +30,7 @@ ANGULAR = {
     "readout": {"name": "linear", "bias": True},
 }
 EAM = {"name": "embedding", "descriptor": {"name": "eam", "n_densities": 2, "basis_size": 3}, "readout": {"name": "mlp", "hidden": [3]}}
-PRESETS = ["default", "radial", "angular", "eam", "mp", "radial_angular_sum", "radial_angular_product", "nested", "small_linear"]
+PRESETS = ["composable", "radial", "angular", "eam", "mp", "radial_angular_sum", "radial_angular_product", "nested", "small_linear"]
 
 
 def _batch() -> Batch:
