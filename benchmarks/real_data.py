@@ -91,6 +91,10 @@ class Budget:
 # (``benchmarks/real_data_<topic>.py``), registered here by name.
 SPECIAL_CASES: dict[str, "Callable[[Budget], dict]"] = {}
 
+from real_data_long_range import CASES as _LONG_RANGE  # noqa: E402  (Ko 2021 / 4G water / SPICE: issue 17)
+
+SPECIAL_CASES.update(_LONG_RANGE)
+
 
 def _load() -> float:
     return os.getloadavg()[0]
