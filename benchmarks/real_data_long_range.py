@@ -74,11 +74,25 @@ class Model:
     charges_trained: bool = False
 
 
+#: the short-range part of every model: the NEP4 of ``model=nep`` (the real-data recipe's model)
+NEP = "{model: {name: nep, cutoff: 5.0, cutoff_angular: 4.0, n_max: [4, 4], basis_size: [8, 8], l_max: [4, 2, 0], neuron: 30, version: 4}}"
+
+
+def _long_range(solver: str, charges: str) -> tuple[str, ...]:
+    """``model=long_range`` with the NEP as its short-range child; the charges come from the
+    radial descriptor (its own energy readout is linear, a small addition to the NEP)."""
+    return ("model=long_range", f"model/solver={solver}", f"model/charges={charges}",
+            "model/readout@model.energy.model.readout=linear", f"+model.energy.model.short_range={NEP}")
+
+
+#: untrained latent charges are the uniform share Q/N: no random Coulomb forces at the start
+LATENT_INIT = "model.energy.model.charges.initial_scale=0"
+
 MODELS: dict[str, Model] = {
-    "short-range": Model("short-range", lambda solver: ("model=default",)),
-    "latent": Model("latent", lambda solver: ("model=long_range", f"model/solver={solver}")),
-    "latent + q": Model("latent + q", lambda solver: ("model=long_range", f"model/solver={solver}", "loss.charges=1"), True),
-    "ensemble": Model("ensemble", lambda solver: ("model=ensemble", f"model.energy.model.solver.name={solver}")),
+    "short-range": Model("short-range", lambda solver: ("model=nep",)),
+    "latent": Model("latent", lambda solver: (*_long_range(solver, "latent"), LATENT_INIT)),
+    "latent + q": Model("latent + q", lambda solver: (*_long_range(solver, "latent"), LATENT_INIT, "loss.charges=1"), True),
+    "ensemble": Model("ensemble", lambda solver: _long_range(solver, "ensemble")),
 }
 
 
@@ -125,7 +139,6 @@ class LongRangeCase:
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     split_seed: int = 0
-    charges_key: str | None = "initial_charges"
     peer_in_file: bool = False  # SPICE: MACE_energy / MACE_forces are MACELES-OFF's predictions
     note: str = ""
 
@@ -151,7 +164,7 @@ LR_CASES: dict[str, LongRangeCase] = {
         val_fraction=0.15, test_fraction=0.25, note="Published: none for this subset (PROVENANCE.md)."),
     "spice_dipeptides": LongRangeCase(
         "spice_subsets_bec_les_fit", "dipeptides.xyz", "direct", models=("short-range", "latent", "ensemble"),
-        charges_key=None, peer_in_file=True, val_fraction=0.1, test_fraction=0.2,
+        peer_in_file=True, val_fraction=0.1, test_fraction=0.2,
         note=("Peer: MACELES-OFF (Kim et al. JCTC 2025), its predictions stored in the file (MACE_energy, "
               "MACE_forces) on the same test structures; it was trained on all of SPICE, ours on "
               "this file's training split for minutes. The file has no MACELES dipoles. Dipole = "
@@ -172,7 +185,6 @@ def train_model(case: LongRangeCase, model: Model, run_dir: Path, log: Path, bud
     path = dataset_path(case.folder, case.file)
     args = ["data=file", f"data.path={path}", f"data.val_fraction={case.val_fraction}",
             f"data.test_fraction={case.test_fraction}", f"data.split_seed={case.split_seed}",
-            *([f"data.keys.charges={case.charges_key}"] if case.charges_key else []),
             *model.overrides(case.solver), *COMMON,
             f"trainer.max_time={_max_time(budget.minutes * MODEL_SHARE)}", f"threads={budget.threads}",
             *budget.overrides]
