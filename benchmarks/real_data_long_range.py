@@ -143,6 +143,9 @@ class LongRangeCase:
     val_fraction: float = 0.15
     test_fraction: float = 0.25
     split_seed: int = 0
+    #: structures per optimiser step: 2 on the sets of 9-12 training structures (8 would give
+    #: one or two steps per epoch: ~100 steps in a 1.6-minute budget)
+    batch_size: int = 8
     peer_in_file: bool = False  # SPICE: MACE_energy / MACE_forces are MACELES-OFF's predictions
     note: str = ""
 
@@ -158,14 +161,14 @@ LR_CASES: dict[str, LongRangeCase] = {
     "ko2021_au2_mgo": LongRangeCase(
         "ko2021_au2_mgo_4g_subset", "ko2021_au2_mgo_4g_subset.extxyz", "ewald", _dopant, "dopant",
         published=_ko(2.287, 153.1, None, None, None, 0.219, 66.0, 5.698, 0.107, 5.337, 1.013),
-        val_fraction=0.17, test_fraction=0.34, note=KO_NOTE),
+        val_fraction=0.17, test_fraction=0.34, batch_size=2, note=KO_NOTE),
     "ko2021_nacl_clusters": LongRangeCase(
         "ko2021_nacl_clusters_4g_subset", "test_NaCl_first14.xyz", "direct", _formula, "cluster",
         published=_ko(1.692, 57.39, 2.042, 76.67, 20.80, 0.481, 32.78, 15.83, 0.135, 1.052, 0.111),
-        val_fraction=0.15, test_fraction=0.3, note=KO_NOTE),
+        val_fraction=0.15, test_fraction=0.3, batch_size=2, note=KO_NOTE),
     "water_4g": LongRangeCase(
         "water_rpbe_d3_4g_n2p2_subset", "water_rpbe_d3_4g_n2p2_subset.extxyz", "ewald",
-        val_fraction=0.15, test_fraction=0.25, note="Published: none for this subset (PROVENANCE.md)."),
+        val_fraction=0.15, test_fraction=0.25, batch_size=2, note="Published: none for this subset (PROVENANCE.md)."),
     "spice_dipeptides": LongRangeCase(
         "spice_subsets_bec_les_fit", "dipeptides.xyz", "direct", models=("short-range", "latent", "ensemble"),
         peer_in_file=True, val_fraction=0.1, test_fraction=0.2,
@@ -189,6 +192,7 @@ def train_model(case: LongRangeCase, model: Model, run_dir: Path, log: Path, bud
     path = dataset_path(case.folder, case.file)
     args = ["data=file", f"data.path={path}", f"data.val_fraction={case.val_fraction}",
             f"data.test_fraction={case.test_fraction}", f"data.split_seed={case.split_seed}",
+            f"data.batch_size={case.batch_size}",
             *model.overrides(case.solver), *COMMON,
             f"trainer.max_time={_max_time(budget.minutes * MODEL_SHARE)}", f"threads={budget.threads}",
             *budget.overrides]
@@ -326,7 +330,7 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
             *[f"E RMSE {s} (n={states[s]})" for s in state_cols], "E / SR", "F / SR"]
     lines = [f"### {name} (long range)", "",
              f"`{case.folder}/{case.file}`, seeded split (data.split_seed={case.split_seed}, val "
-             f"{case.val_fraction:g}, test {case.test_fraction:g}): {n} test structures; "
+             f"{case.val_fraction:g}, test {case.test_fraction:g}, batch {case.batch_size}): {n} test structures; "
              f"each model {budget.minutes * MODEL_SHARE:.1f} min, {budget.threads} thread(s). RMSE: E meV/atom, "
              f"F meV/Å, q milli-e (vs Hirshfeld; *trained* only for `latent + q`, else compared), dipole e·Å. "
              f"{case.note}", "",
