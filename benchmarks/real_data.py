@@ -101,6 +101,11 @@ from benchmarks.real_data_design import run as _design_mo  # noqa: E402
 
 SPECIAL_CASES["design_Mo"] = _design_mo
 
+# Ko 2021 / 4G water / SPICE: short-range vs latent and ensemble charges
+from real_data_long_range import CASES as _LONG_RANGE  # noqa: E402  (Ko 2021 / 4G water / SPICE: issue 17)
+
+SPECIAL_CASES.update(_LONG_RANGE)
+
 
 def _load() -> float:
     return os.getloadavg()[0]

@@ -61,6 +61,46 @@ def _lookup(atoms: Atoms, key: str):
     return None
 
 
+#: ASE's own names for per-atom and structure charges, read when the configured key (the
+#: default ``charges`` / ``total_charge``) is absent: extxyz files written by ASE (and the n2p2 /
+#: RuNNer conversions of the reference datasets) store per-atom charges as ``initial_charges``;
+#: ASE's ``atoms.info["charge"]`` is the structure's net charge. ``MLIPCalculator`` falls back
+#: to the same names at inference.
+CHARGES_FALLBACK = {"charges": "initial_charges"}
+TOTAL_CHARGE_FALLBACK = {"total_charge": "charge"}
+
+
+def lookup_charges(atoms: Atoms, key: str = "charges"):
+    """(key found, per-atom charges) from ``key``, else ASE's ``initial_charges`` when ``key`` is
+    the default; (key, None) when there are none."""
+    value = _lookup(atoms, key)
+    fallback = CHARGES_FALLBACK.get(key)
+    if value is None and fallback is not None and fallback in atoms.arrays:
+        return fallback, atoms.arrays[fallback]
+    return key, value
+
+
+def lookup_total_charge(atoms: Atoms, key: str = "total_charge"):
+    """(key found, net charge) from ``key``, else ``atoms.info["charge"]`` when ``key`` is the
+    default; (key, None) when neither is there."""
+    value = _lookup(atoms, key)
+    fallback = TOTAL_CHARGE_FALLBACK.get(key)
+    if value is None and fallback is not None and fallback in atoms.info:
+        return fallback, atoms.info[fallback]
+    return key, value
+
+
+def _scalar_label(value, where: str) -> float:
+    """One finite number (a structure's total charge, ...), else a ``DataError`` naming the field."""
+    try:
+        number = float(np.asarray(value, dtype=np.float64).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError) as exc:
+        raise DataError(f"{where}: not a number ({value!r})") from exc
+    if not np.isfinite(number):
+        raise DataError(f"{where}: not finite ({value!r})")
+    return number
+
+
 def _as_stress_matrix(value, where: str) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64).reshape(-1)
     if arr.size == 9:
@@ -175,9 +215,9 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
             labels["stress"] = -_as_stress_matrix(virial, f"{where}: field {keys.virial!r}") / volume
             _check_finite(labels["stress"], f"{where}: field {keys.virial!r}")
             _check_magnitude(labels["stress"], "stress", f"{where}: field {keys.virial!r} (as stress)", "eV/Å³")
-    charges = _lookup(atoms, keys.charges)
+    charges_key, charges = lookup_charges(atoms, keys.charges)
     if charges is not None:
-        labels["charges"] = _per_atom_label(charges, (n,), "charges", f"{where}: field {keys.charges!r}", "e")
+        labels["charges"] = _per_atom_label(charges, (n,), "charges", f"{where}: field {charges_key!r}", "e")
     bec = _lookup(atoms, keys.bec)
     if bec is not None:  # GPUMD's bec:R:9, row-major xx xy xz yx ... (row = polarisation direction)
         where_bec = f"{where}: field {keys.bec!r}"
@@ -195,9 +235,9 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
             xx, yy, zz, xy, yz, zx = values
             values = np.array([xx, xy, zx, xy, yy, yz, zx, yz, zz])
         labels["polarizability"] = _structure_tensor(values, (9,), where_pol).reshape(3, 3)
-    total_charge = _lookup(atoms, keys.total_charge)
+    total_key, total_charge = lookup_total_charge(atoms, keys.total_charge)
     if total_charge is not None:
-        labels["total_charge"] = float(np.asarray(total_charge, dtype=np.float64).reshape(-1)[0])
+        labels["total_charge"] = _scalar_label(total_charge, f"{where}: field {total_key!r}")
     elif "charges" in labels:
         labels["total_charge"] = float(labels["charges"].sum())
     weight = _lookup(atoms, keys.weight)

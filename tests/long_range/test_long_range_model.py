@@ -120,6 +120,23 @@ def test_latent_charges_conserve_total_charge_exactly(float64):
     assert torch.allclose(torch.zeros(3).index_add(0, graph.batch, conserve_total_charge(raw, graph)), data.total_charge, atol=1e-12)
 
 
+def test_latent_charges_with_zero_initial_scale_start_uniform_and_still_learn(float64):
+    """initial_scale=0: the untrained head gives each atom the share Q/N of its structure's
+    charge (no random Coulomb forces at the start), and the head still gets gradients."""
+    torch.manual_seed(0)
+    data = batch_of([rattled_rocksalt(), molecule()])
+    data.total_charge = torch.tensor([0.0, 1.0])
+    graph = build_atomic_graph(data, (data.z == 17).long())
+    features = torch.randn(graph.num_atoms, 6)
+    model = LatentCharges(6, 2, hidden=[8], initial_scale=0.0)
+    q = model(features, graph)
+    counts = torch.bincount(graph.batch).to(q.dtype)
+    assert torch.allclose(q, (data.total_charge / counts)[graph.batch], atol=1e-12, rtol=0)
+    assert LatentCharges(6, 2, hidden=[8])(features, graph).std() > 1e-3  # the usual init is not uniform
+    (q * torch.arange(graph.num_atoms, dtype=q.dtype)).sum().backward()
+    assert model.head.layers[-1].weight.grad.abs().sum() > 0
+
+
 def test_learned_charges_in_potential_and_gradients(float64):
     """The latent head gets gradients from energy and force losses; totals stay exact in the model."""
     torch.manual_seed(0)

@@ -1,0 +1,43 @@
+"""The long-range real-data cases (benchmarks/real_data_long_range.py) are registered with the
+benchmark, and their table says plainly where long range does not beat short range (the
+training itself is the benchmark's, not a unit test's)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import real_data  # noqa: E402
+import real_data_long_range as lr  # noqa: E402
+
+
+def _row(model: str, e: float, f: float, by_state: dict[str, float], q: float | None = None) -> dict:
+    test = {"n_test": 4, "test": [0, 1, 2, 3], "energy_rmse": e, "forces_rmse": f,
+            "energy_rmse_by_state": by_state, "n_by_state": {s: 2 for s in by_state}}
+    if q is not None:
+        test["charges_rmse"] = q
+    return {"model": model, "charges_trained": model == "latent + q", "wall_s": 60.0, "load": {"before": 1.0, "after": 1.0},
+            "parameters": 100, "test": test, "command": f"mlip-train {model}"}
+
+
+def test_every_long_range_case_is_registered_with_the_benchmark():
+    assert set(lr.LR_CASES) <= set(real_data.SPECIAL_CASES)
+    for case in lr.LR_CASES.values():
+        assert case.solver in ("ewald", "direct") and set(case.models) <= set(lr.MODELS)
+
+
+def test_table_reports_per_state_errors_and_says_when_long_range_does_not_win():
+    case = lr.LR_CASES["ko2021_carbon_chain"]
+    budget = real_data.Budget(8.0, Path("/nonexistent"), 1)
+    rows = [_row("short-range", 0.004, 0.50, {"Q = +0": 0.003, "Q = +1": 0.005}),
+            _row("latent", 0.005, 0.40, {"Q = +0": 0.004, "Q = +1": 0.006}, q=0.03)]
+    text = lr.markdown("ko2021_carbon_chain", case, rows, None, budget)
+    assert "E RMSE Q = +1 (n=2)" in text and "| 6.000 |" in text   # per charge state, meV/atom
+    assert "| 30.0 |" in text                                      # charges in milli-e
+    assert "beating short-range on both E and F here: none" in text  # better forces, worse energy: no win
+    assert "4G-HDNNP (published, full set) | – | – | 1.194 | 78.0 | 6.58" in text
+    rows[1] = _row("latent", 0.003, 0.40, {"Q = +0": 0.002, "Q = +1": 0.004})
+    assert "here: latent." in lr.markdown("ko2021_carbon_chain", case, rows, None, budget)
