@@ -70,7 +70,7 @@ CASES: dict[str, Case] = {
                                                 Peer("NequIP (mlearn)", None, 0.090, source=JARVIS))),
     "mlearn_Ge": _mlearn("Ge", (2.451, 0.0975), (Peer("ALIGNN-FF (mlearn, all)", 1.523, 0.0720, source=JARVIS),)),
     "mlearn_Li": _mlearn("Li", (0.102, 0.0273)),
-    "nep_CHN": Case("gpumd_nep4_test_CHN_2022", "nep3/train.extxyz", "nep3/test.extxyz", ("experiment=nep", "trainer.max_epochs=2000"),
+    "nep_CHN": Case("gpumd_nep4_test_CHN_2022", "nep3/train.extxyz", "nep3/test.extxyz", (),
                     peers=(Peer("GPUMD NEP3", 1.61, 0.106, "RMSE", "gpumd_nep4_test_CHN_2022/PROVENANCE.md"),
                            Peer("GPUMD NEP4 (d_ij=1)", 1.48, 0.098, "RMSE", "gpumd_nep4_test_CHN_2022/PROVENANCE.md"))),
 }
