@@ -2,7 +2,7 @@
 
     mlip-train                                   # quickstart on the embedded EMT dataset
     mlip-train data=file data.path=train.xyz trainer.max_epochs=100
-    mlip-train model/descriptor=radial model.cutoff=6.0 'callbacks=[default,early_stopping]'
+    mlip-train model=composable model/descriptor=angular model.cutoff=6.0 'callbacks=[default,early_stopping]'
     mlip-train trainer=ddp trainer.accelerator=cpu   # two processes (gloo)
     mlip-train ckpt_path=runs/<date>/<time>/checkpoints/last.ckpt   # resume
 
