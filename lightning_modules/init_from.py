@@ -24,19 +24,11 @@ from typing import Any
 
 import torch
 
+from mlip_plugins.model_files import model_file_format
 from mlip_plugins.models.builder import ConfigError
 
 #: keys of the config's NEP model that a nep.txt does not define, kept from the config
 KEPT_NEP_KEYS = ("lambda_1", "lambda_2", "seed")
-
-
-def is_nep_txt(path: Path) -> bool:
-    """Whether ``path`` is a GPUMD nep.txt (its first word starts with ``nep``)."""
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(3) == b"nep"
-    except OSError:
-        return False
 
 
 def initial_model(path: str | os.PathLike, model_cfg: Mapping[str, Any]) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -45,7 +37,7 @@ def initial_model(path: str | os.PathLike, model_cfg: Mapping[str, Any]) -> tupl
     where = f"init_from={path}"
     if not path.is_file():
         raise ConfigError(f"{where}: no such file (a GPUMD nep.txt, a training checkpoint or an exported model)")
-    if is_nep_txt(path):
+    if model_file_format(path) == "nep":  # told apart by content, as everywhere
         from mlip_plugins.nep.nep_txt import nep_model_config, nep_to_potential, read_nep
 
         content = read_nep(path)

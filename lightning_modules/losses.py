@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from mlip_plugins.keys import TARGETS
 from mlip_plugins.models.builder import ConfigError
 from mlip_plugins.targets import Residual, residuals, weighted_mean
 
@@ -52,14 +53,14 @@ class LossWeights:
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
             raise ConfigError(f"loss.kind: expected one of {', '.join(LOSS_KINDS)}, got {self.kind!r}")
-        for name in ("energy", "forces", "stress", "charges", "bec", "dipole", "polarizability", "huber_delta"):
+        for name in (*TARGETS, "huber_delta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ConfigError(f"loss.{name}: expected a finite number >= 0, got {value!r}")
         if self.normalize not in ("none", "variance"):
             raise ConfigError(f"loss.normalize: expected none or variance, got {self.normalize!r}")
         if self.final:
-            unknown = set(self.final) - {"start", "energy", "forces", "stress", "charges", "bec", "dipole", "polarizability"}
+            unknown = set(self.final) - {"start", *TARGETS}
             if unknown or not 0.0 <= float(self.final.get("start", -1)) <= 1.0:
                 raise ConfigError(f"loss.final: expected {{start: 0..1, energy/forces/stress/charges: weight}}, got {self.final!r}")
 

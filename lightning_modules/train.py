@@ -165,9 +165,18 @@ def initialise_statistics(module, datamodule: AtomsDataModule, e0_cfg: Any) -> N
         for target in [model] + ([module.ema.module] if module.ema is not None else []):
             target.e0.copy_(torch.as_tensor(e0, dtype=target.e0.dtype))
             target.energy_scale.fill_(scale)
-    if hasattr(module, "set_loss_scales") and getattr(module.loss_weights, "normalize", "none") == "variance":
-        module.set_loss_scales(streamed.label_variances(elements, e0) if streamed is not None
-                               else label_variances(datamodule.train_graphs, elements, e0))
+    initialise_loss_scales(module, datamodule, e0, streamed)
+
+
+def initialise_loss_scales(module, datamodule: AtomsDataModule, e0, streamed=None) -> None:
+    """With ``loss.normalize=variance``: the loss's label variances of the training set (energy
+    per atom less ``e0``), from a graph store's one-pass sums (``streamed``) or the graphs."""
+    if not (hasattr(module, "set_loss_scales") and getattr(module.loss_weights, "normalize", "none") == "variance"):
+        return
+    elements = module.model.atomic_numbers
+    streamed = streamed if streamed is not None else datamodule.train_statistics()
+    module.set_loss_scales(streamed.label_variances(elements, e0) if streamed is not None
+                           else label_variances(datamodule.train_graphs, elements, e0))
 
 
 def run_training(cfg: DictConfig) -> dict:
@@ -241,9 +250,7 @@ def _train_once(cfg: DictConfig, initial: dict | None = None) -> dict:
         from lightning_modules.init_from import load_initial_weights
 
         load_initial_weights(module, init_weights, f"init_from={cfg.init_from}")
-        if getattr(module.loss_weights, "normalize", "none") == "variance":
-            module.set_loss_scales(label_variances(datamodule.train_graphs, module.model.atomic_numbers,
-                                                   module.model.e0.tolist()))
+        initialise_loss_scales(module, datamodule, module.model.e0.tolist())
     elif not cfg.get("ckpt_path"):
         initialise_statistics(module, datamodule, cfg.e0)
     if _rank_zero():

@@ -63,30 +63,21 @@ def _lookup(atoms: Atoms, key: str):
 
 #: ASE's own names for per-atom and structure charges, read when the configured key (the
 #: default ``charges`` / ``total_charge``) is absent: extxyz files written by ASE (and the n2p2 /
-#: RuNNer conversions of the reference datasets) store per-atom charges as ``initial_charges``;
-#: ASE's ``atoms.info["charge"]`` is the structure's net charge. ``MLIPCalculator`` falls back
-#: to the same names at inference.
-CHARGES_FALLBACK = {"charges": "initial_charges"}
-TOTAL_CHARGE_FALLBACK = {"total_charge": "charge"}
+#: RuNNer conversions of the reference datasets) store per-atom charges as
+#: ``atoms.arrays["initial_charges"]``; ``atoms.info["charge"]`` is the structure's net charge.
+#: ``MLIPCalculator`` falls back to the same names at inference. Default key -> (where, ASE's name).
+ASE_LABEL_FALLBACKS = {"charges": ("arrays", "initial_charges"), "total_charge": ("info", "charge")}
 
 
-def lookup_charges(atoms: Atoms, key: str = "charges"):
-    """(key found, per-atom charges) from ``key``, else ASE's ``initial_charges`` when ``key`` is
-    the default; (key, None) when there are none."""
+def lookup_with_ase_fallback(atoms: Atoms, key: str):
+    """(key found, value) of label ``key``, else of ASE's own name for it when ``key`` is a
+    default of :data:`ASE_LABEL_FALLBACKS`; (key, None) when neither is there."""
     value = _lookup(atoms, key)
-    fallback = CHARGES_FALLBACK.get(key)
-    if value is None and fallback is not None and fallback in atoms.arrays:
-        return fallback, atoms.arrays[fallback]
-    return key, value
-
-
-def lookup_total_charge(atoms: Atoms, key: str = "total_charge"):
-    """(key found, net charge) from ``key``, else ``atoms.info["charge"]`` when ``key`` is the
-    default; (key, None) when neither is there."""
-    value = _lookup(atoms, key)
-    fallback = TOTAL_CHARGE_FALLBACK.get(key)
-    if value is None and fallback is not None and fallback in atoms.info:
-        return fallback, atoms.info[fallback]
+    if value is None and key in ASE_LABEL_FALLBACKS:
+        where, name = ASE_LABEL_FALLBACKS[key]
+        found = getattr(atoms, where)
+        if name in found:
+            return name, found[name]
     return key, value
 
 
@@ -166,6 +157,10 @@ def _per_atom_label(value, shape: tuple[int, ...], what: str, where: str, unit: 
     return array
 
 
+#: the per-structure tensor labels (a TNEP's targets) and their shape per structure
+STRUCTURE_TENSOR_SHAPES = {"dipole": (3,), "polarizability": (3, 3)}
+
+
 def _structure_tensor(value, shape: tuple[int, ...], where: str) -> np.ndarray:
     """A per-structure vector/tensor label (dipole, polarizability) as float64 of ``shape``, finite."""
     try:
@@ -215,7 +210,7 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
             labels["stress"] = -_as_stress_matrix(virial, f"{where}: field {keys.virial!r}") / volume
             _check_finite(labels["stress"], f"{where}: field {keys.virial!r}")
             _check_magnitude(labels["stress"], "stress", f"{where}: field {keys.virial!r} (as stress)", "eV/Å³")
-    charges_key, charges = lookup_charges(atoms, keys.charges)
+    charges_key, charges = lookup_with_ase_fallback(atoms, keys.charges)
     if charges is not None:
         labels["charges"] = _per_atom_label(charges, (n,), "charges", f"{where}: field {charges_key!r}", "e")
     bec = _lookup(atoms, keys.bec)
@@ -235,7 +230,7 @@ def extract_labels(atoms: Atoms, keys: LabelKeys, where: str, require_energy: bo
             xx, yy, zz, xy, yz, zx = values
             values = np.array([xx, xy, zx, xy, yy, yz, zx, yz, zz])
         labels["polarizability"] = _structure_tensor(values, (9,), where_pol).reshape(3, 3)
-    total_key, total_charge = lookup_total_charge(atoms, keys.total_charge)
+    total_key, total_charge = lookup_with_ase_fallback(atoms, keys.total_charge)
     if total_charge is not None:
         labels["total_charge"] = _scalar_label(total_charge, f"{where}: field {total_key!r}")
     elif "charges" in labels:
@@ -333,8 +328,8 @@ def graph_arrays(atoms: Atoms, cutoff: float, labels: dict | None = None, where:
         arrays["charges"] = np.array(labels["charges"], dtype=np.float64)
     arrays["bec"] = np.array(labels["bec"], dtype=np.float64) if "bec" in labels else np.zeros((n, 3, 3))
     arrays["has_bec"] = np.array([("bec" in labels)])
-    for name, shape in (("dipole", (1, 3)), ("polarizability", (1, 3, 3))):  # a TNEP's targets (per structure)
-        arrays[name] = np.array(labels[name], dtype=np.float64).reshape(shape) if name in labels else np.zeros(shape)
+    for name, shape in STRUCTURE_TENSOR_SHAPES.items():  # one row: this structure
+        arrays[name] = np.array(labels[name], dtype=np.float64).reshape(1, *shape) if name in labels else np.zeros((1, *shape))
         arrays[f"has_{name}"] = np.array([(name in labels)])
     arrays["total_charge"] = np.array([labels.get("total_charge", 0.0)], dtype=np.float64)
     arrays["weight"] = np.array([labels.get("weight", 1.0)], dtype=np.float64)

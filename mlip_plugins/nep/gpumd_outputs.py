@@ -114,7 +114,11 @@ def write_prediction_files(potential, graphs: Sequence, directory: str | os.Path
                            batch_size: int = 16) -> dict[str, Path]:
     """Write ``energy_<which>.out``, ``force_<which>.out`` and ``virial_<which>.out`` of ``graphs``
     (in their order) into ``directory`` (and ``charge_<which>.out`` for a charge model); returns the paths."""
-    tables = prediction_tables(potential, graphs, batch_size)
+    return write_table_files(prediction_tables(potential, graphs, batch_size), directory, which)
+
+
+def write_table_files(tables: dict[str, np.ndarray], directory: str | os.PathLike, which: str) -> dict[str, Path]:
+    """Write the :func:`prediction_tables` ``tables`` as GPUMD's ``<name>_<which>.out`` files."""
     directory = Path(directory)
     written = {}
     for name in ("energy", "force", "virial", "charge"):
@@ -176,23 +180,29 @@ class GPUMDOutputsCallback(L.Callback):
         if self.loss_interval > 0 and step > 0 and step % self.loss_interval == 0:
             self._write_loss_row(trainer, pl_module)
 
-    def _write_loss_row(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs=None) -> None:
+    def _tables(self, trainer: L.Trainer, potential) -> dict[str, dict[str, np.ndarray]]:
+        """:func:`prediction_tables` of the training set ("train") and the validation set
+        ("test", GPUMD's name for it), those that are not empty."""
+        datamodule = trainer.datamodule
+        sets = (("train", getattr(datamodule, "train_graphs", [])), ("test", getattr(datamodule, "val_graphs", [])))
+        with torch.enable_grad():  # forces are -dE/dpos
+            return {which: prediction_tables(potential, graphs, self.batch_size) for which, graphs in sets if graphs}
+
+    def _write_loss_row(self, trainer: L.Trainer, pl_module: L.LightningModule, tables: dict | None = None) -> None:
+        """Append the row of the current generation to loss.out (``tables``: the sets' prediction
+        tables if already computed for these weights)."""
         from mlip_plugins.nep.loss_out import append_loss, format_loss_row
 
         if trainer.global_rank != 0 or trainer.global_step == self._last_row:
             return
-        loss = outputs["loss"] if isinstance(outputs, dict) and "loss" in outputs else outputs
-        if loss is None:
-            loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss", float("nan")))
+        loss = trainer.callback_metrics.get("train/loss_step", trainer.callback_metrics.get("train/loss", float("nan")))
         l1, l2 = regularization_terms(pl_module.model)
-        datamodule = trainer.datamodule
-        potential = self._potential(pl_module)
-        was_training = potential.training
-        rmse = {}
-        with torch.enable_grad():  # forces are -dE/dpos
-            for which, graphs in (("train", getattr(datamodule, "train_graphs", [])), ("test", getattr(datamodule, "val_graphs", []))):
-                rmse[which] = table_rmse(prediction_tables(potential, graphs, self.batch_size)) if graphs else {}
-        potential.train(was_training)
+        if tables is None:
+            potential = self._potential(pl_module)
+            was_training = potential.training
+            tables = self._tables(trainer, potential)
+            potential.train(was_training)
+        rmse = {which: table_rmse(tables[which]) if which in tables else {} for which in ("train", "test")}
         row = format_loss_row(trainer.global_step, float(loss), l1, l2, rmse["train"], rmse["test"], self._kind)
         append_loss(self._loss_path(trainer), row, self._header)
         self._header = None
@@ -201,13 +211,10 @@ class GPUMDOutputsCallback(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank != 0:
             return
-        self._write_loss_row(trainer, pl_module)
-        datamodule = trainer.datamodule
-        potential = self._potential(pl_module)
-        with torch.enable_grad():  # forces are -dE/dpos
-            for which, graphs in (("train", getattr(datamodule, "train_graphs", [])), ("test", getattr(datamodule, "val_graphs", []))):
-                if graphs:
-                    write_prediction_files(potential, graphs, trainer.default_root_dir, which, self.batch_size)
+        tables = self._tables(trainer, self._potential(pl_module))  # one evaluation for loss.out and the files
+        self._write_loss_row(trainer, pl_module, tables)
+        for which, table in tables.items():
+            write_table_files(table, trainer.default_root_dir, which)
 
 
 def regularization_terms(model: torch.nn.Module) -> tuple[float, float]:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mlip_plugins.atomic_files import atomic_write_text
-from mlip_plugins.data.structures import DataError
+from mlip_plugins.data.structures import STRUCTURE_TENSOR_SHAPES, DataError
 
 #: version of the layout below; a store of another version is refused (rebuild it)
 FORMAT_VERSION = 1
@@ -134,7 +134,7 @@ def unpack(atoms, z, edges, structures, index) -> dict:
     n_atoms, n_structures = len(z), len(structures)
     fields["bec"] = np.zeros((n_atoms, 3, 3))  # never stored (pack_items refuses BEC labels)
     fields["has_bec"] = np.zeros(n_structures, dtype=bool)
-    for name, shape in (("dipole", (3,)), ("polarizability", (3, 3))):
+    for name, shape in STRUCTURE_TENSOR_SHAPES.items():
         fields[name], fields[f"has_{name}"] = np.zeros((n_structures, *shape)), np.zeros(n_structures, dtype=bool)
     fields["total_charge"], fields["weight"] = structures[:, TOTAL_CHARGE], structures[:, WEIGHT]
     return fields
