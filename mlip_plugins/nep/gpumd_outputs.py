@@ -9,8 +9,14 @@ sets, one line per structure or atom, predictions first, references second:
   predicted, then the six references, ``-1e+06`` where a structure has no virial label.
 
 The virial per atom is -stress * volume / N (GPUMD's sign: positive under compression). A charge
-model (qNEP) also gets ``charge_<set>.out`` (one charge per atom, e). The callback also writes
-GPUMD's ``loss.out`` (:mod:`mlip_plugins.nep.loss_out`) during training.
+model (qNEP) also gets ``charge_<set>.out`` (one charge per atom, e). A TNEP gets, instead of the
+three files of a potential (GPUMD's ``dipole_*.out`` / ``polarizability_*.out`` pages):
+
+* ``dipole_<set>.out``: ``mx my mz`` then the three references per structure, per atom (e Å/atom);
+* ``polarizability_<set>.out``: six components ``xx yy zz xy yz zx`` per structure, per atom,
+  predicted then the six references (the order of the virial).
+
+The callback also writes GPUMD's ``loss.out`` (:mod:`mlip_plugins.nep.loss_out`) during training.
 """
 
 from __future__ import annotations
@@ -30,12 +36,24 @@ from mlip_plugins.targets import label_flags, residuals
 
 #: GPUMD's marker of a missing reference value
 MISSING = -1e6
-#: GPUMD's order of the six virial components
+#: GPUMD's order of the six virial components (also of a polarizability's)
 VIRIAL_ORDER = ((0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0))
+#: the files of each model kind (:func:`mlip_plugins.nep.loss_out.model_kind`), as GPUMD writes them
+FILES = {
+    "potential": ("energy", "force", "virial", "charge"),
+    "charge": ("energy", "force", "virial", "charge"),
+    "dipole": ("dipole",),
+    "polarizability": ("polarizability",),
+}
 
 
 def _lines(rows: np.ndarray) -> str:
     return "".join(" ".join(f"{value:.6g}" for value in row) + "\n" for row in rows)
+
+
+def _virial_order(tensors: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3] -> [B, 6] in GPUMD's order (:data:`VIRIAL_ORDER`)."""
+    return torch.stack([tensors[:, a, b] for a, b in VIRIAL_ORDER], 1)
 
 
 def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict[str, np.ndarray]:
@@ -43,11 +61,13 @@ def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict
     (predictions, then references, :data:`MISSING` where unlabelled), and for a model that
     predicts charges a ``charge`` table (one column, as GPUMD's charge_*.out) with the labels
     (or :data:`MISSING`) in ``charge_label``; likewise ``bec`` / ``bec_label`` (9 components,
-    GPUMD's xx xy xz yx ... order) for a model that predicts Born effective charges."""
+    GPUMD's xx xy xz yx ... order) for a model that predicts Born effective charges. A TNEP's
+    rows are a ``dipole`` (3 + 3 columns) or ``polarizability`` table (6 + 6, GPUMD's order),
+    per atom as GPUMD writes them."""
     potential.eval()
     dtype = potential.e0.dtype
     rows: dict[str, list] = {"energy": [], "force": [], "virial": [], "charge": [], "charge_label": [], "bec": [], "bec_label": [],
-                             "dipole": [], "dipole_label": [], "polarizability": [], "polarizability_label": []}
+                             "dipole": [], "polarizability": []}
     for batch in DataLoader(list(graphs), batch_size=batch_size):
         batch = batch.to(potential.e0.device)
         batch.pos = batch.pos.to(dtype)
@@ -63,8 +83,7 @@ def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict
         stress = targets[keys.STRESS]
         volume = torch.linalg.det(batch.cell.view(-1, 3, 3).to(dtype)).abs()
         to_virial = (-volume / natoms).view(-1, 1)
-        pred = torch.stack([stress.prediction[:, a, b] for a, b in VIRIAL_ORDER], 1) * to_virial
-        ref = torch.stack([stress.label[:, a, b] for a, b in VIRIAL_ORDER], 1) * to_virial
+        pred, ref = _virial_order(stress.prediction) * to_virial, _virial_order(stress.label) * to_virial
         ref = torch.where(stress.mask[:, 0, 0].view(-1, 1), ref, torch.full_like(ref, MISSING))
         rows["virial"].append(torch.cat([pred, ref], 1))
         if keys.CHARGES in out:
@@ -72,13 +91,12 @@ def prediction_tables(potential, graphs: Sequence, batch_size: int = 16) -> dict
             label = getattr(batch, keys.CHARGES, None)
             rows["charge_label"].append(torch.full_like(out[keys.CHARGES].detach(), MISSING).view(-1, 1) if label is None
                                         else label.to(dtype).view(-1, 1))
-        for key in (keys.DIPOLE, keys.POLARIZABILITY):  # a TNEP's, per atom (as its loss)
+        for key in (keys.DIPOLE, keys.POLARIZABILITY):  # a TNEP's, per atom (as its loss and GPUMD's files)
             if key in targets:
                 value = targets[key]
-                flat = value.prediction.reshape(batch.num_graphs, -1)
-                rows[key].append(flat)
-                rows[f"{key}_label"].append(torch.where(value.mask.reshape(batch.num_graphs, -1), value.label.reshape(batch.num_graphs, -1),
-                                                        torch.full_like(flat, MISSING)))
+                columns = _virial_order if key == keys.POLARIZABILITY else (lambda vectors: vectors)
+                pred, ref, mask = (columns(t) for t in (value.prediction, value.label, value.mask))
+                rows[key].append(torch.cat([pred, torch.where(mask, ref, torch.full_like(ref, MISSING))], 1))
         if keys.BORN_EFFECTIVE_CHARGES in out:
             bec = out[keys.BORN_EFFECTIVE_CHARGES].detach().reshape(-1, 9)
             rows["bec"].append(bec)
@@ -99,9 +117,12 @@ def table_rmse(tables: dict[str, np.ndarray]) -> dict[str, float]:
     }
     if "charge" in tables:
         pairs["charge"] = (tables["charge"], tables["charge_label"])
-    for name in ("bec", "dipole", "polarizability"):
+    if "bec" in tables:
+        pairs["bec"] = (tables["bec"], tables["bec_label"])
+    for name in ("dipole", "polarizability"):  # GPUMD's RMSE: over the file's 3 / 6 components
         if name in tables:
-            pairs[name] = (tables[name], tables[f"{name}_label"])
+            half = tables[name].shape[1] // 2
+            pairs[name] = (tables[name][:, :half], tables[name][:, half:])
     result = {}
     for name, (pred, ref) in pairs.items():
         labelled = ref != MISSING
@@ -113,15 +134,20 @@ def table_rmse(tables: dict[str, np.ndarray]) -> dict[str, float]:
 def write_prediction_files(potential, graphs: Sequence, directory: str | os.PathLike, which: str = "train",
                            batch_size: int = 16) -> dict[str, Path]:
     """Write ``energy_<which>.out``, ``force_<which>.out`` and ``virial_<which>.out`` of ``graphs``
-    (in their order) into ``directory`` (and ``charge_<which>.out`` for a charge model); returns the paths."""
-    return write_table_files(prediction_tables(potential, graphs, batch_size), directory, which)
+    (in their order) into ``directory`` (and ``charge_<which>.out`` for a charge model; a TNEP's
+    ``dipole_<which>.out`` or ``polarizability_<which>.out`` instead); returns the paths."""
+    from mlip_plugins.nep.loss_out import model_kind
+
+    return write_table_files(prediction_tables(potential, graphs, batch_size), directory, which, model_kind(potential))
 
 
-def write_table_files(tables: dict[str, np.ndarray], directory: str | os.PathLike, which: str) -> dict[str, Path]:
-    """Write the :func:`prediction_tables` ``tables`` as GPUMD's ``<name>_<which>.out`` files."""
+def write_table_files(tables: dict[str, np.ndarray], directory: str | os.PathLike, which: str,
+                      kind: str = "potential") -> dict[str, Path]:
+    """Write the :func:`prediction_tables` ``tables`` as GPUMD's ``<name>_<which>.out`` files, those
+    GPUMD writes for a model of ``kind`` (:data:`FILES`)."""
     directory = Path(directory)
     written = {}
-    for name in ("energy", "force", "virial", "charge"):
+    for name in FILES[kind]:
         if name in tables:
             path = directory / f"{name}_{which}.out"
             atomic_write_text(_lines(tables[name]), path)
@@ -139,7 +165,8 @@ class GPUMDOutputsCallback(L.Callback):
       ``loss_interval: 0`` writes only the final row. Each RMSE row costs one evaluation of
       both sets (with forces);
     * at the end of fitting, ``*_train.out`` (and ``*_test.out`` for the validation set),
-      predicted by the weights used for export (the EMA copy if enabled).
+      predicted by the weights used for export (the EMA copy if enabled): energy, force and
+      virial (and charge) files for a potential, dipole or polarizability files for a TNEP.
 
     Args:
         batch_size: structures per evaluation.
@@ -214,7 +241,7 @@ class GPUMDOutputsCallback(L.Callback):
         tables = self._tables(trainer, self._potential(pl_module))  # one evaluation for loss.out and the files
         self._write_loss_row(trainer, pl_module, tables)
         for which, table in tables.items():
-            write_table_files(table, trainer.default_root_dir, which)
+            write_table_files(table, trainer.default_root_dir, which, self._kind)
 
 
 def regularization_terms(model: torch.nn.Module) -> tuple[float, float]:

@@ -10,7 +10,8 @@ columns):
 * a charge model (qNEP), 14 columns: the RMSEs of charge (e) and Born effective charge (e)
   follow the virial's in each set;
 * a dipole or polarizability model (TNEP), 6 columns: ``generation total L1 L2`` and the RMSE
-  of the dipole / polarizability (per atom, as the loss) on the training and the test set;
+  of the dipole / polarizability per atom on the training and the test set, as GPUMD takes it
+  over the columns of its dipole_*.out (3) / polarizability_*.out (6: xx yy zz xy yz zx);
 * ``L1``, ``L2``: the regularisation terms lambda_1 mean|z| and lambda_2 sqrt(mean z^2).
 
 A new run writes a new header block and counts generations from zero, as GPUMD does after a

@@ -96,3 +96,71 @@ def test_a_tnep_trained_from_nep_in_exports_what_calorine_evaluates(tmp_path, ki
     ours.calc = MLIPCalculator(load_potential(result["last_ckpt"]), dtype=torch.float64)
     ours.get_potential_energy()
     np.testing.assert_allclose(ours.calc.results[kind], getattr(CPUNEP(str(out)), getter)(atoms), rtol=1e-9, atol=1e-9)
+    _check_tnep_prediction_files(tmp_path, Path(result["run_dir"]), kind, frames, nep_in, load_potential(result["last_ckpt"]))
+    for which in ("train", "test"):  # loss.out's last RMSEs: GPUMD's, over the files' 3 / 6 components, written at once
+        table = np.loadtxt(Path(result["run_dir"]) / f"{kind}_{which}.out", ndmin=2)
+        half = table.shape[1] // 2
+        np.testing.assert_allclose(loss[f"RMSE_P_{which}"].iloc[-1], np.sqrt(np.mean((table[:, :half] - table[:, half:]) ** 2)),
+                                   rtol=1e-4)
+
+
+#: GPUMD's order of a polarizability's six columns (xx yy zz xy yz zx)
+REDUCED = ((0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (2, 0))
+
+
+def _gpumd_columns(kind: str, value) -> np.ndarray:
+    """A dipole (3) or polarizability (3 x 3 -> 6, GPUMD's order) per structure as GPUMD's columns."""
+    value = np.asarray(value, dtype=np.float64)
+    return value.reshape(3) if kind == "dipole" else np.array([value.reshape(3, 3)[a, b] for a, b in REDUCED])
+
+
+def _check_tnep_prediction_files(tmp_path, run, kind, frames, nep_in, potential):
+    """GPUMD's dipole_*.out / polarizability_*.out of a TNEP run: one row per structure of the
+    training and validation (GPUMD's test) sets, predictions then labels per atom in GPUMD's
+    columns; calorine's read_structures reads them back beside a train.xyz / test.xyz of those
+    structures, and the predictions are the trained model's."""
+    import shutil
+
+    from ase.io import write
+    from calorine.nep import read_structures
+
+    from mlip_plugins.calculator import MLIPCalculator
+
+    assert not (run / "energy_train.out").exists() and not (run / "force_train.out").exists()  # as GPUMD: a TNEP has none
+    width = 3 if kind == "dipole" else 6
+    labels = np.array([_gpumd_columns(kind, a.info["dipole" if kind == "dipole" else "pol"]) / len(a) for a in frames])
+    folder = tmp_path / "calorine"
+    folder.mkdir()
+    shutil.copy(nep_in, folder / "nep.in")
+    seen = []
+    for which in ("train", "test"):
+        table = np.loadtxt(run / f"{kind}_{which}.out", ndmin=2)
+        assert table.shape[1] == 2 * width
+        # each row's reference is one frame's label per atom: that row is that frame
+        rows = [int(np.argmin(np.abs(labels - row[width:]).max(1))) for row in table]
+        np.testing.assert_allclose(table[:, width:], labels[rows], rtol=1e-5, atol=1e-7)
+        predicted = []
+        for k in rows:
+            atoms = frames[k].copy()
+            atoms.calc = MLIPCalculator(potential, dtype=torch.float64)
+            atoms.get_potential_energy()
+            predicted.append(_gpumd_columns(kind, atoms.calc.results[kind]) / len(atoms))
+        np.testing.assert_allclose(table[:, :width], np.array(predicted), rtol=1e-5, atol=1e-7)
+        write(folder / f"{which}.xyz", [frames[k] for k in rows], format="extxyz")
+        shutil.copy(run / f"{kind}_{which}.out", folder / f"{kind}_{which}.out")
+        seen += rows
+    assert len(set(seen)) == len(seen) >= len(frames) - 1  # no structure twice (one may be held out as the test split)
+    train, test = read_structures(str(folder))
+    for structures, which in ((train, "train"), (test, "test")):
+        table = np.loadtxt(run / f"{kind}_{which}.out", ndmin=2)
+        assert len(structures) == len(table)
+        for atoms, row in zip(structures, table):
+            shape = (3,) if kind == "dipole" else (6,)
+            assert atoms.info[f"{kind}_predicted"].shape == shape and atoms.info[f"{kind}_target"].shape == shape
+            if kind == "dipole":
+                np.testing.assert_array_equal(atoms.info["dipole_predicted"], row[:3])
+                np.testing.assert_array_equal(atoms.info["dipole_target"], row[3:])
+            else:  # calorine converts GPUMD's xx yy zz xy yz zx to ASE's Voigt order xx yy zz yz xz xy
+                voigt = [0, 1, 2, 4, 5, 3]
+                np.testing.assert_array_equal(atoms.info["polarizability_predicted"], row[:6][voigt])
+                np.testing.assert_array_equal(atoms.info["polarizability_target"], row[6:][voigt])
