@@ -101,14 +101,26 @@ def choose_energy_scale(force_rms: float | None, per_atom_std: float | None) -> 
     return 1.0
 
 
+def _pooled_variance(values: Sequence[torch.Tensor]) -> float:
+    """The (n-1)-normalised variance of all components of ``values`` (1.0 below two)."""
+    flat = torch.cat([v.reshape(-1) for v in values]).double() if values else torch.zeros(0)
+    return float(flat.var()) if flat.numel() > 1 else 1.0
+
+
+def _labelled(graphs: Sequence, label: str) -> list:
+    return [g for g in graphs if bool(getattr(g, f"has_{label}", torch.tensor([False])).item())]
+
+
 def label_variances(graphs: Sequence, elements: Sequence[int], e0: np.ndarray) -> dict[str, float]:
     """Training-set variance of each label the loss compares, in the loss's own units.
 
     ``energy``: energy per atom after E0 subtraction (eV²/atom²); ``forces``: force components
     (eV²/Å², mean square about zero, as forces average to zero); ``stress``: stress
-    components (eV²/Å⁶); ``charges``: per-atom charges (e²). Dividing each MSE term by its
-    variance makes the terms dimensionless, so neither dominates the loss by its units.
-    Targets without labels (or with a vanishing spread) get 1.0 (the term is left as is).
+    components (eV²/Å⁶); ``charges``: per-atom charges (e²); ``bec``: Born effective charge
+    components (e²); ``dipole`` / ``polarizability``: their components per atom, as a TNEP's
+    loss compares them. Dividing each MSE term by its variance makes the terms dimensionless,
+    so neither dominates the loss by its units. Targets without labels (or with a vanishing
+    spread) get 1.0 (the term is left as is).
     """
     result = {"energy": 1.0, "forces": 1.0, "stress": 1.0, "charges": 1.0}
     labelled = [g for g in graphs if bool(g.has_energy.item())]
@@ -119,12 +131,15 @@ def label_variances(graphs: Sequence, elements: Sequence[int], e0: np.ndarray) -
     forces = [g.forces for g in graphs if bool(g.has_forces.item())]
     if forces:
         result["forces"] = float(torch.cat(forces).double().pow(2).mean())
-    stresses = [g.stress for g in graphs if bool(getattr(g, "has_stress", torch.tensor([False])).item())]
+    stresses = [g.stress for g in _labelled(graphs, "stress")]
     if len(stresses) > 1:
         result["stress"] = float(torch.stack([s.reshape(-1) for s in stresses]).double().var())
     charges = [g.charges for g in graphs if getattr(g, "charges", None) is not None]
     if charges:
-        result["charges"] = float(torch.cat(charges).double().var()) if sum(c.numel() for c in charges) > 1 else 1.0
+        result["charges"] = _pooled_variance(charges)
+    result["bec"] = _pooled_variance([g.bec for g in _labelled(graphs, "bec")])
+    for name in ("dipole", "polarizability"):
+        result[name] = _pooled_variance([getattr(g, name).double() / g.num_nodes for g in _labelled(graphs, name)])
     return {key: value if np.isfinite(value) and value > 1e-12 else 1.0 for key, value in result.items()}
 
 

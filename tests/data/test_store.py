@@ -27,9 +27,16 @@ CUTOFF = 4.0
 
 
 def _mixed_structures() -> list[Atoms]:
-    """EMT metals (energy, forces, stress) plus the unusual: a molecule (no cell), a structure with
-    charges, one without forces and one with a loss weight."""
+    """EMT metals (energy, forces, stress), four of them also with Born effective charges, a
+    dipole and a polarizability (GPUMD's 6 or 9 values) in several combinations, plus the unusual:
+    a molecule (no cell), a structure with charges, one without forces and one with a loss weight."""
     frames = generate_default_dataset(n_structures=20, seed=4)
+    rng = np.random.default_rng(7)
+    frames[4].arrays["bec"] = rng.normal(0.0, 1.0, (len(frames[4]), 9))
+    frames[9].info["dipole"] = rng.normal(0.0, 2.0, 3)
+    frames[13].info["pol"] = rng.normal(5.0, 1.0, 6)  # xx yy zz xy yz zx
+    frames[5].arrays["bec"] = rng.normal(0.0, 1.0, (len(frames[5]), 9))
+    frames[5].info["dipole"], frames[5].info["pol"] = rng.normal(0.0, 2.0, 3), rng.normal(5.0, 1.0, 9)
     molecule = Atoms("CuAuCu", positions=[[0, 0, 0], [2.4, 0, 0], [1.0, 2.1, 0.3]])
     molecule.calc = SinglePointCalculator(molecule, energy=-1.5, forces=np.arange(9.0).reshape(3, 3) / 10)
     charged = frames[1].copy()
@@ -79,6 +86,9 @@ def test_items_equal_atoms_to_graph(tmp_path, mixed_xyz, dtype):
         for k in range(len(fresh)):
             assert_same_graph(store[k], fresh[k])
         assert hasattr(store[21], "charges") and not hasattr(store[20], "charges")
+        labelled = {name: [k for k in range(len(store)) if bool(store[k][f"has_{name}"])] for name in ("bec", "dipole", "polarizability")}
+        assert labelled == {"bec": [4, 5], "dipole": [5, 9], "polarizability": [5, 13]}
+        assert torch.count_nonzero(store[4].bec) == 9 * store[4].num_nodes and torch.count_nonzero(store[13].polarizability) == 9
         assert store.elements == elements_in(fresh)
     finally:
         torch.set_default_dtype(previous)
@@ -179,6 +189,14 @@ def test_statistics_equal_in_memory_functions(tmp_path, mixed_xyz, float64):
         np.testing.assert_allclose(stats.fit_e0(elements), e0, rtol=1e-10, atol=1e-10)
         assert stats.energy_scale(elements, e0) == pytest.approx(energy_scale(part, elements, e0), rel=1e-10)
         assert stats.label_variances(elements, e0) == pytest.approx(label_variances(part, elements, e0), rel=1e-9)
+    # BEC, dipole and polarizability (per atom, as the loss) are covered, from the source labels
+    frames, variances = _mixed_structures(), store.statistics().label_variances(elements, fit_e0(graphs, elements))
+    assert variances["bec"] == pytest.approx(np.var(np.concatenate([frames[k].arrays["bec"].ravel() for k in (4, 5)]), ddof=1))
+    dipoles = np.concatenate([frames[k].info["dipole"] / len(frames[k]) for k in (5, 9)])
+    assert variances["dipole"] == pytest.approx(np.var(dipoles, ddof=1))
+    xx, yy, zz, xy, yz, zx = frames[13].info["pol"]
+    pols = np.concatenate([frames[5].info["pol"] / len(frames[5]), np.array([xx, xy, zx, xy, yy, yz, zx, yz, zz]) / len(frames[13])])
+    assert variances["polarizability"] == pytest.approx(np.var(pols, ddof=1))
     summary = store.manifest["summary"]
     assert summary["edges"] == sum(g.edge_index.shape[1] for g in graphs)
     assert summary["max_neighbors"] == max(int(torch.bincount(g.edge_index[1]).max()) for g in graphs)
@@ -246,6 +264,32 @@ def test_a_changed_source_or_setting_is_detected(tmp_path, mixed_xyz):
     mixed_xyz.write_text(text)
     second = open_store(None, str(mixed_xyz), CUTOFF, LabelKeys(), progress=False)
     assert first.directory != second.directory and first[0].energy != second[0].energy
+
+
+def test_a_store_of_the_older_format_is_refused_in_one_line(tmp_path, mixed_xyz, monkeypatch):
+    """A store of format 1 (no BEC, dipole or polarizability columns) is neither read nor built over:
+    one line naming its manifest and what to do; the store is left as it was."""
+    import json
+
+    from mlip_plugins.data.store.reader import default_store_directory
+
+    build_store(tmp_path / "store", [mixed_xyz], CUTOFF, shard_size=5, progress=False)
+    path = tmp_path / "store" / layout.MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["format"] = manifest["key"]["format"] = 1
+    path.write_text(json.dumps(manifest))
+    before = {f.name: f.read_bytes() for f in (tmp_path / "store").iterdir()}
+    expected = f"{path}: graph store format 1, this version reads format 2 .*remove the folder to rebuild it"
+    with pytest.raises(layout.StoreError, match=expected):
+        GraphStore(tmp_path / "store")
+    with pytest.raises(layout.StoreError, match=expected):
+        build_store(tmp_path / "store", [mixed_xyz], CUTOFF, shard_size=5, progress=False)
+    assert {f.name: f.read_bytes() for f in (tmp_path / "store").iterdir()} == before
+    # data.streaming's default store folders are keyed on the format: this version builds its own
+    settings = build.store_settings(LabelKeys(), None, "raise", True)
+    ours = default_store_directory(str(mixed_xyz), CUTOFF, settings)
+    monkeypatch.setattr(layout, "FORMAT_VERSION", 1)
+    assert default_store_directory(str(mixed_xyz), CUTOFF, settings) != ours
 
 
 def test_an_incomplete_build_of_other_data_restarts_cleanly(tmp_path, mixed_xyz, monkeypatch):

@@ -186,6 +186,8 @@ def _prepare(directory: Path, key: dict, key_hash: str) -> dict | None:
     """The complete manifest if the store is already built for ``key``; otherwise get the folder
     ready to (re)build and return None."""
     manifest = layout.read_manifest(directory)
+    if manifest is not None and manifest.get("complete"):
+        layout.check_format(directory, manifest)  # an older store is the user's: refused, never rebuilt over
     if manifest is not None:
         difference = layout.key_difference(manifest["key"], key)
         if difference is None and manifest.get("complete"):

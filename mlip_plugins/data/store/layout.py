@@ -1,22 +1,32 @@
 """The layout of a graph store: the arrays of a shard, the manifest, and the store's errors.
 
-A shard of S structures with N atoms and E edges in total holds six arrays (safetensors):
+A shard of S structures with N atoms, E edges and B atoms with Born effective charges (those of
+the structures labelled with them) holds seven arrays (safetensors):
 
 ======================  ============  =====================================================
-``offsets``             [S+1, 2] i64  first atom and first edge of each structure (CSR)
+``offsets``             [S+1, 3] i64  first atom, first edge and first BEC row of each
+                                      structure (CSR)
 ``atoms``               [N, 7] f64    position (0:3), forces (3:6), charge (6)
 ``z``                   [N] int       atomic numbers (the smallest int type that holds them)
 ``edges``               [E, 5] int    j, i (indices within the structure), cell shift (2:5)
-``structures``          [S, 22] f64   cell (0:9), stress (9:18), energy, total charge,
-                                      weight, sum of squared force components
-``index``               [S, 9] i64    source frame, source file, pbc (2:5), has_energy,
-                                      has_forces, has_stress, has_charges
+``bec``                 [B, 9] f64    Born effective charges, row-major, of the atoms of the
+                                      structures that have them (none stored for the others)
+``structures``          [S, 34] f64   cell (0:9), stress (9:18), energy, total charge,
+                                      weight, sum of squared force components, dipole
+                                      (22:25), polarizability (25:34, row-major)
+``index``               [S, 12] i64   source frame, source file, pbc (2:5), has_energy,
+                                      has_forces, has_stress, has_charges, has_bec,
+                                      has_dipole, has_polarizability
 ======================  ============  =====================================================
 
 Floats are stored in float64 whatever torch's default dtype (an item is converted on read,
 exactly as :func:`~mlip_plugins.data.structures.graph_from_arrays` converts a fresh graph),
 so one store serves float32 and float64 runs. Missing labels are zeros with their flag false,
-as in a graph. An item costs six memory-mapped slices, one per array.
+as in a graph. An item costs seven memory-mapped slices, one per array.
+
+Format history: 1 had no ``bec`` array, two offset columns, 22 structure and 9 index columns
+(BEC, dipole and polarizability labels were refused); a store of another format is refused in
+one line (:func:`check_format`): rebuilding it is the way to read it.
 """
 
 from __future__ import annotations
@@ -32,17 +42,33 @@ from mlip_plugins.atomic_files import atomic_write_text
 from mlip_plugins.data.structures import STRUCTURE_TENSOR_SHAPES, DataError
 
 #: version of the layout below; a store of another version is refused (rebuild it)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 
+# columns of ``offsets``
+ATOM_ROW, EDGE_ROW, BEC_ROW = 0, 1, 2
 # columns of ``atoms``
 POS, FORCES, CHARGE = slice(0, 3), slice(3, 6), 6
-# columns of ``structures``
+# columns of ``structures``: then each per-structure tensor label (dipole, polarizability), flattened
 CELL, STRESS, ENERGY, TOTAL_CHARGE, WEIGHT, FORCE_SQ = slice(0, 9), slice(9, 18), 18, 19, 20, 21
-# columns of ``index``
-FRAME, SOURCE, PBC, HAS_ENERGY, HAS_FORCES, HAS_STRESS, HAS_CHARGES = 0, 1, slice(2, 5), 5, 6, 7, 8
-SHARD_ARRAYS = ("offsets", "atoms", "z", "edges", "structures", "index")
+# columns of ``index``: then the flag of each per-structure tensor label
+FRAME, SOURCE, PBC, HAS_ENERGY, HAS_FORCES, HAS_STRESS, HAS_CHARGES, HAS_BEC = 0, 1, slice(2, 5), 5, 6, 7, 8, 9
+
+
+def _tensor_columns() -> tuple[dict[str, slice], dict[str, int], int, int]:
+    """The ``structures`` columns and the ``index`` flag of each of ``STRUCTURE_TENSOR_SHAPES``,
+    and the widths of both tables."""
+    columns, flags, start, flag = {}, {}, FORCE_SQ + 1, HAS_BEC + 1
+    for name, shape in STRUCTURE_TENSOR_SHAPES.items():
+        width = int(np.prod(shape))
+        columns[name], flags[name] = slice(start, start + width), flag
+        start, flag = start + width, flag + 1
+    return columns, flags, start, flag
+
+
+TENSOR_COLUMNS, HAS_TENSOR, STRUCTURE_WIDTH, INDEX_WIDTH = _tensor_columns()
+SHARD_ARRAYS = ("offsets", "atoms", "z", "edges", "bec", "structures", "index")
 
 
 class StoreError(DataError):
@@ -81,33 +107,34 @@ def pack_shard(items: Sequence[tuple[dict, int, int]]) -> dict[str, np.ndarray]:
     """The shard arrays of ``items``: (graph arrays of ``graph_arrays``, source frame, source file)."""
     n_atoms = np.array([len(arrays["z"]) for arrays, _, _ in items], dtype=np.int64)
     n_edges = np.array([arrays["edge_index"].shape[1] for arrays, _, _ in items], dtype=np.int64)
-    offsets = np.zeros((len(items) + 1, 2), dtype=np.int64)
-    offsets[1:, 0], offsets[1:, 1] = np.cumsum(n_atoms), np.cumsum(n_edges)
+    n_bec = np.array([len(arrays["z"]) if bool(arrays["has_bec"][0]) else 0 for arrays, _, _ in items], dtype=np.int64)
+    offsets = np.zeros((len(items) + 1, 3), dtype=np.int64)
+    offsets[1:, ATOM_ROW], offsets[1:, EDGE_ROW], offsets[1:, BEC_ROW] = np.cumsum(n_atoms), np.cumsum(n_edges), np.cumsum(n_bec)
     atoms = np.zeros((int(n_atoms.sum()), 7))
     edges = np.zeros((int(n_edges.sum()), 5), dtype=np.int64)
-    structures = np.zeros((len(items), 22))
-    index = np.zeros((len(items), 9), dtype=np.int64)
+    bec = np.zeros((int(n_bec.sum()), 9))
+    structures = np.zeros((len(items), STRUCTURE_WIDTH))
+    index = np.zeros((len(items), INDEX_WIDTH), dtype=np.int64)
     z = np.zeros(int(n_atoms.sum()), dtype=np.int64)
     for k, (arrays, frame, source) in enumerate(items):
-        a0, a1 = offsets[k, 0], offsets[k + 1, 0]
-        e0, e1 = offsets[k, 1], offsets[k + 1, 1]
-        for name in ("bec", "dipole", "polarizability"):
-            if f"has_{name}" in arrays and bool(arrays[f"has_{name}"][0]):
-                raise StoreError(f"graph store: source file {source}, frame {frame}: field {name!r}: the graph store does not "
-                                 f"keep {name} labels; train from the file itself (data.store=null, data.streaming=false)")
+        (a0, e0, b0), (a1, e1, b1) = offsets[k], offsets[k + 1]
         atoms[a0:a1, POS], atoms[a0:a1, FORCES] = arrays["pos"], arrays["forces"]
         if "charges" in arrays:
             atoms[a0:a1, CHARGE] = arrays["charges"]
         z[a0:a1] = arrays["z"]
         edges[e0:e1, :2], edges[e0:e1, 2:] = arrays["edge_index"].T, arrays["shifts"]
+        if b1 > b0:
+            bec[b0:b1] = arrays["bec"].reshape(-1, 9)
         row = structures[k]
         row[CELL], row[STRESS] = arrays["cell"].reshape(9), arrays["stress"].reshape(9)
         row[ENERGY], row[TOTAL_CHARGE], row[WEIGHT] = arrays["energy"][0], arrays["total_charge"][0], arrays["weight"][0]
         row[FORCE_SQ] = float(np.square(arrays["forces"]).sum()) if arrays["has_forces"][0] else 0.0
         index[k, FRAME], index[k, SOURCE], index[k, PBC] = frame, source, arrays["pbc"].reshape(3)
         index[k, HAS_ENERGY], index[k, HAS_FORCES] = arrays["has_energy"][0], arrays["has_forces"][0]
-        index[k, HAS_STRESS], index[k, HAS_CHARGES] = arrays["has_stress"][0], "charges" in arrays
-    return {"offsets": offsets, "atoms": atoms, "z": compact_int(z), "edges": compact_int(edges),
+        index[k, HAS_STRESS], index[k, HAS_CHARGES], index[k, HAS_BEC] = arrays["has_stress"][0], "charges" in arrays, b1 > b0
+        for name, columns in TENSOR_COLUMNS.items():
+            row[columns], index[k, HAS_TENSOR[name]] = arrays[name].reshape(-1), arrays[f"has_{name}"][0]
+    return {"offsets": offsets, "atoms": atoms, "z": compact_int(z), "edges": compact_int(edges), "bec": bec,
             "structures": structures, "index": index}
 
 
@@ -116,12 +143,13 @@ def pack_shard(items: Sequence[tuple[dict, int, int]]) -> dict[str, np.ndarray]:
 ATOM_FIELDS, EDGE_FIELDS = ("pos", "z", "forces", "charges", "bec"), ("edge_index", "shifts")
 
 
-def unpack(atoms, z, edges, structures, index) -> dict:
+def unpack(atoms, z, edges, bec, structures, index, atom_counts) -> dict:
     """The graph fields (``graph_arrays``' names and order) of consecutive structures from their
-    rows of the shard arrays: per-atom and per-edge fields concatenated (``edge_index`` counted
-    within each structure), per-structure fields with one row each (``cell`` [S, 3, 3],
-    ``energy`` [S], ...). For one structure these are exactly ``graph_arrays``' shapes.
-    ``charges`` is present if every structure has charges."""
+    rows of the shard arrays (``atom_counts``: the atoms of each): per-atom and per-edge fields
+    concatenated (``edge_index`` counted within each structure), per-structure fields with one
+    row each (``cell`` [S, 3, 3], ``energy`` [S], ...). For one structure these are exactly
+    ``graph_arrays``' shapes. ``charges`` is present if every structure has charges; ``bec``
+    is zero for the atoms of structures without (their rows are not stored)."""
     fields = {
         "pos": atoms[:, POS], "z": z, "cell": structures[:, CELL].reshape(-1, 3, 3), "pbc": index[:, PBC] != 0,
         "edge_index": edges[:, :2].T, "shifts": edges[:, 2:],
@@ -131,11 +159,13 @@ def unpack(atoms, z, edges, structures, index) -> dict:
     }
     if index[:, HAS_CHARGES].all():
         fields["charges"] = atoms[:, CHARGE]
-    n_atoms, n_structures = len(z), len(structures)
-    fields["bec"] = np.zeros((n_atoms, 3, 3))  # never stored (pack_items refuses BEC labels)
-    fields["has_bec"] = np.zeros(n_structures, dtype=bool)
+    has_bec = index[:, HAS_BEC] != 0
+    fields["bec"] = np.zeros((len(z), 3, 3))
+    fields["bec"][np.repeat(has_bec, atom_counts)] = np.asarray(bec).reshape(-1, 3, 3)
+    fields["has_bec"] = has_bec
     for name, shape in STRUCTURE_TENSOR_SHAPES.items():
-        fields[name], fields[f"has_{name}"] = np.zeros((n_structures, *shape)), np.zeros(n_structures, dtype=bool)
+        fields[name] = structures[:, TENSOR_COLUMNS[name]].reshape(-1, *shape)
+        fields[f"has_{name}"] = index[:, HAS_TENSOR[name]] != 0
     fields["total_charge"], fields["weight"] = structures[:, TOTAL_CHARGE], structures[:, WEIGHT]
     return fields
 
@@ -190,6 +220,16 @@ def key_difference(built: dict, wanted: dict) -> str | None:
             what = {"sources": "source content (fingerprints)"}.get(field, field)
             return f"{what} {built.get(field)!r} (store) != {wanted.get(field)!r} (requested)"
     return None
+
+
+def check_format(directory: str | os.PathLike, manifest: dict) -> None:
+    """Refuse a store of another layout than :data:`FORMAT_VERSION` (in one line: which file,
+    which formats, what to do)."""
+    built = manifest.get("format", manifest.get("key", {}).get("format"))
+    if built != FORMAT_VERSION:
+        raise StoreError(f"{Path(directory) / MANIFEST}: graph store format {built!r}, this version reads format "
+                         f"{FORMAT_VERSION} (format 2 added BEC, dipole and polarizability labels); remove the folder "
+                         f"to rebuild it from its sources")
 
 
 def read_manifest(directory: str | os.PathLike) -> dict | None:

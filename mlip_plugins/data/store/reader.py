@@ -70,9 +70,7 @@ class GraphStore(Dataset):
         if manifest is None or not manifest.get("complete"):
             state = "no graph store" if manifest is None else "an incomplete graph store (its build was interrupted)"
             raise layout.StoreError(f"{self.directory}: {state}; build it (data.streaming=true with data.path)")
-        if manifest.get("format") != layout.FORMAT_VERSION:
-            raise layout.StoreError(f"{self.directory}: graph store format {manifest.get('format')}, this version "
-                                    f"reads {layout.FORMAT_VERSION}; remove the folder to rebuild it")
+        layout.check_format(self.directory, manifest)
         self.manifest = manifest
         self._shards = [shard["file"] for shard in manifest["shards"]]
         self._starts = np.concatenate([[0], np.cumsum([shard["structures"] for shard in manifest["shards"]])]).astype(np.int64)
@@ -114,7 +112,7 @@ class GraphStore(Dataset):
 
     def _read(self, indices: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """The shard arrays' rows of the structures ``indices``, in that order (atom and edge rows
-        concatenated), and their [atoms, edges] counts.
+        concatenated), and their [atoms, edges, BEC rows] counts.
 
         The structures are read grouped by shard (one gather per array and shard, whatever the
         number of structures) and put back in the asked order with one gather per array (cheaper,
@@ -125,15 +123,16 @@ class GraphStore(Dataset):
         owners, group_starts = np.unique(shards[order], return_index=True)
         bounds = [*group_starts.tolist(), len(indices)]
         groups = [(self._shard(int(shard)), slice(bounds[k], bounds[k + 1])) for k, shard in enumerate(owners)]
-        first, counts = np.empty((len(indices), 2), np.int64), np.empty((len(indices), 2), np.int64)
+        first, counts = np.empty((len(indices), 3), np.int64), np.empty((len(indices), 3), np.int64)
         for arrays, members in groups:
             offsets = arrays["offsets"]
             first[members] = offsets[rows[members]]
             counts[members] = offsets[rows[members] + 1] - first[members]
         placed = _exclusive_cumsum(counts)  # where each structure's atoms and edges start, shard order
         ends = placed + counts
-        sources = [layout.ranges(first[:, k], counts[:, k]) for k in (0, 1)]  # the rows within their shard
-        column = {"atoms": 0, "z": 0, "edges": 1}
+        levels = range(counts.shape[1])  # atoms, edges, BEC rows
+        sources = [layout.ranges(first[:, k], counts[:, k]) for k in levels]  # the rows within their shard
+        column = {"atoms": layout.ATOM_ROW, "z": layout.ATOM_ROW, "edges": layout.EDGE_ROW, "bec": layout.BEC_ROW}
         out = {}
         for name, array in groups[0][0].items():
             if name == "offsets":
@@ -148,8 +147,8 @@ class GraphStore(Dataset):
             out["index"][members] = arrays["index"][rows[members]]
         if len(groups) > 1:  # back to the asked order
             back = np.argsort(order)
-            atoms, edges = (layout.ranges(placed[back, k], counts[back, k]) for k in (0, 1))
-            out = {name: array[{0: atoms, 1: edges}[column[name]] if name in column else back] for name, array in out.items()}
+            rows_of = [layout.ranges(placed[back, k], counts[back, k]) for k in levels]
+            out = {name: array[rows_of[column[name]] if name in column else back] for name, array in out.items()}
             counts = counts[back]
         return out, counts
 
@@ -161,11 +160,12 @@ class GraphStore(Dataset):
         index = int(self._positions([int(index)])[0])
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
         arrays, row = self._shard(shard), index - int(self._starts[shard])
-        (a0, e0), (a1, e1) = arrays["offsets"][row : row + 2].tolist()
+        (a0, e0, b0), (a1, e1, b1) = arrays["offsets"][row : row + 2].tolist()
         rows = {"atoms": arrays["atoms"][a0:a1], "z": arrays["z"][a0:a1], "edges": arrays["edges"][e0:e1],
-                "structures": arrays["structures"][row : row + 1], "index": arrays["index"][row : row + 1]}
+                "bec": arrays["bec"][b0:b1], "structures": arrays["structures"][row : row + 1],
+                "index": arrays["index"][row : row + 1]}
         rows = {name: np.array(view) for name, view in rows.items()}  # out of the read-only map
-        graph = graph_from_arrays(layout.unpack(**rows))
+        graph = graph_from_arrays(layout.unpack(**rows, atom_counts=[a1 - a0]))
         graph.source = self._sources(rows["index"])[0]
         return graph
 
@@ -184,7 +184,7 @@ class GraphStore(Dataset):
         charged = arrays["index"][:, layout.HAS_CHARGES]
         if charged.any() and not charged.all():
             return Batch.from_data_list([self[int(i)] for i in indices])
-        fields = layout.unpack(**arrays)
+        fields = layout.unpack(**arrays, atom_counts=counts[:, layout.ATOM_ROW])
         node_start = _exclusive_cumsum(counts[:, 0])
         fields["edge_index"] = fields["edge_index"] + np.repeat(node_start, counts[:, 1])
         graphs = graph_from_arrays({key: np.ascontiguousarray(value) for key, value in fields.items()})

@@ -10,7 +10,8 @@
   moments of the per-atom energy a = E/n and composition b = C/n, since
   std(a - b·e0)² = ⟨a²⟩ - 2⟨ab⟩·e0 + e0ᵀ⟨bbᵀ⟩e0 - (⟨a⟩ - ⟨b⟩·e0)² for any e0 given later;
 * the loss's label variances (:func:`~mlip_plugins.data.statistics.label_variances`): the
-  sums and sums of squares of the stress components and of the charges, with their counts;
+  sums and sums of squares of the stress components, the charges, the Born effective charge
+  components and the dipole and polarizability components per atom, with their counts;
 * neighbour counts: edges per atom, and the largest number of neighbours of one atom.
 
 Sums over shards are merged (:meth:`StreamingStatistics.merge`), so each build worker sums its
@@ -30,8 +31,16 @@ from mlip_plugins.data.store import layout
 
 
 #: the sums that add as plain numbers (the element-indexed ones are re-indexed first)
+#: the pooled components whose variance the loss uses: (count, sum, sum of squares) of each
+_POOLED = {"charges": ("n_charges", "charge_sum", "charge_sq"), "bec": ("n_bec", "bec_sum", "bec_sq"),
+           "dipole": ("n_dipole", "dipole_sum", "dipole_sq"),
+           "polarizability": ("n_polarizability", "polarizability_sum", "polarizability_sq")}
 _SCALAR_SUMS = ("n_energy", "sum_a", "sum_a2", "force_sq", "force_components", "n_stress", "stress_sum", "stress_sq",
-                "n_charges", "charge_sum", "charge_sq")
+                *(name for sums in _POOLED.values() for name in sums))
+
+
+def _sums(values: np.ndarray) -> tuple[int, float, float]:
+    return int(values.size), float(values.sum()), float(np.square(values).sum())
 
 
 @dataclass
@@ -60,13 +69,22 @@ class StreamingStatistics:
     n_charges: int = 0                                #: per-atom charges (structures that have them)
     charge_sum: float = 0.0
     charge_sq: float = 0.0
+    n_bec: int = 0                                    #: Born effective charge components
+    bec_sum: float = 0.0
+    bec_sq: float = 0.0
+    n_dipole: int = 0                                 #: dipole components per atom
+    dipole_sum: float = 0.0
+    dipole_sq: float = 0.0
+    n_polarizability: int = 0                         #: polarizability components per atom
+    polarizability_sum: float = 0.0
+    polarizability_sq: float = 0.0
 
     # -- building the sums ------------------------------------------------------------------
     @classmethod
     def from_tables(cls, arrays: Mapping[str, np.ndarray], rows: np.ndarray | None = None) -> StreamingStatistics:
         """Sums over the structures ``rows`` (default: all) of one shard (its arrays, packed or
-        memory-mapped) from the per-structure tables, ``z`` and, if some of them have charges,
-        the charge column; no neighbour counts."""
+        memory-mapped) from the per-structure tables, ``z`` and, if some of them have charges
+        or BEC, the charge column and the BEC rows; no neighbour counts."""
         offsets, index, structures = arrays["offsets"], arrays["index"], arrays["structures"]
         z = np.asarray(arrays["z"], dtype=np.int64)
         atom_offsets = np.asarray(offsets[:, 0], dtype=np.int64)
@@ -83,7 +101,13 @@ class StreamingStatistics:
         a, b = e / n_atoms[has_energy], labelled / n_atoms[has_energy, None]
         stress = structures[has_stress][:, layout.STRESS]
         charged = rows[index[:, layout.HAS_CHARGES] != 0]
-        charges = arrays["atoms"][layout.ranges(atom_offsets[charged], np.diff(atom_offsets)[charged]), layout.CHARGE]
+        pooled = {"charges": arrays["atoms"][layout.ranges(atom_offsets[charged], np.diff(atom_offsets)[charged]), layout.CHARGE]}
+        bec_offsets = np.asarray(offsets[:, layout.BEC_ROW], dtype=np.int64)
+        pooled["bec"] = arrays["bec"][layout.ranges(bec_offsets[rows], np.diff(bec_offsets)[rows])]
+        for name, columns in layout.TENSOR_COLUMNS.items():  # per atom, as the loss compares them
+            has = index[:, layout.HAS_TENSOR[name]] != 0
+            pooled[name] = structures[has][:, columns] / n_atoms[has, None]
+        sums = {name: value for key, names in _POOLED.items() for name, value in zip(names, _sums(pooled[key]))}
         return cls(
             elements=[int(x) for x in elements], n_structures=len(rows), n_atoms=int(n_atoms.sum()),
             atom_counts=counts.sum(0).tolist(), n_energy=int(has_energy.sum()),
@@ -92,7 +116,7 @@ class StreamingStatistics:
             sum_bb=(b.T @ b).tolist(), force_sq=float(structures[has_forces, layout.FORCE_SQ].sum()),
             force_components=int(3 * n_atoms[has_forces].sum()),
             n_stress=int(has_stress.sum()), stress_sum=float(stress.sum()), stress_sq=float(np.square(stress).sum()),
-            n_charges=int(charges.size), charge_sum=float(charges.sum()), charge_sq=float(np.square(charges).sum()),
+            **sums,
         )
 
     @classmethod
@@ -177,8 +201,8 @@ class StreamingStatistics:
     def label_variances(self, elements: Sequence[int], e0: np.ndarray) -> dict[str, float]:
         """:func:`mlip_plugins.data.statistics.label_variances` of these structures (the loss's
         ``normalize: variance``): the per-atom energy spread after E0 (squared), the mean square
-        force component, and the (n-1)-normalised variance of the stress components and of the
-        charges. Sums of a store built before these were kept count as no labels (1.0)."""
+        force component, and the (n-1)-normalised variance of the stress components, the
+        charges, the BEC components and the dipole and polarizability components per atom."""
         def variance(n: int, total: float, squares: float) -> float:
             return (squares - total * total / n) / (n - 1)
 
@@ -187,8 +211,10 @@ class StreamingStatistics:
             "energy": energy_std**2 if energy_std is not None else 1.0,
             "forces": self.force_sq / self.force_components if self.force_components else 1.0,
             "stress": variance(9 * self.n_stress, self.stress_sum, self.stress_sq) if self.n_stress > 1 else 1.0,
-            "charges": variance(self.n_charges, self.charge_sum, self.charge_sq) if self.n_charges > 1 else 1.0,
         }
+        for key, (count, total, squares) in _POOLED.items():
+            n = getattr(self, count)
+            result[key] = variance(n, getattr(self, total), getattr(self, squares)) if n > 1 else 1.0
         return {key: value if np.isfinite(value) and value > 1e-12 else 1.0 for key, value in result.items()}
 
     def summary(self) -> dict:
