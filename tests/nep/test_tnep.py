@@ -50,24 +50,17 @@ def test_tnep_headers_refuse_zbl_and_charges(tmp_path):
         read_nep(path)
 
 
-@needs_fixtures
-@pytest.mark.parametrize("kind", sorted(CASES))
-def test_a_tnep_trained_from_nep_in_exports_what_calorine_evaluates(tmp_path, kind):
+def _tnep_training_files(tmp_path, kind: str):
+    """Six rattled copies of GPUMD's fixture labelled by GPUMD's TNEP (no energies: a TNEP has
+    none), written to data.xyz, and a tiny nep.in for them: (frames, data.xyz, nep.in)."""
     from ase.io import write
     from calorine.calculators import CPUNEP
-    from calorine.nep import read_loss
-    from hydra import compose, initialize_config_module
 
-    from lightning_modules.train import run_training
-    from mlip_plugins.calculator import MLIPCalculator
-    from mlip_plugins.checkpoint import load_potential
-    from mlip_plugins.cli.export import main as export_main
-
-    model, structure, getter, header = CASES[kind]
+    model, structure, getter, _ = CASES[kind]
     teacher = CPUNEP(str(FIXTURES / "models" / model))
     base = read(FIXTURES / "structures" / structure)
     frames = []
-    for k in range(6):  # rattled copies labelled by GPUMD's TNEP (no energies: a TNEP has none)
+    for k in range(6):
         atoms = base.copy()
         atoms.rattle(0.05, seed=k)
         value = np.asarray(getattr(teacher, getter)(atoms))
@@ -79,6 +72,23 @@ def test_a_tnep_trained_from_nep_in_exports_what_calorine_evaluates(tmp_path, ki
     nep_in = tmp_path / "nep.in"
     nep_in.write_text(f"type {len(symbols)} {' '.join(symbols)}\nmodel_type {1 if kind == 'dipole' else 2}\ncutoff 4 3\n"
                       "n_max 2 2\nbasis_size 3 3\nl_max 2 0 0\nneuron 4\nbatch 2\ngeneration 6\noutput_interval 2\n")
+    return frames, data, nep_in
+
+
+@needs_fixtures
+@pytest.mark.parametrize("kind", sorted(CASES))
+def test_a_tnep_trained_from_nep_in_exports_what_calorine_evaluates(tmp_path, kind):
+    from calorine.calculators import CPUNEP
+    from calorine.nep import read_loss
+    from hydra import compose, initialize_config_module
+
+    from lightning_modules.train import run_training
+    from mlip_plugins.calculator import MLIPCalculator
+    from mlip_plugins.checkpoint import load_potential
+    from mlip_plugins.cli.export import main as export_main
+
+    model, structure, getter, header = CASES[kind]
+    frames, data, nep_in = _tnep_training_files(tmp_path, kind)
     with initialize_config_module("mlip_plugins.conf", version_base=None):
         cfg = compose("train", overrides=[f"data.path={data}", "data.file_format=extxyz", "experiment=nep", f"nep_in={nep_in}",
                                           f"run_dir={tmp_path / 'run'}", "dtype=float64", "trainer.enable_progress_bar=false",
@@ -164,3 +174,29 @@ def _check_tnep_prediction_files(tmp_path, run, kind, frames, nep_in, potential)
                 voigt = [0, 1, 2, 4, 5, 3]
                 np.testing.assert_array_equal(atoms.info["polarizability_predicted"], row[:6][voigt])
                 np.testing.assert_array_equal(atoms.info["polarizability_target"], row[6:][voigt])
+
+
+@needs_fixtures
+def test_a_tnep_trains_from_a_graph_store_as_from_memory(tmp_path):
+    """Polarizability labels go through the graph store (data.streaming=true): the same loss scales
+    (loss.normalize=variance, from the store's sums), the same training and the same
+    polarizability_*.out as the in-memory run."""
+    from hydra import compose, initialize_config_module
+
+    from lightning_modules.train import run_training
+    from mlip_plugins.keys import TARGETS
+
+    _, data, nep_in = _tnep_training_files(tmp_path, "polarizability")
+    runs = {}
+    for name, extra in (("memory", []), ("store", ["data.streaming=true", f"data.store={tmp_path / 'store'}"])):
+        with initialize_config_module("mlip_plugins.conf", version_base=None):
+            cfg = compose("train", overrides=[f"data.path={data}", "data.file_format=extxyz", "experiment=nep",
+                                              f"nep_in={nep_in}", f"run_dir={tmp_path / name}", "dtype=float64",
+                                              "trainer.enable_progress_bar=false", "logger=[]", *extra])
+        runs[name] = run_training(cfg)
+    scales = {name: torch.load(result["last_ckpt"], weights_only=False)["state_dict"]["loss_scales"] for name, result in runs.items()}
+    assert scales["store"][TARGETS.index("polarizability")] != 1.0
+    torch.testing.assert_close(scales["store"], scales["memory"], rtol=1e-9, atol=0)
+    for which in ("train", "test"):
+        memory, store = (np.loadtxt(tmp_path / name / f"polarizability_{which}.out", ndmin=2) for name in ("memory", "store"))
+        np.testing.assert_allclose(store, memory, rtol=1e-9, atol=1e-12)
