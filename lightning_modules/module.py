@@ -122,7 +122,8 @@ class PotentialModule(L.LightningModule):
                 if key in scales:
                     self.loss_scales[k] = float(scales[key])
 
-    def _scales(self) -> dict[str, torch.Tensor]:
+    def loss_scale_map(self) -> dict[str, torch.Tensor]:
+        """Per target, the divisor of its loss term (``loss.normalize=variance``; else 1)."""
         return {key: self.loss_scales[k] for k, key in enumerate(TARGETS)}
 
     def setup(self, stage: str) -> None:
@@ -172,7 +173,7 @@ class PotentialModule(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = self(batch, create_graph=True)
         errs = errors(batch, out)
-        loss, parts = total_loss(errs, self._training_weights(), self._global_denominators(errs), self._scales())
+        loss, parts = total_loss(errs, self._training_weights(), self._global_denominators(errs), self.loss_scale_map())
         if "aux_loss" in out:
             loss = loss + out["aux_loss"]
             parts["aux"] = out["aux_loss"].detach()
@@ -226,7 +227,7 @@ class PotentialModule(L.LightningModule):
         with torch.enable_grad():
             out = self(batch, model=self.eval_model)
         targets = residuals(batch, out)
-        loss, _ = total_loss(errors_from(targets), self.loss_weights, scales=self._scales())
+        loss, _ = total_loss(errors_from(targets), self.loss_weights, scales=self.loss_scale_map())
         self.log(f"{prefix}/loss", loss.detach(), batch_size=batch.num_graphs, prog_bar=prefix == "val", sync_dist=True)
         metrics.update(targets)
 

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_modules.checkpoint_io import AtomicCheckpointIO
 from lightning_modules.config_checks import check_group_overrides, check_keywords, check_trainer_config
 from lightning_modules.datamodule import AtomsDataModule
+from lightning_modules.refine import FullBatchRefinement, RefineConfig, split_budget
 from lightning_modules.resume import check_resume
 from lightning_modules.run_dir import RunDirectory, exit_with_user_error, is_launching_process
 from lightning_modules.trainer_args import reconcile_precision, trainer_kwargs
@@ -216,6 +217,12 @@ def _train_once(cfg: DictConfig, initial: dict | None = None) -> dict:
         raise ConfigError(f"dtype: expected float32 or float64, got {cfg.dtype!r}")
     trainer_cfg = trainer_kwargs(_plain(cfg.trainer))
     check_trainer_config(trainer_cfg)  # before the (slow) data loading
+    refine = RefineConfig.from_config(_plain(cfg.get("refine")))
+    refine_seconds = None
+    if refine.enabled:  # the full-batch refinement takes its share of the wall budget (lightning_modules/refine.py)
+        reduced, refine_seconds = split_budget(trainer_cfg.get("max_time"), refine.share)
+        if reduced is not None:
+            trainer_cfg["max_time"] = reduced
     torch.set_default_dtype(DTYPES[cfg.dtype])
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -261,6 +268,8 @@ def _train_once(cfg: DictConfig, initial: dict | None = None) -> dict:
 
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg)
+    if refine.enabled:
+        callbacks.append(FullBatchRefinement(refine, refine_seconds))
     if not loggers:  # a learning-rate monitor needs a logger; without one it has nothing to do
         from lightning.pytorch.callbacks import LearningRateMonitor
 

@@ -1,0 +1,146 @@
+"""The full-batch L-BFGS refinement after training (lightning_modules/refine.py)."""
+
+from __future__ import annotations
+
+import json
+import types
+from datetime import timedelta
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from lightning_modules.module import PotentialModule
+from lightning_modules.refine import FullBatchObjective, RefineConfig, _chunks, refine_full_batch, split_budget
+from mlip_plugins.data.structures import atoms_to_graph
+from mlip_plugins.models.builder import ConfigError
+
+MODEL = {"elements": [29], "cutoff": 4.0,
+         "energy": {"descriptor": {"name": "radial", "n_max": 2, "basis_size": 3}, "readout": {"name": "mlp", "hidden": [4]}}}
+
+
+def _graphs(n: int, seed: int = 0, sign: float = 1.0) -> list:
+    """Rattled EMT Cu cells of 2-16 atoms; ``sign=-1`` mirrors the labels (a set the model
+    cannot fit together with the original)."""
+    rng = np.random.default_rng(seed)
+    graphs = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.55 + 0.03 * (k % 4), cubic=k % 2 == 0).repeat((1 + k % 2, 1, 1))
+        atoms.positions += rng.normal(scale=0.08, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        labels = {"energy": sign * atoms.get_potential_energy(), "forces": sign * atoms.get_forces()}
+        graphs.append(atoms_to_graph(atoms, 4.0, labels))
+    return graphs
+
+
+def _module(ema: bool = False) -> PotentialModule:
+    torch.manual_seed(0)
+    return PotentialModule(MODEL, loss={"energy": 1.0, "forces": 1.0}, ema={"decay": 0.9} if ema else None)
+
+
+def _data(train, val) -> types.SimpleNamespace:
+    return types.SimpleNamespace(train_graphs=train, val_graphs=val)
+
+
+def _state(model) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_chunked_loss_and_gradient_equal_one_pass_over_the_whole_set():
+    """The denominators are the whole set's label totals, so chunks add up to the full-batch loss."""
+    module, graphs = _module(), _graphs(7)
+    weights, scales = module.loss_weights, module.loss_scale_map()
+    values, grads = [], []
+    for chunk_atoms in (10_000, 9):  # one chunk; several (every chunk at most 9 atoms or one structure)
+        batches = _chunks(graphs, list(range(len(graphs))), chunk_atoms, torch.device("cpu"))
+        objective = FullBatchObjective(module.model, batches, weights, scales, needs_stress=False)
+        module.model.zero_grad()
+        values.append(float(objective.value(backward=True)))
+        grads.append(torch.cat([p.grad.flatten() for p in objective.params]))
+    assert len(_chunks(graphs, list(range(len(graphs))), 9, torch.device("cpu"))) > 3
+    assert values[1] == pytest.approx(values[0], rel=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-14)
+
+
+def test_refinement_lowers_the_training_loss_and_hands_the_ema_weights_to_the_model():
+    module, train, val = _module(ema=True), _graphs(8, seed=1), _graphs(3, seed=2)
+    summary = refine_full_batch(module, _data(train, val), RefineConfig(share=0.5, max_iterations=15), deadline=None)
+    assert summary["kept"]
+    assert summary["after"]["train"] < 0.5 * summary["before"]["train"]
+    assert summary["after"]["val"] < summary["before"]["val"]
+    for raw, averaged in zip(module.model.parameters(), module.ema.module.parameters()):
+        assert torch.equal(raw, averaged)
+
+
+def test_weights_that_raise_the_validation_loss_are_not_kept():
+    module, train = _module(), _graphs(8, seed=1)
+    val = _graphs(8, seed=1, sign=-1.0)  # the training set with mirrored labels
+    start = _state(module.model)
+    summary = refine_full_batch(module, _data(train, val), RefineConfig(share=0.5, max_iterations=15), deadline=None)
+    assert summary["after"]["train"] < summary["before"]["train"]
+    assert summary["after"]["val"] > summary["before"]["val"]
+    assert not summary["kept"]
+    for before, after in zip(start, module.model.parameters()):
+        assert torch.equal(before, after)
+
+
+def test_large_training_sets_are_not_refined():
+    module = _module()
+    start = _state(module.model)
+    summary = refine_full_batch(module, _data(_graphs(4), []), RefineConfig(share=0.5, max_structures=3), deadline=None)
+    assert "skipped" in summary
+    assert all(torch.equal(a, b) for a, b in zip(start, module.model.parameters()))
+
+
+def test_the_wall_budget_is_split_between_training_and_refinement():
+    assert split_budget("00:00:08:00", 0.25) == (timedelta(minutes=6), 480.0)
+    assert split_budget({"minutes": 2}, 0.5) == (timedelta(minutes=1), 120.0)
+    assert split_budget(None, 0.5) == (None, None)
+    with pytest.raises(ConfigError, match="trainer.max_time"):
+        split_budget("8 minutes", 0.5)
+    with pytest.raises(ConfigError, match="refine.share"):
+        RefineConfig(share=1.0)
+    with pytest.raises(ConfigError, match="refine"):
+        RefineConfig.from_config({"shares": 0.1})
+
+
+def test_a_run_with_refinement_saves_and_reports_the_refined_weights(tmp_path, tiny_xyz, caplog):
+    """last.ckpt holds the weights that metrics.json was computed from (after the refinement)."""
+    import logging
+
+    from hydra import compose, initialize_config_module
+
+    from lightning_modules.train import run_training
+    from mlip_plugins.checkpoint import load_potential
+    from mlip_plugins.evaluation import metrics_from_predictions, predict
+    from mlip_plugins.data.loading import load_graph_file
+    from mlip_plugins.data.structures import LabelKeys
+
+    overrides = [f"data.path={tiny_xyz}", "model=composable", "model.energy.descriptor.n_max=3",
+                 "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]", "model.cutoff=4.0",
+                 "data.batch_size=4", "trainer.enable_progress_bar=false", "trainer.max_epochs=4", "data.val_fraction=0.3",
+                 "trainer.max_time=00:00:05:00", "refine.share=0.2", "refine.max_iterations=10",
+                 "dtype=float64", f"run_dir={tmp_path / 'run'}", "~logger"]
+    with initialize_config_module("mlip_plugins.conf", version_base=None):
+        cfg = compose("train", overrides=overrides)
+    with caplog.at_level(logging.INFO, logger="mlip_plugins.train"):
+        result = run_training(cfg)
+    assert "(kept)" in caplog.text  # the refined weights replaced the trained ones
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    potential = load_potential(result["last_ckpt"])
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    graphs = load_graph_file(str(tiny_xyz), 4.0, LabelKeys(), None)
+    val = [graphs[i] for i in split["val"]]
+    again = metrics_from_predictions(predict(potential, val))
+    assert again["energy_mae"] == pytest.approx(metrics["energy_mae"], rel=1e-9)
+    assert again["forces_mae"] == pytest.approx(metrics["forces_mae"], rel=1e-9)
