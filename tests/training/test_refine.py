@@ -144,3 +144,36 @@ def test_a_run_with_refinement_saves_and_reports_the_refined_weights(tmp_path, t
     again = metrics_from_predictions(predict(potential, val))
     assert again["energy_mae"] == pytest.approx(metrics["energy_mae"], rel=1e-9)
     assert again["forces_mae"] == pytest.approx(metrics["forces_mae"], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_ddp_refinement_equals_one_process(tmp_path, tiny_xyz):
+    """Two gloo processes sum their shares of the full-batch gradient: the L-BFGS steps, and so
+    the refined weights, are those of one process on the whole set."""
+    import subprocess
+    import sys
+
+    from hydra import compose, initialize_config_module
+
+    from lightning_modules.train import run_training
+
+    common = [f"data.path={tiny_xyz}", "model=composable", "model.energy.descriptor.n_max=3",
+              "model.energy.descriptor.basis_size=4", "model.energy.readout.hidden=[8]", "model.cutoff=4.0",
+              "trainer.enable_progress_bar=false", "trainer.max_epochs=2", "trainer.accelerator=cpu", "dtype=float64",
+              "refine.share=0.5", "refine.max_iterations=5", "logger=[]", "seed=2"]
+    ddp_dir = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "lightning_modules.train", *common, "trainer=ddp", "data.batch_size=2",
+                             f"hydra.run.dir={ddp_dir}"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(kept)" in result.stdout + result.stderr
+    with initialize_config_module("mlip_plugins.conf", version_base=None):
+        cfg = compose("train", overrides=[*common, "data.batch_size=4", f"run_dir={tmp_path / 'single'}"])
+    single = run_training(cfg)
+
+    def weights(path):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        return {k: v for k, v in state.items() if k.startswith(("model.", "ema."))}
+
+    a, b = weights(single["last_ckpt"]), weights(ddp_dir / "checkpoints" / "last.ckpt")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-7
