@@ -152,3 +152,22 @@ def test_loss_dipole_in_mlip_train_reports_dipole_errors_in_validation_and_test(
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["dipole_count"] == 3 * 3 and metrics["test_dipole_count"] == 3 * 3  # 3 molecules each
     assert 0 < metrics["test_dipole_rmse"] < 1.0
+
+
+def test_the_ase_calculator_gives_a_molecules_dipole_and_none_for_a_periodic_cell(float64):
+    from mlip_plugins.calculator import MLIPCalculator
+
+    torch.manual_seed(0)
+    potential = build_potential(config({"name": "latent"}, solver="ewald"))
+    molecule = salt_molecule(5, total=0.0)
+    molecule.calc = MLIPCalculator(potential, dtype=torch.float64)
+    molecule.get_potential_energy()
+    charges = molecule.calc.results["charges"]
+    np.testing.assert_allclose(molecule.get_dipole_moment(),
+                               (charges[:, None] * (molecule.positions - molecule.get_center_of_mass())).sum(0), atol=1e-12)
+    crystal = molecule.copy()
+    crystal.set_cell([8.0, 8.0, 8.0])
+    crystal.pbc = True
+    crystal.calc = MLIPCalculator(potential, dtype=torch.float64)
+    crystal.get_potential_energy()
+    assert "dipole" not in crystal.calc.results
