@@ -64,8 +64,8 @@ if TYPE_CHECKING:
 
     from real_data import Budget
 
-#: each model of a case trains for this share of ``--budget-minutes`` (19 models: ~1.6 min each
-#: at the default 8, the whole section in ~40 min on a loaded machine)
+#: each model of a case trains for this share of ``--budget-minutes`` (23 models: ~1.6 min each
+#: at the default 8, the whole section in ~50 min on a loaded machine)
 MODEL_SHARE = 0.2
 
 #: the real-data loss (README "Real DFT benchmarks") in float64, for every model
