@@ -84,8 +84,8 @@ class MLIPCalculator(Calculator):
             self.results["charges"] = out["charges"].detach().cpu().numpy().astype(np.float64)
         if "born_effective_charges" in out:  # [N, 9], row-major 3 x 3 per atom (calorine's layout)
             self.results["born_effective_charges"] = out["born_effective_charges"].detach().cpu().numpy().reshape(-1, 9).astype(np.float64)
-        for key in ("dipole", "polarizability"):  # a TNEP's (mlip_plugins.nep.tnep): [3] and [3, 3]
-            if key in out:
+        for key in ("dipole", "polarizability"):  # a TNEP's (mlip_plugins.nep.tnep) or charges' dipole: [3] and [3, 3]
+            if key in out and (key != "dipole" or bool(out.get("dipole_defined", torch.ones(1, dtype=torch.bool))[0])):
                 self.results[key] = out[key].detach().cpu().numpy()[0].astype(np.float64)
         if self.uncertainty is not None:
             std = self.uncertainty.predict_std(self.potential, batch)

@@ -16,8 +16,9 @@ from mlip_plugins.plotting import save_figure
 from mlip_plugins.atomic_files import atomic_write_text
 
 
-#: the targets evaluation reports (charges have no parity plot of their own yet)
-EVALUATED = (keys.ENERGY, keys.FORCES, keys.STRESS)
+#: the targets evaluation reports (charges have no parity plot of their own yet; the dipole, per
+#: atom as its loss term, of a TNEP or a charge model where the data carry ``dipole`` labels)
+EVALUATED = (keys.ENERGY, keys.FORCES, keys.STRESS, keys.DIPOLE)
 
 
 def predict(potential, graphs: list, batch_size: int = 16, stress: bool = True) -> dict[str, np.ndarray]:
@@ -63,6 +64,7 @@ _LABELS = {
     "energy": ("E/atom", "meV/atom", 1000.0),
     "forces": ("F", "meV/Å", 1000.0),
     "stress": ("stress", "meV/Å³", 1000.0),
+    "dipole": ("dipole/at", "me·Å/atom", 1000.0),
 }
 
 

@@ -71,6 +71,7 @@ ENSEMBLE_ENERGY = "ensemble_energy"        #: [N] ionisation energy of the atomi
 STATE_WEIGHTS = "state_weights"            #: [N, K] atomic-state weights (latent embedding)
 CHARGE_STD = "charge_std"                  #: [N] spread of charges over a charge model's heads
 BORN_EFFECTIVE_CHARGES = "born_effective_charges"  #: [N, 3, 3] Born effective charges (qNEP; row = polarisation)
+DIPOLE_DEFINED = "dipole_defined"  #: [B] bool: where a model's DIPOLE output is defined (charge models: molecules only); absent: everywhere
 
 
 class Merge(str, Enum):

@@ -2,7 +2,8 @@
 
 ``residuals(batch, output)`` turns a batch of labelled structures and a ``Potential``'s output
 into one :class:`Residual` per target (energy per atom, force components, stress components,
-charges): prediction, label, a label mask and a loss weight. Everything that compares a model
+charges, BEC, dipole and polarizability per atom; a charge model's dipole only where its
+``dipole_defined`` output is true, i.e. not for periodic cells): prediction, label, a label mask and a loss weight. Everything that compares a model
 with labels reads it: the training loss (``lightning_modules.losses``), SNES's fitness, the
 design loop's fit, the Fisher information's observables and the evaluation metrics. The error
 metrics (RMSE, MAE, count) are computed by one torchmetrics collection, :class:`ErrorMetrics`,
@@ -108,11 +109,14 @@ def residuals(batch, output: Mapping[str, torch.Tensor], labelled_only: bool = T
         atom_weight = structure_weight[batch.batch].view(-1, 1, 1).expand(-1, 3, 3)
         result[keys.BEC] = Residual(bec, label_of(keys.BEC, bec), per_atom, atom_weight * per_atom,
                                     batch.batch.view(-1, 1, 1).expand(-1, 3, 3))
-    for key in (keys.DIPOLE, keys.POLARIZABILITY):  # a TNEP's targets: per structure, per atom as GPUMD's loss
+    for key in (keys.DIPOLE, keys.POLARIZABILITY):  # a TNEP's or charge model's: per structure, per atom as GPUMD's loss
         if key in output and getattr(batch, key, None) is not None:
             value = output[key]
             shape = (-1,) + (1,) * (value.dim() - 1)
-            per_structure = flag(key).view(shape).expand_as(value)
+            structures = flag(key)
+            if key == keys.DIPOLE and keys.DIPOLE_DEFINED in output:  # charge models: no dipole of a periodic cell
+                structures = structures & output[keys.DIPOLE_DEFINED].view(-1).bool()
+            per_structure = structures.view(shape).expand_as(value)
             result[key] = Residual(value / natoms.view(shape), label_of(key, value) / natoms.view(shape), per_structure,
                                    structure_weight.view(shape).expand_as(value) * per_structure, graph_ids.view(shape).expand_as(value))
     return result

@@ -12,7 +12,9 @@
   charges, appended to x for the readout (see :mod:`.exterior`);
 * an optional ``short_range`` energy spec (any energy tree, built with ``build(ENERGY_TREE, ...)``) is added.
 
-Returns ``{"energy": [N], "charges": [N], "electrostatic_energy": [N], **charge-model extras}``,
+Returns ``{"energy": [N], "charges": [N], "electrostatic_energy": [N], "dipole": [B, 3], "dipole_defined": [B],
+**charge-model extras}`` (the dipole of the charges about the centre of mass, molecules only:
+:mod:`mlip_plugins.charges.dipole`; ``loss.dipole`` trains it),
 where ``"energy"`` is the learned short-range part (scaled by the Potential's ``energy_scale``)
 and the Coulomb energy, already in eV, is also returned under ``UNSCALED_ENERGY_KEY`` so the
 Potential adds it unscaled: charges are in units of e whatever the force scale of the data.
@@ -35,6 +37,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from mlip_plugins.charges.dipole import dipole_extras
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.long_range.exterior import ExteriorPotentialFeatures
 from mlip_plugins import keys
@@ -142,5 +145,6 @@ class ElectrostaticModel(nn.Module):
             out.energy = out.energy + child.energy
         out.merge(NodeOutput(out.energy, {
             keys.ATOMIC_ENERGY_UNSCALED: electrostatic, keys.CHARGES: charges, keys.ELECTROSTATIC_ENERGY: electrostatic,
+            **dipole_extras(graph, charges),
         }), self.name)
         return out

@@ -41,3 +41,17 @@ def test_table_reports_per_state_errors_and_says_when_long_range_does_not_win():
     assert "4G-HDNNP (published, full set) | – | – | 1.194 | 78.0 | 6.58" in text
     rows[1] = _row("latent", 0.003, 0.40, {"Q = +0": 0.002, "Q = +1": 0.004})
     assert "here: latent." in lr.markdown("ko2021_carbon_chain", case, rows, None, budget)
+
+
+def test_spice_table_marks_the_dipole_trained_model_and_says_maceles_has_no_dipoles():
+    case = lr.LR_CASES["spice_dipeptides"]
+    assert "latent + dipole" in case.models and "loss.dipole=1" in lr.MODELS["latent + dipole"].overrides("direct")
+    budget = real_data.Budget(8.0, Path("/nonexistent"), 1)
+    rows = [_row("short-range", 0.009, 0.47, {}), _row("latent + dipole", 0.009, 0.48, {}, q=None)]
+    rows[1]["dipole_trained"] = True
+    rows[1]["test"].update(dipole_rmse=0.25, dipole_reference_rms=1.25)
+    text = lr.markdown("spice_dipeptides", case, rows, {"energy_rmse": 0.00128, "forces_rmse": 0.020}, budget)
+    assert "| dipole RMSE |" in text and "| 0.250 (trained) |" in text
+    assert "MACELES-OFF (in-file) | – | – | 1.280 | 20.0 | – | not in the file |" in text
+    assert "predicts zero (the reference dipoles' RMS): 1.250 e·Å" in text
+    assert "water_les" in real_data.SPECIAL_CASES and lr.LR_CASES["water_les"].solver == "ewald"

@@ -14,7 +14,8 @@ Unlike the ``electrostatic`` model with ``charges: {name: ensemble}`` (same char
 sees only x), the readout here sees the interpretable latent d_i, and the energy contains the
 ionisation cost, so charge transfer is paid for with measured ionisation energies and electron
 affinities. Returns ``{"energy", "charges", "state_weights", "ensemble_energy",
-"electrostatic_energy"}`` per atom; ``"energy"`` is the learned readout part and the physical
+"electrostatic_energy"}`` per atom and the charges' ``"dipole"`` / ``"dipole_defined"`` per structure
+(:mod:`mlip_plugins.charges.dipole`); ``"energy"`` is the learned readout part and the physical
 part (Coulomb + ionisation, in eV) is returned under ``UNSCALED_ENERGY_KEY`` so the Potential's
 ``energy_scale`` does not touch it.
 
@@ -37,6 +38,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from mlip_plugins.charges.dipole import dipole_extras
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.charges.ensemble.charge_model import EnsembleChargeModel
 from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY, split_output
@@ -116,4 +118,5 @@ class EnsembleElectrostaticModel(nn.Module):
             "state_weights": weights,
             "ensemble_energy": ionisation,
             "electrostatic_energy": electrostatic,
+            **dipole_extras(graph, charges),
         }
