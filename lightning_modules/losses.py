@@ -31,7 +31,8 @@ class LossWeights:
     charges: float = 0.0
     #: Born effective charges (labels ``bec``, models that predict them: qNEP)
     bec: float = 0.0
-    #: a TNEP's dipole and polarizability per atom (labels ``dipole`` / ``pol``)
+    #: the structure's dipole per atom (a TNEP's, or sum q r of a charge model's; labels ``dipole``) and
+    #: a TNEP's polarizability per atom (labels ``pol``)
     dipole: float = 0.0
     polarizability: float = 0.0
     kind: str = "mse"
@@ -62,7 +63,8 @@ class LossWeights:
         if self.final:
             unknown = set(self.final) - {"start", *TARGETS}
             if unknown or not 0.0 <= float(self.final.get("start", -1)) <= 1.0:
-                raise ConfigError(f"loss.final: expected {{start: 0..1, energy/forces/stress/charges: weight}}, got {self.final!r}")
+                raise ConfigError(f"loss.final: expected {{start: 0..1, <target>: weight}} with targets from "
+                                  f"{', '.join(TARGETS)}, got {self.final!r}")
 
 
 def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:

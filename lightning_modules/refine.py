@@ -7,9 +7,10 @@ loss further (as linear SNAP/ACE fits and many NEP/NequIP users' final L-BFGS po
 ``refine`` in the config gives it a share of the wall budget::
 
     refine:
-      share: 0.15          # of trainer.max_time (Adam gets the rest); 0 or null: off
-      max_iterations: 200  # L-BFGS iterations (bounds a run without a wall budget)
-      max_structures: 5000 # larger training sets are not refined (a closure is a whole epoch)
+      share: 0.2            # of trainer.max_time (Adam gets the rest); 0: off
+      max_iterations: null  # L-BFGS iterations at most; null: as many as the share allows, and
+                            # none in a run without a wall budget (set a number to refine there)
+      max_structures: 5000  # larger training sets are not refined (a closure is a whole epoch)
 
 The refined weights are those of ``PotentialModule.eval_model`` (the EMA copy when enabled,
 copied back into the raw model afterwards); the loss is the training loss of the final stage
@@ -46,7 +47,7 @@ class RefineConfig:
     """The ``refine`` section (see the module docstring)."""
 
     share: float = 0.0
-    max_iterations: int = 200
+    max_iterations: int | None = None
     max_structures: int = 5000
     history_size: int = 50
     #: atoms per forward pass of the closure (a chunk bounds the memory of the force graph)
@@ -56,7 +57,8 @@ class RefineConfig:
         if not 0.0 <= float(self.share) < 1.0:
             raise ConfigError(f"refine.share: expected a fraction 0 <= share < 1, got {self.share!r}")
         for name in ("max_iterations", "max_structures", "history_size", "chunk_atoms"):
-            if int(getattr(self, name)) < 1:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"refine.{name}: expected a positive integer, got {getattr(self, name)!r}")
 
     @classmethod
@@ -67,9 +69,9 @@ class RefineConfig:
             section["share"] = 0.0
         return cls(**section)
 
-    @property
-    def enabled(self) -> bool:
-        return self.share > 0.0
+    def enabled(self, wall_budget: bool) -> bool:
+        """Whether a run refines: a share of its wall budget, or a set number of iterations."""
+        return self.share > 0.0 and (wall_budget or self.max_iterations is not None)
 
 
 def _world() -> tuple[int, int]:
@@ -144,7 +146,7 @@ class FullBatchObjective:
 
 def refine_full_batch(module, datamodule, config: RefineConfig, deadline: float | None) -> dict:
     """Refine ``module.eval_model`` with L-BFGS on the training set until ``deadline``
-    (``time.monotonic()``), ``config.max_iterations`` or convergence. Returns a summary
+    (``time.monotonic()``), ``config.max_iterations`` (if set) or convergence. Returns a summary
     (iterations, seconds, training/validation loss before and after, whether it was kept)."""
     graphs = datamodule.train_graphs
     if len(graphs) > config.max_structures:
@@ -176,7 +178,8 @@ def refine_full_batch(module, datamodule, config: RefineConfig, deadline: float 
             return train.value(backward=True).to(train.params[0].dtype)
 
         iterations, previous = 0, before["train"]
-        while iterations < config.max_iterations and (deadline is None or time.monotonic() < deadline):
+        limit = config.max_iterations if config.max_iterations is not None else float("inf")
+        while iterations < limit and (deadline is None or time.monotonic() < deadline):
             done = optimizer.state[train.params[0]].get("n_iter", 0)
             start_loss = float(optimizer.step(closure))  # the loss before this step's iterations
             iterations += optimizer.state[train.params[0]].get("n_iter", 0) - done

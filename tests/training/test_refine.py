@@ -112,6 +112,13 @@ def test_the_wall_budget_is_split_between_training_and_refinement():
         RefineConfig(share=1.0)
     with pytest.raises(ConfigError, match="refine"):
         RefineConfig.from_config({"shares": 0.1})
+    with pytest.raises(ConfigError, match="refine.max_iterations"):
+        RefineConfig(share=0.1, max_iterations=0)
+    # a share of a wall budget; without one only a set number of iterations refines
+    assert RefineConfig(share=0.2).enabled(wall_budget=True)
+    assert not RefineConfig(share=0.2).enabled(wall_budget=False)
+    assert RefineConfig(share=0.2, max_iterations=10).enabled(wall_budget=False)
+    assert not RefineConfig(share=0.0, max_iterations=10).enabled(wall_budget=True)
 
 
 def test_a_run_with_refinement_saves_and_reports_the_refined_weights(tmp_path, tiny_xyz, caplog):
