@@ -341,6 +341,11 @@ class NEPDescriptor(nn.Module):
         per_type = torch.matmul(f_pad.view(n_atoms, width, s * k1).transpose(1, 2), y_pad)  # [N, S (K+1), M]
         coefficients = self._atom_coefficients(self.c_angular, graph.species)  # [N, S (K+1), nA+1]
         moments = torch.bmm(coefficients.transpose(1, 2), per_type)  # [N, nA+1, M]
+        return self.invariants(moments)
+
+    def invariants(self, moments: torch.Tensor) -> torch.Tensor:
+        """The angular features [N, (n_max^A + 1) * blocks] of the moments A [N, n_max^A + 1, M]
+        (degrees 1..moment_degree): sum_m A_nlm^2 for l = 1..l_max, then each higher-body channel."""
         blocks = []
         if self.l_max > 0:
             squares = moments[..., : self.l_max * (self.l_max + 2)] ** 2

@@ -1,0 +1,292 @@
+"""Energy, forces and stress of a GPUMD potential NEP with the chain rule written out (inference).
+
+The training path differentiates the energy with autograd through the whole force graph
+(positions -> edge vectors -> descriptor -> network). For evaluation (ASE, MD) that graph is
+mostly overhead: GPUMD's NEP, like the C++ code calorine wraps, needs for each pair p of atoms
+(a, b) only the derivative of the energy with respect to the pair vector r_p = x_b - x_a (+ cell
+shift). This module computes those g_p = dE/dr_p by hand:
+
+* network: dU_i/dq~ = ((1 - tanh^2(w0 q~ - b0)) w1) w0 per atom, dE/dq = energy_scale * s * dU/dq~
+  (s the fixed ``q_scaler``);
+* radial: q_n(i) = sum_j sum_k c[t_i, t_j, n, k] f_k(r_ij), so
+  dE/dr_p = sum_k (W[a, t_b, k] + W[b, t_a, k]) f'_k(r_p) with W[i, t, k] = sum_n dE/dq_n(i) c[t_i, t, n, k]
+  (both atoms of a pair see the same distance: the half neighbour list is used once per pair);
+* angular: q = invariants of the moments A[i, n, m] = sum_j g_n(r_ij) Y_m(u_ij); dE/dA comes from
+  autograd on the small per-atom moment tensors (one formula for every higher-body channel), then
+  H[i, t, k, m] = sum_n c[t_i, t, n, k] dE/dA[i, n, m] gives, per directed edge,
+  dE/df_k = sum_m H Y_m and dE/dY_m = sum_k H f_k; the harmonics' own gradient (on the few
+  angular edges only) is autograd through :func:`real_spherical_harmonics`;
+* ZBL: autograd of the per-pair repulsion with respect to the distances of the close pairs.
+
+Forces are F_a += g_p, F_b -= g_p; the stress (ASE's sign, as the autograd path's dE/d(strain)
+divided by the volume) is sum_p r_p (x) g_p / V. Parity with the autograd path and with
+calorine's CPUNEP is tested in ``tests/nep/test_nep_analytic.py`` (and every calculator parity
+test in ``tests/nep`` runs through this path).
+
+Used by :class:`mlip_plugins.calculator.MLIPCalculator` for a ``Potential`` whose energy model is
+a potential :class:`~mlip_plugins.nep.model.NEPModel` (no charges, not a dipole or
+polarizability model); anything else keeps the autograd path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from vesin import NeighborList
+
+from mlip_plugins.data.structures import check_neighbor_count
+from mlip_plugins.descriptors.harmonics import _normalisation
+from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.nep.descriptor import neighbor_slots
+from mlip_plugins.nep.model import NEPModel
+from mlip_plugins.nn.radial import _basis_terms
+
+
+def chebyshev_basis_and_slope(r: torch.Tensor, cutoff: torch.Tensor, basis_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """NEP's radial basis f_k(r) and its derivative f'_k(r), each [E, K + 1] (the closed forms
+    of :func:`mlip_plugins.nn.chebyshev_basis`)."""
+    f, df = _basis_terms(r, cutoff, basis_size, order=1)
+    return f, df
+
+
+def harmonics_with_gradient(unit: torch.Tensor, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real harmonics of degrees 1..l_max of :func:`real_spherical_harmonics` (its columns
+    1..) at unit vectors u [E, 3], and the gradients of the polynomials they are evaluated as:
+    [E, M] and [E, 3, M].
+
+    The harmonics are polynomials P_m(x, y, z) = norm * pbar_l^|m|(z) * Re|Im (x + i y)^|m|;
+    d Y_m(r / |r|) / d r = (1 - u u^T) grad P_m(u) / |r| (the caller projects what it contracts)."""
+    x, y, z = unit[:, 0], unit[:, 1], unit[:, 2]
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    # (x + i y)^m = cos_m + i sin_m, with d/dx = m (x + i y)^(m-1) and d/dy = i m (x + i y)^(m-1)
+    cos_m, sin_m = [one], [zero]
+    for _ in range(l_max):
+        cos_m.append(x * cos_m[-1] - y * sin_m[-1])
+        sin_m.append(x * sin_m[-1] + y * cos_m[-2])
+    pbar = {}
+    dpbar = {}
+    for m in range(l_max + 1):
+        pbar[m, m], dpbar[m, m] = torch.full_like(z, float(math.prod(range(2 * m - 1, 0, -2)))), zero
+        for l in range(m + 1, l_max + 1):
+            a, b = (2 * l - 1) / (l - m), (l + m - 1) / (l - m)
+            p2, d2 = (pbar[l - 2, m], dpbar[l - 2, m]) if l - 2 >= m else (zero, zero)
+            pbar[l, m] = a * z * pbar[l - 1, m] - b * p2
+            dpbar[l, m] = a * (pbar[l - 1, m] + z * dpbar[l - 1, m]) - b * d2
+    values, gx, gy, gz = [], [], [], []
+    for l in range(1, l_max + 1):
+        for m in range(-l, l + 1):
+            k = abs(m)
+            c = _normalisation(l, k)
+            if m >= 0:
+                az, daz_x, daz_y = cos_m[k], k * cos_m[k - 1] if k else zero, -k * sin_m[k - 1] if k else zero
+            else:
+                az, daz_x, daz_y = sin_m[k], k * sin_m[k - 1], k * cos_m[k - 1]
+            radial = c * pbar[l, k]
+            values.append(radial * az)
+            gx.append(radial * daz_x)
+            gy.append(radial * daz_y)
+            gz.append(c * dpbar[l, k] * az)
+    return torch.stack(values, dim=-1), torch.stack([torch.stack(g, -1) for g in (gx, gy, gz)], dim=1)
+
+
+def half_neighbor_list(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float):
+    """Each pair within ``cutoff`` once (vesin's half list): atoms a [P], b [P] and the vectors
+    r_p = x_b - x_a + shift @ cell [P, 3] (a periodic image of an atom itself is one pair)."""
+    box = cell if pbc.any() else np.zeros((3, 3))
+    calculator = NeighborList(cutoff=float(cutoff), full_list=False)
+    first, second, vectors = calculator.compute(points=positions, box=box, periodic=pbc.tolist(), quantities="ijD")
+    return np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64), np.asarray(vectors, dtype=np.float64).reshape(-1, 3)
+
+
+def supports(potential) -> bool:
+    """Whether :class:`AnalyticNEP` evaluates ``potential`` (a plain potential NEP)."""
+    model = getattr(potential, "energy_model", None)
+    return isinstance(model, NEPModel) and not model.charge_mode and not model.model_type
+
+
+class AnalyticNEP:
+    """Energy, per-atom energies, forces and stress of a NEP ``Potential`` from one structure.
+
+    Holds no state between calls besides the potential (the neighbour list is rebuilt each
+    call, as calorine's CPUNEP does). Results are tensors in the potential's dtype.
+    """
+
+    def __init__(self, potential):
+        if not supports(potential):
+            raise ValueError("AnalyticNEP: the potential's energy model is not a potential NEP (see analytic.supports)")
+        self.potential = potential
+        self.model: NEPModel = potential.energy_model
+        self.cutoff = float(self.model.cutoff)
+
+    def __call__(self, atoms, compute_stress: bool = False, where: str = "structure") -> dict[str, torch.Tensor]:
+        positions = np.asarray(atoms.get_positions(), dtype=np.float64)
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        cell = atoms.cell.array.copy() if pbc.any() else np.zeros((3, 3))
+        check_neighbor_count(positions, cell, pbc, self.cutoff, where)
+        first, second, vectors = half_neighbor_list(positions, cell, pbc, self.cutoff)
+        dtype, device = self.potential.e0.dtype, self.potential.e0.device
+        numbers = torch.as_tensor(atoms.numbers, dtype=torch.long, device=device)
+        pairs = Pairs(torch.as_tensor(first, device=device), torch.as_tensor(second, device=device),
+                      torch.as_tensor(vectors, dtype=dtype, device=device), numbers, self.potential.element_map(numbers),
+                      self.model.num_species)
+        with torch.no_grad():
+            atomic, grad = self.energy_and_pair_gradient(pairs)
+        out = {"energy": atomic.sum().view(1), "atomic_energies": atomic}
+        forces = torch.zeros(len(positions), 3, dtype=dtype, device=device)
+        forces.index_add_(0, pairs.first, grad).index_add_(0, pairs.second, grad, alpha=-1.0)
+        out["forces"] = forces
+        if compute_stress:
+            volume = abs(float(np.linalg.det(cell)))
+            virial = pairs.vectors.T @ grad
+            out["stress"] = (virial / volume if volume > 1e-12 else torch.zeros_like(virial)).view(1, 3, 3)
+        return out
+
+    def energy_and_pair_gradient(self, pairs: "Pairs") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies [N] (with E0 and the energy scale) and g_p = dE/dr_p [P, 3]."""
+        model, descriptor = self.model, self.model.descriptor
+        s, n_atoms = pairs.num_species, pairs.species.shape[0]
+        dtype = pairs.vectors.dtype
+        # radial sums F[i, t, k] = sum_{j of element t} f_k(r_ij), each pair feeding both atoms
+        rc = descriptor.pair_cutoff_radial.to(dtype)[pairs.pair_type]
+        basis, slope = chebyshev_basis_and_slope(pairs.r, rc, descriptor.basis_size_radial)
+        sums = basis.new_zeros(n_atoms * s, basis.shape[1])
+        sums.index_add_(0, pairs.first_row, basis).index_add_(0, pairs.second_row, basis)
+        coef_r = descriptor._atom_coefficients(descriptor.c_radial, pairs.species)  # [N, S (K+1), nR+1]
+        q_radial = torch.bmm(sums.view(n_atoms, 1, -1), coef_r).squeeze(1)
+        angular = _AngularTerms(descriptor, pairs) if descriptor.num_angular_blocks else None
+        q = torch.cat([q_radial, angular.features], dim=1) if angular is not None else q_radial
+        scaler = model.q_scaler.to(dtype)
+        energy, dq = _network_with_gradient(model, q * scaler, pairs.species)
+        scale = self.potential.energy_scale.to(dtype)
+        dq = dq * (scaler * scale)
+        # radial chain rule: W[i, t, k] = sum_n dE/dq_n(i) c[t_i, t, n, k]
+        weights = torch.bmm(coef_r, dq[:, : descriptor.radial_dim].unsqueeze(-1)).view(n_atoms * s, -1)
+        d_r = ((weights.index_select(0, pairs.first_row) + weights.index_select(0, pairs.second_row)) * slope).sum(-1)
+        if angular is not None:
+            d_r_angular, d_direction = angular.pair_gradient(dq[:, descriptor.radial_dim :])
+            d_r = d_r + d_r_angular
+        if model.zbl is not None:
+            zbl_energy, zbl_d_r = _zbl_with_gradient(model, pairs)
+            energy = energy + zbl_energy
+            d_r = d_r + zbl_d_r
+        grad = (d_r * scale / pairs.r).unsqueeze(-1) * pairs.vectors
+        if angular is not None:
+            grad = grad + d_direction * scale
+        atomic = energy * scale + self.potential.e0[pairs.species]
+        return atomic, grad
+
+
+class Pairs:
+    """The unordered pairs (a, b) of a half neighbour list: r_p = x_b - x_a + shift, their lengths,
+    and the row indices (atom * S + partner's element) of each end into per-(atom, element) tables."""
+
+    def __init__(self, first: torch.Tensor, second: torch.Tensor, vectors: torch.Tensor, atomic_numbers: torch.Tensor,
+                 species: torch.Tensor, num_species: int):
+        self.first, self.second, self.vectors = first.long(), second.long(), vectors
+        self.atomic_numbers, self.species = atomic_numbers, species
+        self.num_species = int(num_species)
+        self.r = torch.linalg.vector_norm(vectors, dim=-1)
+        ta, tb = species[self.first], species[self.second]
+        self.first_species, self.second_species = ta, tb
+        self.pair_type = ta * self.num_species + tb  # symmetric cutoff tables: either order
+        self.first_row = self.first * self.num_species + tb
+        self.second_row = self.second * self.num_species + ta
+
+
+class _AngularTerms:
+    """The angular features of every atom and, once dE/dq is known, their pair gradients.
+
+    Directed edges are the pairs within the angular cutoff taken both ways (centre a with
+    neighbour b and vector r_p, then centre b with a and -r_p); the harmonics are evaluated
+    once per pair, Y_lm(-u) = (-1)^l Y_lm(u). Per atom, the edges sit in padded neighbour slots
+    so that the moments and their chain rule are batched matrix products."""
+
+    def __init__(self, descriptor, pairs: Pairs):
+        self.descriptor, self.pairs = descriptor, pairs
+        s, n_atoms = pairs.num_species, pairs.species.shape[0]
+        dtype = pairs.vectors.dtype
+        rc = descriptor.pair_cutoff_angular.to(dtype)[pairs.pair_type]
+        self.keep = keep = (pairs.r < rc).nonzero().view(-1)
+        self.r = r = pairs.r[keep]
+        basis, self.slope = chebyshev_basis_and_slope(r, rc[keep], descriptor.basis_size_angular)
+        self.unit = pairs.vectors[keep] / r.unsqueeze(-1)
+        y, self.y_grad = harmonics_with_gradient(self.unit, descriptor.moment_degree)  # [Pa, M], [Pa, 3, M]
+        degrees = torch.tensor([l for l in range(1, descriptor.moment_degree + 1) for _ in range(2 * l + 1)])
+        self.parity = (1.0 - 2.0 * (degrees % 2)).to(dtype=dtype, device=y.device)  # (-1)^l per column
+        center = torch.cat([pairs.first[keep], pairs.second[keep]])
+        self.center, self.neighbor = center, torch.cat([pairs.second_species[keep], pairs.first_species[keep]])
+        self.slot, width = neighbor_slots(center, n_atoms)
+        self.k1, self.width, self.n_atoms = basis.shape[1], width, n_atoms
+        # f[i, (t, k), w] and y[i, w, m]: the slot index last in f, so that no operand is transposed
+        self.f_pad = basis.new_zeros(n_atoms, s, self.k1, width)
+        self.f_pad[center, self.neighbor, :, self.slot] = torch.cat([basis, basis])
+        self.f_pad = self.f_pad.view(n_atoms, s * self.k1, width)
+        self.y_pad = y.new_zeros(n_atoms, width, y.shape[1]).index_put((center, self.slot), torch.cat([y, y * self.parity]))
+        per_type = torch.bmm(self.f_pad, self.y_pad)  # [N, S (K+1), M]
+        self.coefficients = descriptor._atom_coefficients(descriptor.c_angular, pairs.species)  # [N, S (K+1), nA+1]
+        with torch.enable_grad():
+            self.moments = torch.bmm(self.coefficients.transpose(1, 2), per_type).requires_grad_(True)
+            self._features = descriptor.invariants(self.moments)
+        self.features = self._features.detach()
+
+    def pair_gradient(self, dq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dE/dr_p [P] through the radial functions, dE/dr_p [P, 3] through the directions) of
+        the angular features, given dq = dE/dq of those features [N, (n_max^A + 1) blocks]."""
+        (d_moments,) = torch.autograd.grad(self._features, self.moments, dq)
+        h = torch.bmm(self.coefficients, d_moments)  # [N, S (K+1), M]
+        d_f = torch.bmm(h, self.y_pad.transpose(1, 2)).view(self.n_atoms, -1, self.k1, self.width)  # [N, S, K+1, W]
+        d_f = d_f[self.center, self.neighbor, :, self.slot]  # [Ea, K+1]
+        d_y = torch.bmm(self.f_pad.transpose(1, 2), h)[self.center, self.slot]  # [Ea, M]
+        half = self.keep.shape[0]
+        d_r = ((d_f[:half] + d_f[half:]) * self.slope).sum(-1)
+        d_unit = d_y[:half] + d_y[half:] * self.parity
+        d_poly = (self.y_grad * d_unit.unsqueeze(1)).sum(-1)  # [Pa, 3]
+        d_vec = (d_poly - (d_poly * self.unit).sum(-1, keepdim=True) * self.unit) / self.r.unsqueeze(-1)
+        p = self.pairs.r.shape[0]
+        return self.pairs.r.new_zeros(p).index_add_(0, self.keep, d_r), self.pairs.vectors.new_zeros(p, 3).index_add_(0, self.keep, d_vec)
+
+
+def _network_with_gradient(model: NEPModel, q: torch.Tensor, species: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """U_i = sum_mu w1 tanh(w0 q~ - b0) - b1 and dU_i/dq~ [N, D], one dense product per element."""
+    networks = 1 if model.version == 3 else model.num_species
+    energy = q.new_empty(q.shape[0])
+    grad = torch.empty_like(q)
+    for s in range(networks):
+        index = None if networks == 1 else (species == s).nonzero().view(-1)
+        rows = q if index is None else q.index_select(0, index)
+        hidden = torch.tanh(rows @ model.w0[s].T - model.b0[s])
+        e = hidden @ model.w1[s]
+        g = ((1.0 - hidden * hidden) * model.w1[s]) @ model.w0[s]
+        if index is None:
+            energy, grad = e, g
+        else:
+            energy.index_copy_(0, index, e)
+            grad.index_copy_(0, index, g)
+    return energy - model.b1, grad
+
+
+def _zbl_with_gradient(model: NEPModel, pairs: Pairs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ZBL term's per-atom energies [N] and dE/dr_p [P] (autograd on the close pairs only)."""
+    close = (pairs.r < model.zbl.cutoff).nonzero().view(-1)
+    r = pairs.r[close].detach().requires_grad_(True)
+    a, b = pairs.first[close], pairs.second[close]
+    with torch.enable_grad():
+        graph = _pair_graph(pairs, a, b, r)
+        energy = model.zbl(graph)
+        (d_r,) = torch.autograd.grad(energy.sum(), r) if close.numel() else (r.new_zeros(0),)
+    return energy.detach(), pairs.r.new_zeros(pairs.r.shape[0]).index_add_(0, close, d_r)
+
+
+def _pair_graph(pairs: Pairs, a: torch.Tensor, b: torch.Tensor, r: torch.Tensor) -> AtomicGraph:
+    """The directed edges (both ways) of some pairs as the AtomicGraph that ZBLRepulsion reads."""
+    n = pairs.species.shape[0]
+    empty = r.new_zeros(0, 3)
+    return AtomicGraph(
+        pos=r.new_zeros(n, 3), z=pairs.atomic_numbers, species=pairs.species,
+        edge_index=torch.stack([torch.cat([b, a]), torch.cat([a, b])]), edge_vec=empty, edge_len=torch.cat([r, r]),
+        cell=r.new_zeros(1, 3, 3), pbc=torch.zeros(1, 3, dtype=torch.bool), batch=torch.zeros(n, dtype=torch.long),
+        num_graphs=1, shifts=empty, total_charge=r.new_zeros(1),
+    )
