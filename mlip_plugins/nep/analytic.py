@@ -42,14 +42,27 @@ from mlip_plugins.descriptors.harmonics import _normalisation
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.nep.descriptor import neighbor_slots
 from mlip_plugins.nep.model import NEPModel
-from mlip_plugins.nn.radial import _basis_terms
 
 
 def chebyshev_basis_and_slope(r: torch.Tensor, cutoff: torch.Tensor, basis_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """NEP's radial basis f_k(r) and its derivative f'_k(r), each [E, K + 1] (the closed forms
-    of :func:`mlip_plugins.nn.chebyshev_basis`)."""
-    f, df = _basis_terms(r, cutoff, basis_size, order=1)
-    return f, df
+    """NEP's radial basis f_k(r) and its derivative f'_k(r) (the forms of
+    :func:`mlip_plugins.nn.chebyshev_basis`), each [K + 1, E]: one row per k, so that every
+    step is a contiguous pass over the pairs (for 10^4-10^5 pairs ~1.5x faster than columns)."""
+    inside = r < cutoff
+    zero = torch.zeros_like(r)
+    r_in = torch.where(inside, r, zero)
+    a = math.pi / cutoff
+    half_fc = torch.where(inside, 0.25 * (1.0 + torch.cos(a * r_in)), zero)  # f_c / 2
+    half_dfc = torch.where(inside, -0.25 * a * torch.sin(a * r_in), zero)
+    u = r_in / cutoff - 1.0
+    x = 2.0 * u * u - 1.0  # T_k(x), T'_k(x): T_{k+1} = 2 x T_k - T_{k-1}, T'_{k+1} = 2 T_k + 2 x T'_k - T'_{k-1}
+    t, dt = [torch.ones_like(x), x], [zero, torch.ones_like(x)]
+    for k in range(1, basis_size):
+        t.append(2.0 * x * t[k] - t[k - 1])
+        dt.append(2.0 * t[k] + 2.0 * x * dt[k] - dt[k - 1])
+    t1 = torch.stack(t[: basis_size + 1]).add_(1.0)  # T_k + 1
+    slope = torch.stack(dt[: basis_size + 1]).mul_(4.0 * u / cutoff * half_fc).addcmul_(t1, half_dfc)
+    return t1.mul_(half_fc), slope
 
 
 def harmonics_with_gradient(unit: torch.Tensor, l_max: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,65 +143,64 @@ class AnalyticNEP:
         dtype, device = self.potential.e0.dtype, self.potential.e0.device
         numbers = torch.as_tensor(atoms.numbers, dtype=torch.long, device=device)
         pairs = Pairs(torch.as_tensor(first, device=device), torch.as_tensor(second, device=device),
-                      torch.as_tensor(vectors, dtype=dtype, device=device), numbers, self.potential.element_map(numbers),
+                      torch.as_tensor(vectors.T, dtype=dtype, device=device), numbers, self.potential.element_map(numbers),
                       self.model.num_species)
         with torch.no_grad():
             atomic, grad = self.energy_and_pair_gradient(pairs)
-        out = {"energy": atomic.sum().view(1), "atomic_energies": atomic}
-        forces = torch.zeros(len(positions), 3, dtype=dtype, device=device)
-        forces.index_add_(0, pairs.first, grad).index_add_(0, pairs.second, grad, alpha=-1.0)
-        out["forces"] = forces
+        forces = grad.new_zeros(3, len(positions))
+        forces.index_add_(1, pairs.first, grad).index_add_(1, pairs.second, grad, alpha=-1.0)
+        out = {"energy": atomic.sum().view(1), "atomic_energies": atomic, "forces": forces.T.contiguous()}
         if compute_stress:
             volume = abs(float(np.linalg.det(cell)))
-            virial = pairs.vectors.T @ grad
+            virial = pairs.vectors @ grad.T
             out["stress"] = (virial / volume if volume > 1e-12 else torch.zeros_like(virial)).view(1, 3, 3)
         return out
 
     def energy_and_pair_gradient(self, pairs: "Pairs") -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom energies [N] (with E0 and the energy scale) and g_p = dE/dr_p [P, 3]."""
+        """Per-atom energies [N] (with E0 and the energy scale) and g_p = dE/dr_p as [3, P]."""
         model, descriptor = self.model, self.model.descriptor
         s, n_atoms = pairs.num_species, pairs.species.shape[0]
         dtype = pairs.vectors.dtype
         # radial sums F[i, t, k] = sum_{j of element t} f_k(r_ij), each pair feeding both atoms
         rc = descriptor.pair_cutoff_radial.to(dtype)[pairs.pair_type]
-        basis, slope = chebyshev_basis_and_slope(pairs.r, rc, descriptor.basis_size_radial)
-        sums = basis.new_zeros(n_atoms * s, basis.shape[1])
-        sums.index_add_(0, pairs.first_row, basis).index_add_(0, pairs.second_row, basis)
+        basis, slope = chebyshev_basis_and_slope(pairs.r, rc, descriptor.basis_size_radial)  # [K+1, P]
+        sums = basis.new_zeros(basis.shape[0], n_atoms * s)
+        sums.index_add_(1, pairs.first_row, basis).index_add_(1, pairs.second_row, basis)
         coef_r = descriptor._atom_coefficients(descriptor.c_radial, pairs.species)  # [N, S (K+1), nR+1]
-        q_radial = torch.bmm(sums.view(n_atoms, 1, -1), coef_r).squeeze(1)
+        q_radial = torch.bmm(sums.T.reshape(n_atoms, 1, -1), coef_r).squeeze(1)
         angular = _AngularTerms(descriptor, pairs) if descriptor.num_angular_blocks else None
         q = torch.cat([q_radial, angular.features], dim=1) if angular is not None else q_radial
         scaler = model.q_scaler.to(dtype)
         energy, dq = _network_with_gradient(model, q * scaler, pairs.species)
         scale = self.potential.energy_scale.to(dtype)
-        dq = dq * (scaler * scale)
+        energy, dq = energy * scale, dq * (scaler * scale)
         # radial chain rule: W[i, t, k] = sum_n dE/dq_n(i) c[t_i, t, n, k]
         weights = torch.bmm(coef_r, dq[:, : descriptor.radial_dim].unsqueeze(-1)).view(n_atoms * s, -1)
-        d_r = ((weights.index_select(0, pairs.first_row) + weights.index_select(0, pairs.second_row)) * slope).sum(-1)
+        d_r = ((weights.index_select(0, pairs.first_row) + weights.index_select(0, pairs.second_row)) * slope.T).sum(-1)
         if angular is not None:
-            d_r_angular, d_direction = angular.pair_gradient(dq[:, descriptor.radial_dim :])
-            d_r = d_r + d_r_angular
+            d_r = d_r + angular.distance_gradient(dq[:, descriptor.radial_dim :])
         if model.zbl is not None:
             zbl_energy, zbl_d_r = _zbl_with_gradient(model, pairs)
-            energy = energy + zbl_energy
-            d_r = d_r + zbl_d_r
-        grad = (d_r * scale / pairs.r).unsqueeze(-1) * pairs.vectors
+            energy = energy + zbl_energy * scale
+            d_r = d_r + zbl_d_r * scale
+        grad = (d_r / pairs.r) * pairs.vectors
         if angular is not None:
-            grad = grad + d_direction * scale
-        atomic = energy * scale + self.potential.e0[pairs.species]
+            grad.index_add_(1, angular.keep, angular.direction_gradient())
+        atomic = energy + self.potential.e0[pairs.species]
         return atomic, grad
 
 
 class Pairs:
-    """The unordered pairs (a, b) of a half neighbour list: r_p = x_b - x_a + shift, their lengths,
-    and the row indices (atom * S + partner's element) of each end into per-(atom, element) tables."""
+    """The unordered pairs (a, b) of a half neighbour list: r_p = x_b - x_a + shift as [3, P]
+    (rows x, y, z), their lengths, and the row indices (atom * S + partner's element) of each end
+    into per-(atom, element) tables."""
 
     def __init__(self, first: torch.Tensor, second: torch.Tensor, vectors: torch.Tensor, atomic_numbers: torch.Tensor,
                  species: torch.Tensor, num_species: int):
-        self.first, self.second, self.vectors = first.long(), second.long(), vectors
+        self.first, self.second, self.vectors = first.long(), second.long(), vectors.contiguous()
         self.atomic_numbers, self.species = atomic_numbers, species
         self.num_species = int(num_species)
-        self.r = torch.linalg.vector_norm(vectors, dim=-1)
+        self.r = torch.sqrt((self.vectors * self.vectors).sum(0))
         ta, tb = species[self.first], species[self.second]
         self.first_species, self.second_species = ta, tb
         self.pair_type = ta * self.num_species + tb  # symmetric cutoff tables: either order
@@ -211,42 +223,64 @@ class _AngularTerms:
         rc = descriptor.pair_cutoff_angular.to(dtype)[pairs.pair_type]
         self.keep = keep = (pairs.r < rc).nonzero().view(-1)
         self.r = r = pairs.r[keep]
-        basis, self.slope = chebyshev_basis_and_slope(r, rc[keep], descriptor.basis_size_angular)
-        self.unit = pairs.vectors[keep] / r.unsqueeze(-1)
+        basis, self.slope = chebyshev_basis_and_slope(r, rc[keep], descriptor.basis_size_angular)  # [K+1, Pa]
+        self.unit = (pairs.vectors[:, keep] / r).T  # [Pa, 3] (columns contiguous)
         y, self.y_grad = harmonics_with_gradient(self.unit, descriptor.moment_degree)  # [Pa, M], [Pa, 3, M]
-        degrees = torch.tensor([l for l in range(1, descriptor.moment_degree + 1) for _ in range(2 * l + 1)])
-        self.parity = (1.0 - 2.0 * (degrees % 2)).to(dtype=dtype, device=y.device)  # (-1)^l per column
+        degrees = [l for l in range(1, descriptor.moment_degree + 1) for _ in range(2 * l + 1)]
+        self.parity = torch.tensor([(-1.0) ** l for l in degrees], dtype=dtype, device=y.device)  # Y_lm(-u) = (-1)^l Y_lm(u)
         center = torch.cat([pairs.first[keep], pairs.second[keep]])
         self.center, self.neighbor = center, torch.cat([pairs.second_species[keep], pairs.first_species[keep]])
         self.slot, width = neighbor_slots(center, n_atoms)
-        self.k1, self.width, self.n_atoms = basis.shape[1], width, n_atoms
+        self.k1, self.width, self.n_atoms = basis.shape[0], width, n_atoms
         # f[i, (t, k), w] and y[i, w, m]: the slot index last in f, so that no operand is transposed
         self.f_pad = basis.new_zeros(n_atoms, s, self.k1, width)
-        self.f_pad[center, self.neighbor, :, self.slot] = torch.cat([basis, basis])
+        self.f_pad[center, self.neighbor, :, self.slot] = torch.cat([basis.T, basis.T])
         self.f_pad = self.f_pad.view(n_atoms, s * self.k1, width)
         self.y_pad = y.new_zeros(n_atoms, width, y.shape[1]).index_put((center, self.slot), torch.cat([y, y * self.parity]))
         per_type = torch.bmm(self.f_pad, self.y_pad)  # [N, S (K+1), M]
         self.coefficients = descriptor._atom_coefficients(descriptor.c_angular, pairs.species)  # [N, S (K+1), nA+1]
-        with torch.enable_grad():
-            self.moments = torch.bmm(self.coefficients.transpose(1, 2), per_type).requires_grad_(True)
-            self._features = descriptor.invariants(self.moments)
-        self.features = self._features.detach()
+        self.moments = torch.bmm(self.coefficients.transpose(1, 2), per_type)  # [N, nA+1, M]
+        blocks = [descriptor.three_body_invariants(self.moments)] if descriptor.l_max > 0 else []
+        if descriptor.channels:
+            with torch.enable_grad():
+                self.moments.requires_grad_(True)
+                self._higher = descriptor.higher_body_invariants(self.moments)
+            blocks.append(self._higher.detach())
+        self.features = torch.cat(blocks, dim=1)
 
-    def pair_gradient(self, dq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dE/dr_p [P] through the radial functions, dE/dr_p [P, 3] through the directions) of
-        the angular features, given dq = dE/dq of those features [N, (n_max^A + 1) blocks]."""
-        (d_moments,) = torch.autograd.grad(self._features, self.moments, dq)
-        h = torch.bmm(self.coefficients, d_moments)  # [N, S (K+1), M]
+    def _moment_gradient(self, dq: torch.Tensor) -> torch.Tensor:
+        """dE/dA [N, nA+1, M] from dE/dq of the angular features: 2 A dE/dq_nl for the 3-body
+        blocks, autograd on these per-atom tensors for the higher-body channels."""
+        descriptor, moments = self.descriptor, self.moments.detach()
+        n1, l_max = descriptor.n_max_angular + 1, descriptor.l_max
+        grad = torch.zeros_like(moments)
+        if l_max > 0:
+            per_degree = dq[:, : n1 * l_max].view(-1, l_max, n1).transpose(1, 2)  # [N, nA+1, l_max]
+            columns = torch.tensor([l - 1 for l in range(1, l_max + 1) for _ in range(2 * l + 1)], device=dq.device)
+            width = l_max * (l_max + 2)
+            grad[..., :width] = 2.0 * moments[..., :width] * per_degree[..., columns]
+        if descriptor.channels:
+            (higher,) = torch.autograd.grad(self._higher, self.moments, dq[:, n1 * l_max :])
+            grad += higher
+        return grad
+
+    def distance_gradient(self, dq: torch.Tensor) -> torch.Tensor:
+        """dE/dr_p [P] through the angular radial functions, given dq = dE/dq of the angular
+        features [N, (n_max^A + 1) blocks]; keeps dE/dY for :meth:`direction_gradient`."""
+        h = torch.bmm(self.coefficients, self._moment_gradient(dq))  # [N, S (K+1), M]
         d_f = torch.bmm(h, self.y_pad.transpose(1, 2)).view(self.n_atoms, -1, self.k1, self.width)  # [N, S, K+1, W]
         d_f = d_f[self.center, self.neighbor, :, self.slot]  # [Ea, K+1]
         d_y = torch.bmm(self.f_pad.transpose(1, 2), h)[self.center, self.slot]  # [Ea, M]
         half = self.keep.shape[0]
-        d_r = ((d_f[:half] + d_f[half:]) * self.slope).sum(-1)
-        d_unit = d_y[:half] + d_y[half:] * self.parity
-        d_poly = (self.y_grad * d_unit.unsqueeze(1)).sum(-1)  # [Pa, 3]
+        self.d_unit = d_y[:half] + d_y[half:] * self.parity
+        d_r = ((d_f[:half] + d_f[half:]) * self.slope.T).sum(-1)
+        return self.pairs.r.new_zeros(self.pairs.r.shape[0]).index_add_(0, self.keep, d_r)
+
+    def direction_gradient(self) -> torch.Tensor:
+        """dE/dr_p [3, Pa] (of the pairs ``keep``) through the harmonics' directions."""
+        d_poly = (self.y_grad * self.d_unit.unsqueeze(1)).sum(-1)  # [Pa, 3]
         d_vec = (d_poly - (d_poly * self.unit).sum(-1, keepdim=True) * self.unit) / self.r.unsqueeze(-1)
-        p = self.pairs.r.shape[0]
-        return self.pairs.r.new_zeros(p).index_add_(0, self.keep, d_r), self.pairs.vectors.new_zeros(p, 3).index_add_(0, self.keep, d_vec)
+        return d_vec.T
 
 
 def _network_with_gradient(model: NEPModel, q: torch.Tensor, species: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -345,12 +345,20 @@ class NEPDescriptor(nn.Module):
 
     def invariants(self, moments: torch.Tensor) -> torch.Tensor:
         """The angular features [N, (n_max^A + 1) * blocks] of the moments A [N, n_max^A + 1, M]
-        (degrees 1..moment_degree): sum_m A_nlm^2 for l = 1..l_max, then each higher-body channel."""
+        (degrees 1..moment_degree): the 3-body blocks, then the higher-body ones."""
+        blocks = [self.three_body_invariants(moments)] if self.l_max > 0 else []
+        if self.channels:
+            blocks.append(self.higher_body_invariants(moments))
+        return torch.cat(blocks, dim=1)
+
+    def three_body_invariants(self, moments: torch.Tensor) -> torch.Tensor:
+        """q_nl = sum_m A_nlm^2 for l = 1..l_max: [N, (n_max^A + 1) l_max], blocks of n per l."""
+        squares = moments[..., : self.l_max * (self.l_max + 2)] ** 2
+        return torch.cat([squares[..., l * l - 1 : (l + 1) * (l + 1) - 1].sum(-1) for l in range(1, self.l_max + 1)], dim=1)
+
+    def higher_body_invariants(self, moments: torch.Tensor) -> torch.Tensor:
+        """The enabled higher-body channels, one block of n each: [N, (n_max^A + 1) len(channels)]."""
         blocks = []
-        if self.l_max > 0:
-            squares = moments[..., : self.l_max * (self.l_max + 2)] ** 2
-            for l in range(1, self.l_max + 1):
-                blocks.append(squares[..., l * l - 1 : (l + 1) * (l + 1) - 1].sum(-1))
         for name in self.channels:
             if name == "q1111":
                 square = (moments[..., 0:3] ** 2).sum(-1)
