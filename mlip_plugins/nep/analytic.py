@@ -193,8 +193,8 @@ class AnalyticNEP:
         basis, slope = chebyshev_basis_and_slope(pairs.r, rc, descriptor.basis_size_radial)  # [K+1, P]
         sums = basis.new_zeros(basis.shape[0], n_atoms * s)
         sums.index_add_(1, pairs.first_row, basis).index_add_(1, pairs.second_row, basis)
-        coef_r = descriptor._atom_coefficients(descriptor.c_radial, pairs.species)  # [N, S (K+1), nR+1]
-        q_radial = torch.bmm(sums.T.reshape(n_atoms, 1, -1), coef_r).squeeze(1)
+        coef_r = _coefficient_matrix(descriptor.c_radial)  # [S (K+1), S (nR+1)]
+        q_radial = _own_block(sums.T.reshape(n_atoms, -1) @ coef_r, pairs.species, s)
         angular = _AngularTerms(descriptor, pairs) if descriptor.num_angular_blocks else None
         q = torch.cat([q_radial, angular.features], dim=1) if angular is not None else q_radial
         scaler = model.q_scaler.to(dtype)
@@ -202,7 +202,7 @@ class AnalyticNEP:
         scale = self.potential.energy_scale.to(dtype)
         energy, dq = energy * scale, dq * (scaler * scale)
         # radial chain rule: W[i, t, k] = sum_n dE/dq_n(i) c[t_i, t, n, k]
-        weights = torch.bmm(coef_r, dq[:, : descriptor.radial_dim].unsqueeze(-1)).view(n_atoms * s, -1)
+        weights = (_in_own_block(dq[:, : descriptor.radial_dim], pairs.species, s) @ coef_r.T).view(n_atoms * s, -1)
         d_r = ((weights.index_select(0, pairs.first_row) + weights.index_select(0, pairs.second_row)) * slope.T).sum(-1)
         if angular is not None:
             d_r = d_r + angular.distance_gradient(dq[:, descriptor.radial_dim :])
@@ -215,6 +215,29 @@ class AnalyticNEP:
             grad.index_add_(1, angular.keep, angular.direction_gradient())
         atomic = energy + self.potential.e0[pairs.species]
         return atomic, grad
+
+
+def _coefficient_matrix(c: torch.Tensor) -> torch.Tensor:
+    """NEP's coefficients c[centre s, neighbour t, n, k] as one matrix [(t, k), (s, n)]: a row of
+    per-(atom, neighbour element) basis sums times it gives every centre element's g_n, of which
+    :func:`_own_block` keeps the atom's own (one dense product instead of one per atom)."""
+    s, t, n, k = c.shape
+    return c.permute(1, 3, 0, 2).reshape(t * k, s * n)
+
+
+def _own_block(x: torch.Tensor, species: torch.Tensor, num_species: int) -> torch.Tensor:
+    """x [N, ..., S n] -> [N, ..., n]: the block of each atom's own element."""
+    blocks = x.view(*x.shape[:-1], num_species, -1)
+    picked = blocks.movedim(-2, 1)[torch.arange(x.shape[0], device=x.device), species]
+    return picked
+
+
+def _in_own_block(x: torch.Tensor, species: torch.Tensor, num_species: int) -> torch.Tensor:
+    """x [N, ..., n] -> [N, ..., S n], zero outside each atom's own element's block (the
+    transpose of :func:`_own_block`)."""
+    out = x.new_zeros(x.shape[0], num_species, *x.shape[1:])
+    out[torch.arange(x.shape[0], device=x.device), species] = x
+    return out.movedim(1, -2).reshape(*x.shape[:-1], -1)
 
 
 class Pairs:
@@ -240,8 +263,10 @@ class _AngularTerms:
 
     Directed edges are the pairs within the angular cutoff taken both ways (centre a with
     neighbour b and vector r_p, then centre b with a and -r_p); the harmonics are evaluated
-    once per pair, Y_lm(-u) = (-1)^l Y_lm(u). Per atom, the edges sit in padded neighbour slots
-    so that the moments and their chain rule are batched matrix products."""
+    once per pair, Y_lm(-u) = (-1)^l Y_lm(u). Per atom, the edges sit in padded neighbour slots:
+    f[i, w, (t, k)] (the basis in the block of the neighbour's element t), g[i, w, n] = f c[t_i]
+    (one dense product, :func:`_coefficient_matrix`) and y[i, w, m], so that the moments
+    A[i] = g[i]^T y[i] and their chain rule are batched matrix products."""
 
     def __init__(self, descriptor, pairs: Pairs):
         self.descriptor, self.pairs = descriptor, pairs
@@ -258,15 +283,12 @@ class _AngularTerms:
         center = torch.cat([pairs.first[keep], pairs.second[keep]])
         self.center, self.neighbor = center, torch.cat([pairs.second_species[keep], pairs.first_species[keep]])
         self.slot, width = neighbor_slots(center, n_atoms)
-        self.k1, self.width, self.n_atoms = basis.shape[0], width, n_atoms
-        # f[i, (t, k), w] and y[i, w, m]: the slot index last in f, so that no operand is transposed
-        self.f_pad = basis.new_zeros(n_atoms, s, self.k1, width)
-        self.f_pad[center, self.neighbor, :, self.slot] = torch.cat([basis.T, basis.T])
-        self.f_pad = self.f_pad.view(n_atoms, s * self.k1, width)
+        self.k1 = basis.shape[0]
+        f_pad = basis.new_zeros(n_atoms, width, s, self.k1).index_put((center, self.slot, self.neighbor), torch.cat([basis.T, basis.T]))
+        self.coefficients = _coefficient_matrix(descriptor.c_angular)  # [S (K+1), S (nA+1)]
+        self.g_pad = _own_block(f_pad.view(n_atoms, width, -1) @ self.coefficients, pairs.species, s)  # [N, W, nA+1]
         self.y_pad = y.new_zeros(n_atoms, width, y.shape[1]).index_put((center, self.slot), torch.cat([y, y * self.parity]))
-        per_type = torch.bmm(self.f_pad, self.y_pad)  # [N, S (K+1), M]
-        self.coefficients = descriptor._atom_coefficients(descriptor.c_angular, pairs.species)  # [N, S (K+1), nA+1]
-        self.moments = torch.bmm(self.coefficients.transpose(1, 2), per_type)  # [N, nA+1, M]
+        self.moments = torch.matmul(self.g_pad.transpose(1, 2), self.y_pad)  # [N, nA+1, M]
         blocks = [descriptor.three_body_invariants(self.moments)] if descriptor.l_max > 0 else []
         if descriptor.channels:
             with torch.enable_grad():
@@ -294,10 +316,12 @@ class _AngularTerms:
     def distance_gradient(self, dq: torch.Tensor) -> torch.Tensor:
         """dE/dr_p [P] through the angular radial functions, given dq = dE/dq of the angular
         features [N, (n_max^A + 1) blocks]; keeps dE/dY for :meth:`direction_gradient`."""
-        h = torch.bmm(self.coefficients, self._moment_gradient(dq))  # [N, S (K+1), M]
-        d_f = torch.bmm(h, self.y_pad.transpose(1, 2)).view(self.n_atoms, -1, self.k1, self.width)  # [N, S, K+1, W]
-        d_f = d_f[self.center, self.neighbor, :, self.slot]  # [Ea, K+1]
-        d_y = torch.bmm(self.f_pad.transpose(1, 2), h)[self.center, self.slot]  # [Ea, M]
+        d_moments = self._moment_gradient(dq)  # [N, nA+1, M]
+        s = self.pairs.num_species
+        d_g = torch.bmm(self.y_pad, d_moments.transpose(1, 2))  # [N, W, nA+1]
+        d_f = _in_own_block(d_g, self.pairs.species, s) @ self.coefficients.T  # [N, W, S (K+1)]
+        d_f = d_f.view(*d_f.shape[:2], s, self.k1)[self.center, self.slot, self.neighbor]  # [Ea, K+1]
+        d_y = torch.bmm(self.g_pad, d_moments)[self.center, self.slot]  # [Ea, M]
         half = self.keep.shape[0]
         self.d_unit = d_y[:half] + d_y[half:] * self.parity
         d_r = ((d_f[:half] + d_f[half:]) * self.slope.T).sum(-1)
