@@ -11,11 +11,11 @@ shift). This module computes those g_p = dE/dr_p by hand:
 * radial: q_n(i) = sum_j sum_k c[t_i, t_j, n, k] f_k(r_ij), so
   dE/dr_p = sum_k (W[a, t_b, k] + W[b, t_a, k]) f'_k(r_p) with W[i, t, k] = sum_n dE/dq_n(i) c[t_i, t, n, k]
   (both atoms of a pair see the same distance: the half neighbour list is used once per pair);
-* angular: q = invariants of the moments A[i, n, m] = sum_j g_n(r_ij) Y_m(u_ij); dE/dA comes from
-  autograd on the small per-atom moment tensors (one formula for every higher-body channel), then
-  H[i, t, k, m] = sum_n c[t_i, t, n, k] dE/dA[i, n, m] gives, per directed edge,
-  dE/df_k = sum_m H Y_m and dE/dY_m = sum_k H f_k; the harmonics' own gradient (on the few
-  angular edges only) is autograd through :func:`real_spherical_harmonics`;
+* angular: q = invariants of the moments A[i, n, m] = sum_j g_n(r_ij) Y_m(u_ij); dE/dA in closed
+  form (2 A for the 3-body blocks, the partial contractions of each cubic channel), then per
+  directed edge (i, j) dE/dg_n = sum_m dE/dA[i, n, m] Y_m, dE/df_k = sum_n dE/dg_n c[t_i, t_j, n, k]
+  and dE/dY_m = sum_n dE/dA[i, n, m] g_n, with the harmonics' gradient from the polynomials
+  they are (:func:`harmonics_with_gradient`);
 * ZBL: autograd of the per-pair repulsion with respect to the distances of the close pairs.
 
 Forces are F_a += g_p, F_b -= g_p; the stress (ASE's sign, as the autograd path's dE/d(strain)
@@ -291,16 +291,13 @@ class _AngularTerms:
         self.moments = torch.matmul(self.g_pad.transpose(1, 2), self.y_pad)  # [N, nA+1, M]
         blocks = [descriptor.three_body_invariants(self.moments)] if descriptor.l_max > 0 else []
         if descriptor.channels:
-            with torch.enable_grad():
-                self.moments.requires_grad_(True)
-                self._higher = descriptor.higher_body_invariants(self.moments)
-            blocks.append(self._higher.detach())
+            blocks.append(descriptor.higher_body_invariants(self.moments))
         self.features = torch.cat(blocks, dim=1)
 
     def _moment_gradient(self, dq: torch.Tensor) -> torch.Tensor:
         """dE/dA [N, nA+1, M] from dE/dq of the angular features: 2 A dE/dq_nl for the 3-body
-        blocks, autograd on these per-atom tensors for the higher-body channels."""
-        descriptor, moments = self.descriptor, self.moments.detach()
+        blocks, :meth:`NEPDescriptor.higher_body_gradient` for the higher-body channels."""
+        descriptor, moments = self.descriptor, self.moments
         n1, l_max = descriptor.n_max_angular + 1, descriptor.l_max
         grad = torch.zeros_like(moments)
         if l_max > 0:
@@ -309,8 +306,7 @@ class _AngularTerms:
             width = l_max * (l_max + 2)
             grad[..., :width] = 2.0 * moments[..., :width] * per_degree[..., columns]
         if descriptor.channels:
-            (higher,) = torch.autograd.grad(self._higher, self.moments, dq[:, n1 * l_max :])
-            grad += higher
+            grad += descriptor.higher_body_gradient(moments, dq[:, n1 * l_max :])
         return grad
 
     def distance_gradient(self, dq: torch.Tensor) -> torch.Tensor:
