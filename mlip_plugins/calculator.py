@@ -27,7 +27,9 @@ class MLIPCalculator(Calculator):
 
     def __init__(self, potential, device: str = "cpu", dtype: torch.dtype | str | None = torch.float64,
                  uncertainty=None, analytic: bool = True, **kwargs):
-        """``uncertainty``: a ``FisherUncertainty`` or the path of one saved by ``mlip-fim --save-uncertainty``."""
+        """``uncertainty``: a ``FisherUncertainty`` or the path of one saved by ``mlip-fim --save-uncertainty``.
+        ``analytic``: evaluate a potential NEP by its written-out chain rule (:mod:`mlip_plugins.nep.analytic`);
+        False, or any other model, uses autograd."""
         super().__init__(**kwargs)
         if isinstance(uncertainty, (str, os.PathLike)):
             from mlip_plugins.uncertainty import FisherUncertainty
