@@ -13,6 +13,11 @@ The two codes are also checked to agree (largest force difference in the table).
     python benchmarks/nep_inference.py [--sizes 256 864 2048] [--threads 1] [--device cpu|cuda]
     python benchmarks/nep_inference.py --pbte --sizes 250 1000     # GPUMD's PbTe nep.txt on its own frames
 
+``--training-gradient``: also time the parameter gradient of a force + energy loss on each
+structure, by autograd through the forces (``create_graph``, what training does) and by
+differentiating the written-out chain rule (:mod:`mlip_plugins.nep.analytic`) once more, and
+print how far the two gradients differ.
+
 ``--pbte``: GPUMD's PbTe example instead (its nep.txt: cutoff 8/4, n_max 6/6, basis 6/6, l_max
 4 2 0, 30 neurons; the first frame of its train.xyz, 250 atoms, repeated along a and b for more).
 """
@@ -75,6 +80,43 @@ def time_calls(calc, atoms, repeats: int, properties=("energy", "forces")) -> fl
     return (time.perf_counter() - start) / repeats
 
 
+def training_gradients(model: Path, atoms, repeats: int, rounds: int) -> dict:
+    """Seconds per parameter gradient of sum (F - 0)^2 / 3N + 1e-6 E^2 on ``atoms``: autograd
+    through the forces with ``create_graph`` (the training path) against the written-out chain
+    rule differentiated once more; and the largest difference of the two gradients."""
+    from mlip_plugins.calculator import MLIPCalculator
+    from mlip_plugins.nep import analytic
+
+    calc = MLIPCalculator.from_file(model, analytic=False)
+    potential = calc.potential.train()
+    params = [p for p in potential.parameters() if p.requires_grad]
+    batch = calc._graph(atoms)
+    first, second, vectors = analytic.half_neighbor_list(atoms.get_positions(), atoms.cell.array, atoms.pbc, potential.energy_model.cutoff)
+    numbers = torch.as_tensor(atoms.numbers)
+    pairs = analytic.Pairs(torch.as_tensor(first), torch.as_tensor(second), torch.as_tensor(vectors.T), numbers,
+                           potential.element_map(numbers), potential.energy_model.num_species)
+    chain_rule = analytic.AnalyticNEP(potential)
+
+    def by_autograd():
+        out = potential(batch, compute_forces=True, create_graph=True)
+        return torch.autograd.grad((out["forces"] ** 2).mean() + 1e-6 * out["energy"].sum() ** 2, params)
+
+    def by_chain_rule():
+        atomic, grad = chain_rule.energy_and_pair_gradient(pairs)
+        forces = grad.new_zeros(3, len(atoms)).index_add(1, pairs.first, grad).index_add(1, pairs.second, -grad)
+        return torch.autograd.grad((forces**2).mean() + 1e-6 * atomic.sum() ** 2, params)
+
+    difference = max(float((a - b).abs().max()) for a, b in zip(by_autograd(), by_chain_rule()))
+    best = {"autograd": float("inf"), "chain rule": float("inf")}
+    for _ in range(rounds):
+        for name, step in (("autograd", by_autograd), ("chain rule", by_chain_rule)):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                step()
+            best[name] = min(best[name], (time.perf_counter() - start) / repeats)
+    return {"seconds": best, "max_gradient_difference": difference}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 864, 2048])
@@ -84,6 +126,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="a nep.txt (default: a random 3-element NEP4)")
     parser.add_argument("--device", default="cpu", help="device of our model (cuda for a GPU figure; the peer stays on the CPU)")
     parser.add_argument("--pbte", action="store_true", help="GPUMD's PbTe nep.txt and frames (gpumd_pbte)")
+    parser.add_argument("--training-gradient", action="store_true", help="also time a force-loss parameter gradient both ways")
     parser.add_argument("--out", default="outputs/nep_inference")
     args = parser.parse_args()
     if args.pbte:
@@ -133,10 +176,21 @@ def main() -> None:
         a = row["atoms_per_s"]
         lines.append(f"{row['atoms']:>6} | {a[peer]:>16.0f} | " + " | ".join(f"{a[name]:>18.0f} | {a[name] / a[peer]:>5.2f}" for name in ours)
                      + f" | {row['max_force_diff']:>8.1e}")
+    training = []
+    if args.training_gradient:
+        lines.append("")
+        lines.append("parameter gradient of a force + energy loss (ms): autograd with create_graph | chain rule differentiated | ratio | max |difference|")
+        for n in args.sizes:
+            atoms = pbte_structure(n) if args.pbte else structure(n, symbols)
+            result = training_gradients(model, atoms, args.repeats, args.rounds)
+            seconds = result["seconds"]
+            lines.append(f"{len(atoms):>6} atoms | {1e3 * seconds['autograd']:>8.1f} | {1e3 * seconds['chain rule']:>8.1f} | "
+                         f"{seconds['autograd'] / seconds['chain rule']:>5.2f} | {result['max_gradient_difference']:.1e}")
+            training.append({"atoms": len(atoms), **result})
     table = "\n".join(lines)
     print(table)
     (out_dir / "table.md").write_text(table + "\n")
-    (out_dir / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    (out_dir / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "training_gradient": training}, indent=2))
     try:
         import matplotlib
 
