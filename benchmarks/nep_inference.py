@@ -91,11 +91,8 @@ def training_gradients(model: Path, atoms, repeats: int, rounds: int) -> dict:
     potential = calc.potential.train()
     params = [p for p in potential.parameters() if p.requires_grad]
     batch = calc._graph(atoms)
-    first, second, vectors = analytic.half_neighbor_list(atoms.get_positions(), atoms.cell.array, atoms.pbc, potential.energy_model.cutoff)
-    numbers = torch.as_tensor(atoms.numbers)
-    pairs = analytic.Pairs(torch.as_tensor(first), torch.as_tensor(second), torch.as_tensor(vectors.T), numbers,
-                           potential.element_map(numbers), potential.energy_model.num_species)
     chain_rule = analytic.AnalyticNEP(potential)
+    pairs = chain_rule.pairs(atoms)
 
     def by_autograd():
         out = potential(batch, compute_forces=True, create_graph=True)
@@ -103,7 +100,7 @@ def training_gradients(model: Path, atoms, repeats: int, rounds: int) -> dict:
 
     def by_chain_rule():
         atomic, grad = chain_rule.energy_and_pair_gradient(pairs)
-        forces = grad.new_zeros(3, len(atoms)).index_add(1, pairs.first, grad).index_add(1, pairs.second, -grad)
+        forces = analytic.pair_forces(pairs, grad)
         return torch.autograd.grad((forces**2).mean() + 1e-6 * atomic.sum() ** 2, params)
 
     difference = max(float((a - b).abs().max()) for a, b in zip(by_autograd(), by_chain_rule()))

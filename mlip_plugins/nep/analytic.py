@@ -162,6 +162,19 @@ class AnalyticNEP:
         self.cutoff = float(self.model.cutoff)
 
     def __call__(self, atoms, compute_stress: bool = False, where: str = "structure") -> dict[str, torch.Tensor]:
+        pairs = self.pairs(atoms, where)
+        with torch.no_grad():
+            atomic, grad = self.energy_and_pair_gradient(pairs)
+        out = {"energy": atomic.sum().view(1), "atomic_energies": atomic, "forces": pair_forces(pairs, grad)}
+        if compute_stress:
+            volume = abs(float(np.linalg.det(atoms.cell.array)))
+            virial = pairs.vectors @ grad.T
+            out["stress"] = (virial / volume if volume > 1e-12 else torch.zeros_like(virial)).view(1, 3, 3)
+        return out
+
+    def pairs(self, atoms, where: str = "structure") -> "Pairs":
+        """The pairs of ``atoms`` within the model's cutoff (vesin's half list), as tensors in the
+        potential's dtype and device; ``where`` names the structure in a too-many-neighbours error."""
         positions = np.asarray(atoms.get_positions(), dtype=np.float64)
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = atoms.cell.array.copy() if pbc.any() else np.zeros((3, 3))
@@ -169,19 +182,9 @@ class AnalyticNEP:
         first, second, vectors = half_neighbor_list(positions, cell, pbc, self.cutoff)
         dtype, device = self.potential.e0.dtype, self.potential.e0.device
         numbers = torch.as_tensor(atoms.numbers, dtype=torch.long, device=device)
-        pairs = Pairs(torch.as_tensor(first, device=device), torch.as_tensor(second, device=device),
-                      torch.as_tensor(vectors.T, dtype=dtype, device=device), numbers, self.potential.element_map(numbers),
-                      self.model.num_species)
-        with torch.no_grad():
-            atomic, grad = self.energy_and_pair_gradient(pairs)
-        forces = grad.new_zeros(3, len(positions))
-        forces.index_add_(1, pairs.first, grad).index_add_(1, pairs.second, -grad)  # (alpha=-1 is ~10x slower)
-        out = {"energy": atomic.sum().view(1), "atomic_energies": atomic, "forces": forces.T.contiguous()}
-        if compute_stress:
-            volume = abs(float(np.linalg.det(cell)))
-            virial = pairs.vectors @ grad.T
-            out["stress"] = (virial / volume if volume > 1e-12 else torch.zeros_like(virial)).view(1, 3, 3)
-        return out
+        return Pairs(torch.as_tensor(first, device=device), torch.as_tensor(second, device=device),
+                     torch.as_tensor(vectors.T, dtype=dtype, device=device), numbers, self.potential.element_map(numbers),
+                     self.model.num_species)
 
     def energy_and_pair_gradient(self, pairs: "Pairs") -> tuple[torch.Tensor, torch.Tensor]:
         """Per-atom energies [N] (with E0 and the energy scale) and g_p = dE/dr_p as [3, P]."""
@@ -215,6 +218,13 @@ class AnalyticNEP:
             grad.index_add_(1, angular.keep, angular.direction_gradient())
         atomic = energy + self.potential.e0[pairs.species]
         return atomic, grad
+
+
+def pair_forces(pairs: "Pairs", grad: torch.Tensor) -> torch.Tensor:
+    """Forces [N, 3] from g_p = dE/dr_p [3, P]: F_a += g_p, F_b -= g_p (differentiable)."""
+    forces = grad.new_zeros(3, pairs.species.shape[0])
+    forces = forces.index_add(1, pairs.first, grad).index_add(1, pairs.second, -grad)  # (alpha=-1 is ~10x slower)
+    return forces.T.contiguous()
 
 
 def _coefficient_matrix(c: torch.Tensor) -> torch.Tensor:

@@ -181,3 +181,22 @@ def test_gpumd_pbte_nep_matches_calorine():
     assert abs(ours.get_potential_energy() - ref.get_potential_energy()) / len(atoms) < 1e-8
     np.testing.assert_allclose(ours.get_forces(), ref.get_forces(), rtol=0, atol=1e-8)
     np.testing.assert_allclose(ours.get_stress(), ref.get_stress(), rtol=0, atol=1e-9)
+
+
+def test_chain_rule_differentiates_in_the_parameters_as_autograd(float64):
+    """The written-out path is made of differentiable operations: the parameter gradient of a
+    force + energy loss through it equals the training path's (autograd with create_graph)."""
+    symbols = ("Cu", "Ag", "Au")
+    potential = nep_potential(symbols).train()
+    atoms = structures(symbols)[0]
+    params = [p for p in potential.parameters() if p.requires_grad]
+    batch = MLIPCalculator(potential, analytic=False)._graph(atoms)
+    out = potential(batch, compute_forces=True, create_graph=True)
+    expected = torch.autograd.grad((out["forces"] ** 2).mean() + out["energy"].sum() ** 2, params)
+    chain_rule = analytic.AnalyticNEP(potential)
+    pairs = chain_rule.pairs(atoms)
+    atomic, grad = chain_rule.energy_and_pair_gradient(pairs)
+    forces = analytic.pair_forces(pairs, grad)
+    got = torch.autograd.grad((forces**2).mean() + atomic.sum() ** 2, params)
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
