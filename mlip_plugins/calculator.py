@@ -16,7 +16,9 @@ class MLIPCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and stress from a ``Potential``.
 
     The neighbour list is rebuilt with vesin at every call. Results use ASE units (eV, Å,
-    eV/Å³ for stress). If an ``uncertainty`` model is attached (see
+    eV/Å³ for stress). A GPUMD potential NEP is evaluated with its chain rule written out
+    (:mod:`mlip_plugins.nep.analytic`, the same numbers as autograd, faster); ``analytic=False``
+    keeps the autograd path for it too. If an ``uncertainty`` model is attached (see
     :mod:`mlip_plugins.uncertainty`), ``energy_std`` and ``forces_std`` are added.
     """
 
@@ -24,8 +26,10 @@ class MLIPCalculator(Calculator):
                               "dipole", "polarizability"]
 
     def __init__(self, potential, device: str = "cpu", dtype: torch.dtype | str | None = torch.float64,
-                 uncertainty=None, **kwargs):
-        """``uncertainty``: a ``FisherUncertainty`` or the path of one saved by ``mlip-fim --save-uncertainty``."""
+                 uncertainty=None, analytic: bool = True, **kwargs):
+        """``uncertainty``: a ``FisherUncertainty`` or the path of one saved by ``mlip-fim --save-uncertainty``.
+        ``analytic``: evaluate a potential NEP by its written-out chain rule (:mod:`mlip_plugins.nep.analytic`);
+        False, or any other model, uses autograd."""
         super().__init__(**kwargs)
         if isinstance(uncertainty, (str, os.PathLike)):
             from mlip_plugins.uncertainty import FisherUncertainty
@@ -38,6 +42,9 @@ class MLIPCalculator(Calculator):
         self.potential.eval()
         self.dtype = self.potential.e0.dtype
         self.uncertainty = uncertainty
+        from mlip_plugins.nep import analytic as nep_analytic
+
+        self._analytic = nep_analytic.AnalyticNEP(self.potential) if analytic and nep_analytic.supports(self.potential) else None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, device: str = "cpu", dtype: torch.dtype | str | None = torch.float64,
@@ -69,9 +76,12 @@ class MLIPCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        batch = self._graph(self.atoms)
         want_stress = "stress" in properties and bool(self.atoms.pbc.all())
-        out = self.potential(batch, compute_forces=True, compute_stress=want_stress)
+        if self._analytic is not None and self.uncertainty is None:
+            batch, out = None, self._analytic(self.atoms, compute_stress=want_stress)
+        else:
+            batch = self._graph(self.atoms)
+            out = self.potential(batch, compute_forces=True, compute_stress=want_stress)
         energy = float(out["energy"].detach().cpu()[0])
         self.results["energy"] = energy
         self.results["free_energy"] = energy

@@ -173,6 +173,22 @@ def cubic_invariant(moments: torch.Tensor, degrees: tuple[int, int, int]) -> tor
     return ((tc @ b.unsqueeze(-1)).squeeze(-1) * a).sum(-1)
 
 
+def cubic_invariant_gradient(moments: torch.Tensor, degrees: tuple[int, int, int], weight: torch.Tensor) -> torch.Tensor:
+    """d/dA of sum_n weight[:, n] q_{l1 l2 l3, n} (:func:`cubic_invariant`): [N, n+1, M], the
+    three partial contractions T.(b, c), T.(a, c), T.(a, b) added into the degrees' columns."""
+    l1, l2, l3 = degrees
+    a, b, c = _degree(moments, l1), _degree(moments, l2), _degree(moments, l3)
+    d1, d2, d3 = 2 * l1 + 1, 2 * l2 + 1, 2 * l3 + 1
+    coupling = _coupling(degrees, moments).reshape(d1 * d2, d3)
+    tc = (c @ coupling.T).view(*c.shape[:-1], d1, d2)  # sum_c T_abc c_c
+    w = weight.unsqueeze(-1)
+    grad = torch.zeros_like(moments)
+    _degree(grad, l1).add_(w * (tc @ b.unsqueeze(-1)).squeeze(-1))
+    _degree(grad, l2).add_(w * (a.unsqueeze(-2) @ tc).squeeze(-2))
+    _degree(grad, l3).add_(w * ((a.unsqueeze(-1) * b.unsqueeze(-2)).reshape(*a.shape[:-1], d1 * d2) @ coupling))
+    return grad
+
+
 def q1122_invariant(moments: torch.Tensor) -> torch.Tensor:
     """The quartic q_1122 of the 2026-05 GPUMD convention: -sum_{L=0,2} (A_1 A_1)_L . (A_2 A_2)_L
     with (A_l A_l)_{L,M} = sum (l l L; m1 m2 M) A_lm1 A_lm2 (the L = 1 coupling of equal moments
@@ -341,11 +357,40 @@ class NEPDescriptor(nn.Module):
         per_type = torch.matmul(f_pad.view(n_atoms, width, s * k1).transpose(1, 2), y_pad)  # [N, S (K+1), M]
         coefficients = self._atom_coefficients(self.c_angular, graph.species)  # [N, S (K+1), nA+1]
         moments = torch.bmm(coefficients.transpose(1, 2), per_type)  # [N, nA+1, M]
+        return self.invariants(moments)
+
+    def invariants(self, moments: torch.Tensor) -> torch.Tensor:
+        """The angular features [N, (n_max^A + 1) * blocks] of the moments A [N, n_max^A + 1, M]
+        (degrees 1..moment_degree): the 3-body blocks, then the higher-body ones."""
+        blocks = [self.three_body_invariants(moments)] if self.l_max > 0 else []
+        if self.channels:
+            blocks.append(self.higher_body_invariants(moments))
+        return torch.cat(blocks, dim=1)
+
+    def three_body_invariants(self, moments: torch.Tensor) -> torch.Tensor:
+        """q_nl = sum_m A_nlm^2 for l = 1..l_max: [N, (n_max^A + 1) l_max], blocks of n per l."""
+        squares = moments[..., : self.l_max * (self.l_max + 2)] ** 2
+        return torch.cat([squares[..., l * l - 1 : (l + 1) * (l + 1) - 1].sum(-1) for l in range(1, self.l_max + 1)], dim=1)
+
+    def higher_body_gradient(self, moments: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """d/dA of sum weight * :meth:`higher_body_invariants` (weight [N, (n_max^A + 1) channels]):
+        closed forms for the cubic channels and q_1111, autograd on the moments for q_1122."""
+        grad = torch.zeros_like(moments)
+        for block, name in zip(weight.split(self.n_max_angular + 1, dim=1), self.channels):
+            if name == "q1111":  # Q |A_1|^4: 4 Q |A_1|^2 A_1
+                square = (moments[..., 0:3] ** 2).sum(-1, keepdim=True)
+                grad[..., 0:3] += (4.0 * Q1111) * (block.unsqueeze(-1) * square) * moments[..., 0:3]
+            elif name == "q1122":
+                with torch.enable_grad():
+                    leaf = moments.detach().requires_grad_(True)
+                    grad += torch.autograd.grad(q1122_invariant(leaf), leaf, block)[0]
+            else:
+                grad += cubic_invariant_gradient(moments, CUBIC_CHANNELS[name], block)
+        return grad
+
+    def higher_body_invariants(self, moments: torch.Tensor) -> torch.Tensor:
+        """The enabled higher-body channels, one block of n each: [N, (n_max^A + 1) len(channels)]."""
         blocks = []
-        if self.l_max > 0:
-            squares = moments[..., : self.l_max * (self.l_max + 2)] ** 2
-            for l in range(1, self.l_max + 1):
-                blocks.append(squares[..., l * l - 1 : (l + 1) * (l + 1) - 1].sum(-1))
         for name in self.channels:
             if name == "q1111":
                 square = (moments[..., 0:3] ** 2).sum(-1)
