@@ -381,3 +381,53 @@ def _pair_graph(pairs: Pairs, a: torch.Tensor, b: torch.Tensor, r: torch.Tensor)
         cell=r.new_zeros(1, 3, 3), pbc=torch.zeros(1, 3, dtype=torch.bool), batch=torch.zeros(n, dtype=torch.long),
         num_graphs=1, shifts=empty, total_charge=r.new_zeros(1),
     )
+
+
+# --- training: a batch of structures from the datamodule's full neighbour list -------------
+
+
+def supports_training(potential) -> bool:
+    """Whether ``Potential.forward`` trains ``potential`` through this chain rule: a plain
+    potential NEP (:func:`supports`) whose ``analytic_forces`` switch is on (the default; set
+    it False to train through autograd's force graph instead, e.g. to check one against the
+    other)."""
+    return bool(getattr(potential, "analytic_forces", True)) and supports(potential)
+
+
+def half_pairs(graph: AtomicGraph, cutoff: float, num_species: int) -> Pairs:
+    """The :class:`Pairs` of a batch's full (directed, symmetric) edge list: of the two edges
+    (i <- j, shift S) and (j <- i, -S) of each pair within ``cutoff``, the one with i < j, or for
+    a periodic image of an atom itself (i = j) the one whose shift is lexicographically positive.
+
+    A mask over the edges (no new neighbour search). The edge vector x_src - x_dst + shift is
+    r_p with a = dst, b = src. Raises ``ValueError`` if the list is not symmetric (an edge
+    without its reverse), where halving it would silently drop pairs."""
+    src, dst = graph.edge_index[0], graph.edge_index[1]
+    shifts = graph.shifts
+    s0, s1, s2 = shifts[:, 0], shifts[:, 1], shifts[:, 2]
+    positive_shift = (s0 > 0) | ((s0 == 0) & ((s1 > 0) | ((s1 == 0) & (s2 > 0))))
+    one_way = (dst < src) | ((dst == src) & positive_shift)
+    if 2 * int(one_way.sum()) != src.shape[0]:
+        raise ValueError("analytic.half_pairs: the edge list is not a full (symmetric) neighbour list")
+    keep = (one_way & (graph.edge_len < cutoff)).nonzero().view(-1)
+    return Pairs(dst[keep], src[keep], graph.edge_vec[keep].T, graph.z, graph.species, num_species)
+
+
+def batch_energy_forces_virial(potential, graph: AtomicGraph, compute_virial: bool = False):
+    """Per-atom energies [N] (with E0 and the energy scale), forces [N, 3] and, if asked, the
+    virial sum_p r_p (x) dE/dr_p of each structure [B, 3, 3] (the stress times the volume) of a
+    batch, each a differentiable function of the parameters: a force loss needs one ordinary
+    backward instead of autograd's double backward through the force graph.
+
+    ``graph`` is the batch's :class:`AtomicGraph` with its full neighbour list; its positions
+    need no gradient (second derivatives with respect to positions are not this path's)."""
+    model: NEPModel = potential.energy_model
+    pairs = half_pairs(graph, float(model.cutoff), model.num_species)
+    atomic, grad = AnalyticNEP(potential).energy_and_pair_gradient(pairs)
+    forces = pair_forces(pairs, grad)
+    if not compute_virial:
+        return atomic, forces, None
+    outer = pairs.vectors.T.unsqueeze(2) * grad.T.unsqueeze(1)  # [P, 3, 3]: r_p,a g_p,b
+    structure = graph.batch[pairs.first]
+    virial = outer.new_zeros(graph.num_graphs, 9).index_add(0, structure, outer.reshape(-1, 9))
+    return atomic, forces, virial.view(-1, 3, 3)
