@@ -77,9 +77,8 @@ class Potential(nn.Module):
         if compute_forces and create_graph and not pos.requires_grad and self._trains_analytically():
             from mlip_plugins.nep.analytic import batch_energy_forces_virial
 
-            graph = build_atomic_graph(data, species, pos=pos)
-            atomic, forces, virial = batch_energy_forces_virial(self, graph, compute_virial=compute_stress)
-            out = {keys.ENERGY: sum_per_structure(atomic, graph.batch, num_graphs), keys.ATOMIC_ENERGIES: atomic, keys.FORCES: forces}
+            energy, atomic, forces, virial = batch_energy_forces_virial(self, data, species, pos, compute_virial=compute_stress)
+            out = {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic, keys.FORCES: forces}
             if compute_stress:
                 out[keys.STRESS] = _per_volume(virial, data.cell, dtype)
             return out

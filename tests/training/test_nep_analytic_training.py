@@ -121,15 +121,13 @@ def test_the_autograd_path_is_the_off_switch(float64, monkeypatch):
     assert calls == [1]
 
 
-def test_half_pairs_refuses_a_list_that_is_not_full(float64):
-    from mlip_plugins.graph import build_atomic_graph
-    from mlip_plugins.nep.analytic import half_pairs
+def test_halving_refuses_a_list_that_is_not_full(float64):
+    from mlip_plugins.nep.analytic import one_way_edges
 
-    batch = Batch.from_data_list(labelled_graphs()[:1])
-    batch.edge_index, batch.shifts = batch.edge_index[:, 1:], batch.shifts[1:]
-    graph = build_atomic_graph(batch, torch.zeros(batch.num_nodes, dtype=torch.long))
+    batch = Batch.from_data_list(labelled_graphs()[:2])
+    assert 2 * one_way_edges(batch.edge_index, batch.shifts).numel() == batch.edge_index.shape[1]
     with pytest.raises(ValueError, match="not a full"):
-        half_pairs(graph, CUTOFF, 1)
+        one_way_edges(batch.edge_index[:, 1:], batch.shifts[1:])
 
 
 def train(graphs, analytic: bool, steps: int = 6) -> dict:
