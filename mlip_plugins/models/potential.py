@@ -38,6 +38,8 @@ class Potential(nn.Module):
             raise ValueError(f"a term's cutoff {model_cutoff} exceeds the model cutoff {self.cutoff}")
         self.register_buffer("e0", torch.zeros(self.element_map.num_species))
         self.register_buffer("energy_scale", torch.ones(()))
+        #: train a plain potential NEP through its written-out force chain rule (see ``forward``)
+        self.analytic_forces = True
 
     def model_config(self) -> dict:
         """The ``model`` config that rebuilds this potential with ``build_potential``."""
@@ -62,13 +64,26 @@ class Potential(nn.Module):
         compute_stress: bool = False,
         create_graph: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Energies [B], atomic energies [N] and, if asked, forces [N, 3] and stress [B, 3, 3]."""
+        """Energies [B], atomic energies [N] and, if asked, forces [N, 3] and stress [B, 3, 3].
+
+        With ``create_graph`` (training), a plain potential NEP gives its forces and stress by its
+        written-out chain rule (:func:`mlip_plugins.nep.analytic.batch_energy_forces_virial`), a
+        differentiable function of the parameters, instead of autograd's force graph; the same
+        numbers. ``analytic_forces = False`` on the potential switches that off."""
         species = self.element_map(data.z)
         dtype = self.e0.dtype
         pos = data.pos.to(dtype)
+        num_graphs = int(data.num_graphs) if hasattr(data, "num_graphs") else 1
+        if compute_forces and create_graph and not pos.requires_grad and self._trains_analytically():
+            from mlip_plugins.nep.analytic import batch_energy_forces_virial
+
+            energy, atomic, forces, virial = batch_energy_forces_virial(self, data, species, pos, compute_virial=compute_stress)
+            out = {keys.ENERGY: energy, keys.ATOMIC_ENERGIES: atomic, keys.FORCES: forces}
+            if compute_stress:
+                out[keys.STRESS] = _per_volume(virial, data.cell, dtype)
+            return out
         if compute_forces and not pos.requires_grad:
             pos = pos.detach().requires_grad_(True)
-        num_graphs = int(data.num_graphs) if hasattr(data, "num_graphs") else 1
         strain = torch.zeros(num_graphs, 3, 3, dtype=dtype, device=pos.device, requires_grad=compute_stress)
         graph = build_atomic_graph(data, species, strain=strain, pos=pos)
         node = NodeOutput.of(self.energy_model(graph), "model.energy")
@@ -88,7 +103,17 @@ class Potential(nn.Module):
             if compute_forces:
                 out[keys.FORCES] = -grads[0]
             if compute_stress:
-                volume = torch.linalg.det(data.cell.view(-1, 3, 3).to(dtype)).abs()
-                safe = torch.where(volume > 1e-12, volume, torch.ones_like(volume))
-                out[keys.STRESS] = torch.where((volume > 1e-12).view(-1, 1, 1), grads[-1] / safe.view(-1, 1, 1), torch.zeros_like(grads[-1]))
+                out[keys.STRESS] = _per_volume(grads[-1], data.cell, dtype)
         return out
+
+    def _trains_analytically(self) -> bool:
+        from mlip_plugins.nep.analytic import supports_training
+
+        return supports_training(self)
+
+
+def _per_volume(virial: torch.Tensor, cell: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """dE/d(strain) [B, 3, 3] over each cell's volume (zero for a structure without a cell)."""
+    volume = torch.linalg.det(cell.view(-1, 3, 3).to(dtype)).abs()
+    safe = torch.where(volume > 1e-12, volume, torch.ones_like(volume))
+    return torch.where((volume > 1e-12).view(-1, 1, 1), virial / safe.view(-1, 1, 1), torch.zeros_like(virial))

@@ -30,6 +30,7 @@ polarizability model); anything else keeps the autograd path.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -40,9 +41,10 @@ from vesin import NeighborList
 
 from mlip_plugins.data.structures import check_neighbor_count
 from mlip_plugins.descriptors.harmonics import _normalisation
-from mlip_plugins.graph import AtomicGraph
+from mlip_plugins.graph import AtomicGraph, build_atomic_graph
 from mlip_plugins.nep.descriptor import neighbor_slots
 from mlip_plugins.nep.model import NEPModel
+from mlip_plugins.nn import sum_per_structure
 
 
 def chebyshev_basis_and_slope(r: torch.Tensor, cutoff: torch.Tensor, basis_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,3 +383,73 @@ def _pair_graph(pairs: Pairs, a: torch.Tensor, b: torch.Tensor, r: torch.Tensor)
         cell=r.new_zeros(1, 3, 3), pbc=torch.zeros(1, 3, dtype=torch.bool), batch=torch.zeros(n, dtype=torch.long),
         num_graphs=1, shifts=empty, total_charge=r.new_zeros(1),
     )
+
+
+# --- training: a batch of structures from the datamodule's full neighbour list -------------
+
+
+def supports_training(potential) -> bool:
+    """Whether ``Potential.forward`` trains ``potential`` through this chain rule: a plain
+    potential NEP (:func:`supports`) whose ``analytic_forces`` switch is on (the default; set
+    it False to train through autograd's force graph instead, e.g. to check one against the
+    other)."""
+    return bool(getattr(potential, "analytic_forces", True)) and supports(potential)
+
+
+def one_way_edges(edge_index: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Indices of one edge of each pair of a full (directed, symmetric) edge list: of
+    (i <- j, shift S) and (j <- i, -S), the one with i < j, or for a periodic image of an atom
+    itself (i = j) the one whose shift is lexicographically positive.
+
+    A mask over the edges (no new neighbour search). Raises ``ValueError`` if the list is not
+    symmetric (an edge without its reverse), where halving it would silently drop pairs."""
+    src, dst = edge_index[0], edge_index[1]
+    s0, s1, s2 = shifts[:, 0], shifts[:, 1], shifts[:, 2]
+    positive_shift = (s0 > 0) | ((s0 == 0) & ((s1 > 0) | ((s1 == 0) & (s2 > 0))))
+    keep = ((dst < src) | ((dst == src) & positive_shift)).nonzero().view(-1)
+    if 2 * keep.shape[0] != src.shape[0]:
+        raise ValueError("analytic.one_way_edges: the edge list is not a full (symmetric) neighbour list")
+    return keep
+
+
+def half_graph(data, species: torch.Tensor, pos: torch.Tensor) -> AtomicGraph:
+    """The :class:`AtomicGraph` of a PyG ``Data``/``Batch`` with one edge per pair
+    (:func:`one_way_edges`): the edge vectors are computed for half of the edges only."""
+    keep = one_way_edges(data.edge_index, data.shifts)
+    half = copy.copy(data)  # shallow: the other fields are shared
+    half.edge_index, half.shifts = data.edge_index[:, keep], data.shifts[keep]
+    return build_atomic_graph(half, species, pos=pos)
+
+
+def graph_pairs(graph: AtomicGraph, cutoff: float, num_species: int) -> Pairs:
+    """The :class:`Pairs` within ``cutoff`` of a graph with one edge per pair (:func:`half_graph`):
+    the edge vector x_src - x_dst + shift is r_p with a = dst, b = src."""
+    src, dst = graph.edge_index[0], graph.edge_index[1]
+    inside = graph.edge_len < cutoff
+    if bool(inside.all()):
+        return Pairs(dst, src, graph.edge_vec.T, graph.z, graph.species, num_species)
+    keep = inside.nonzero().view(-1)
+    return Pairs(dst[keep], src[keep], graph.edge_vec[keep].T, graph.z, graph.species, num_species)
+
+
+def batch_energy_forces_virial(potential, data, species: torch.Tensor, pos: torch.Tensor, compute_virial: bool = False):
+    """Energies [B], per-atom energies [N] (with E0 and the energy scale), forces [N, 3] and, if asked, the
+    virial sum_p r_p (x) dE/dr_p of each structure [B, 3, 3] (the stress times the volume) of a
+    batch, each a differentiable function of the parameters: a force loss needs one ordinary
+    backward instead of autograd's double backward through the force graph.
+
+    ``data`` is the batch (PyG, with the datamodule's full neighbour list), ``species`` its
+    element indices and ``pos`` its positions in the potential's dtype; they need no gradient
+    (second derivatives with respect to positions are not this path's)."""
+    model: NEPModel = potential.energy_model
+    graph = half_graph(data, species, pos)
+    pairs = graph_pairs(graph, float(model.cutoff), model.num_species)
+    atomic, grad = AnalyticNEP(potential).energy_and_pair_gradient(pairs)
+    forces = pair_forces(pairs, grad)
+    energy = sum_per_structure(atomic, graph.batch, graph.num_graphs)
+    if not compute_virial:
+        return energy, atomic, forces, None
+    outer = pairs.vectors.T.unsqueeze(2) * grad.T.unsqueeze(1)  # [P, 3, 3]: r_p,a g_p,b
+    structure = graph.batch[pairs.first]
+    virial = outer.new_zeros(graph.num_graphs, 9).index_add(0, structure, outer.reshape(-1, 9))
+    return energy, atomic, forces, virial.view(-1, 3, 3)

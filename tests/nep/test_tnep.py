@@ -191,7 +191,7 @@ def test_a_tnep_trains_from_a_graph_store_as_from_memory(tmp_path):
     for name, extra in (("memory", []), ("store", ["data.streaming=true", f"data.store={tmp_path / 'store'}"])):
         with initialize_config_module("mlip_plugins.conf", version_base=None):
             cfg = compose("train", overrides=[f"data.path={data}", "data.file_format=extxyz", "experiment=nep",
-                                              f"nep_in={nep_in}", f"run_dir={tmp_path / name}", "dtype=float64",
+                                              f"nep_in={nep_in}", f"run_dir={tmp_path / name}", "dtype=float64", "loss.normalize=variance",
                                               "trainer.enable_progress_bar=false", "logger=[]", *extra])
         runs[name] = run_training(cfg)
     scales = {name: torch.load(result["last_ckpt"], weights_only=False)["state_dict"]["loss_scales"] for name, result in runs.items()}
