@@ -213,6 +213,7 @@ def _tiny_run(run_dir: Path, overrides: list[str]) -> Path:
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory, cuau_frames) -> Scratch:
     """The scratch folder with the README's data files and the checkpoints of three tiny runs."""
+    from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
     from mlip_plugins.io.gpumd_xyz import write_gpumd_xyz
@@ -224,6 +225,14 @@ def scratch(tmp_path_factory, cuau_frames) -> Scratch:
         atoms.arrays["REF_forces"] = atoms.calc.results["forces"].copy()
     for name in ("train.xyz", "val.xyz", "test.xyz", "data.xyz", "structure.xyz", "ionic.xyz", "big.xyz"):
         write(folder / name, frames[:1] if name == "structure.xyz" else frames, format="extxyz")
+    molecules = []  # the dipole-loss example: clusters (no cell) with a dipole label
+    for k, atoms in enumerate(frames):
+        molecule = atoms.copy()
+        molecule.pbc, molecule.cell = False, None
+        molecule.calc = SinglePointCalculator(molecule, energy=atoms.calc.results["energy"], forces=atoms.calc.results["forces"])
+        molecule.info["dipole"] = [0.1 * k, -0.05, 0.02 * k]
+        molecules.append(molecule)
+    write(folder / "molecules.xyz", molecules, format="extxyz")
     gpumd = folder / "gpumd_train.xyz"
     with open(gpumd, "w") as handle:
         write_gpumd_xyz(handle, frames)
