@@ -36,6 +36,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning_modules.config_checks import check_keywords
 from lightning_modules.datamodule import PaddedGraphs, collate_graphs
 from lightning_modules.losses import LossWeights, errors, total_loss
+from mlip_plugins.data.structures import chunk_graphs
 from mlip_plugins.keys import TARGETS
 from mlip_plugins.models.builder import ConfigError
 
@@ -83,17 +84,8 @@ def _world() -> tuple[int, int]:
 def _chunks(graphs, indices: list[int], chunk_atoms: int, device) -> list:
     """``graphs[indices]`` as batches of at most ``chunk_atoms`` atoms (one structure at least)."""
     source = PaddedGraphs(graphs)
-    groups, current, atoms = [], [], 0
-    for index in indices:
-        n = int(graphs[index].num_nodes)
-        if current and atoms + n > chunk_atoms:
-            groups.append(current)
-            current, atoms = [], 0
-        current.append(index)
-        atoms += n
-    if current:
-        groups.append(current)
-    return [collate_graphs(source.__getitems__(group)).to(device) for group in groups]
+    groups = chunk_graphs([graphs[index] for index in indices], chunk_atoms)
+    return [collate_graphs(source.__getitems__([indices[k] for k in group])).to(device) for group in groups]
 
 
 class FullBatchObjective:

@@ -219,7 +219,8 @@ def _train_once(cfg: DictConfig, initial: dict | None = None) -> dict:
     check_trainer_config(trainer_cfg)  # before the (slow) data loading
     refine = RefineConfig.from_config(_plain(cfg.get("refine")))
     refine_seconds = None
-    if refine.enabled(wall_budget=trainer_cfg.get("max_time") is not None):
+    refining = refine.enabled(wall_budget=trainer_cfg.get("max_time") is not None)
+    if refining:
         # the full-batch refinement takes its share of the wall budget (lightning_modules/refine.py)
         reduced, refine_seconds = split_budget(trainer_cfg.get("max_time"), refine.share)
         if reduced is not None:
@@ -269,7 +270,7 @@ def _train_once(cfg: DictConfig, initial: dict | None = None) -> dict:
 
     loggers = build_loggers(cfg)
     callbacks = build_callbacks(cfg)
-    if refine.enabled(wall_budget=trainer_cfg.get("max_time") is not None):
+    if refining:
         callbacks.append(FullBatchRefinement(refine, refine_seconds))
     if not loggers:  # a learning-rate monitor needs a logger; without one it has nothing to do
         from lightning.pytorch.callbacks import LearningRateMonitor

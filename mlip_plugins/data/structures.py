@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -365,3 +366,21 @@ def atoms_to_graph(atoms: Atoms, cutoff: float, labels: dict | None = None, wher
     """Build one graph (data contract of docs/architecture.md) with a vesin neighbour list
     (:func:`graph_arrays`, then :func:`graph_from_arrays`)."""
     return graph_from_arrays(graph_arrays(atoms, cutoff, labels, where))
+
+
+def chunk_graphs(graphs: Sequence, max_atoms: int = 128) -> list[list[int]]:
+    """Consecutive groups of structure indices with at most ``max_atoms`` atoms (or one structure):
+    the batches of a pass that must bound its memory (the Fisher analysis, the full-batch refinement)."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    atoms = 0
+    for k, graph in enumerate(graphs):
+        n = int(graph.num_nodes)
+        if current and atoms + n > max_atoms:
+            chunks.append(current)
+            current, atoms = [], 0
+        current.append(k)
+        atoms += n
+    if current:
+        chunks.append(current)
+    return chunks

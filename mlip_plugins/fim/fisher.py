@@ -30,6 +30,7 @@ from torch import nn
 from torch_geometric.data import Batch
 
 from mlip_plugins import keys
+from mlip_plugins.data.structures import chunk_graphs
 from mlip_plugins.fim.parameters import ParameterIndex
 from mlip_plugins.targets import label_flags, residuals
 
@@ -91,23 +92,6 @@ def float64_copy(potential: nn.Module) -> nn.Module:
     model = copy.deepcopy(potential).double()
     model.eval()
     return model
-
-
-def chunk_graphs(graphs: Sequence, max_atoms: int = 128) -> list[list[int]]:
-    """Consecutive groups of structure indices with at most ``max_atoms`` atoms (or one structure)."""
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    atoms = 0
-    for k, graph in enumerate(graphs):
-        n = int(graph.num_nodes)
-        if current and atoms + n > max_atoms:
-            chunks.append(current)
-            current, atoms = [], 0
-        current.append(k)
-        atoms += n
-    if current:
-        chunks.append(current)
-    return chunks
 
 
 def weighted_observables(

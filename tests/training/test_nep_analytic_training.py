@@ -27,14 +27,6 @@ MODELS = {
 }
 
 
-@pytest.fixture
-def float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
 def labelled_graphs() -> list:
     rng = np.random.default_rng(5)
     crystal = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 1))
