@@ -105,6 +105,9 @@ MODELS: dict[str, Model] = {
     "latent + dipole": Model("latent + dipole", lambda solver: (*_long_range(solver, "latent"), LATENT_INIT, "loss.dipole=1"),
                              dipole_trained=True),
     "ensemble": Model("ensemble", lambda solver: _long_range(solver, "ensemble")),
+    # 4G-HDNNP-style charge equilibration: learned electronegativities, Coulomb-coupled charges
+    "qeq": Model("qeq", lambda solver: _long_range(solver, "qeq")),
+    "qeq + q": Model("qeq + q", lambda solver: (*_long_range(solver, "qeq"), "loss.charges=1"), True),
 }
 
 
@@ -146,7 +149,7 @@ class LongRangeCase:
     solver: str
     state: Callable[[Atoms], str] | None = None
     state_name: str = ""
-    models: tuple[str, ...] = ("short-range", "latent", "latent + q", "ensemble")
+    models: tuple[str, ...] = ("short-range", "latent", "latent + q", "ensemble", "qeq", "qeq + q")
     published: tuple[Published, ...] = ()
     val_fraction: float = 0.15
     test_fraction: float = 0.25
@@ -156,6 +159,10 @@ class LongRangeCase:
     batch_size: int = 8
     peer_in_file: bool = False  # SPICE: MACE_energy / MACE_forces are MACELES-OFF's predictions
     dipoles: bool = False  # the file has reference dipoles (a dipole column in the table)
+    #: elements whose summed charge per structure is reported per state (Au2 on MgO: the charge
+    #: the Al dopant gives the adsorbed dimer, Ko et al.'s test of non-local charge transfer)
+    probe: tuple[str, ...] = ()
+    probe_name: str = ""
     note: str = ""
 
 
@@ -169,7 +176,7 @@ LR_CASES: dict[str, LongRangeCase] = {
         published=_ko(1.619, 129.5, 2.045, 231.0, 20.08, 1.194, 78.00, 6.577, 0.364, 5.802, 0.117), note=KO_NOTE),
     "ko2021_au2_mgo": LongRangeCase(
         "ko2021_au2_mgo_4g_subset", "ko2021_au2_mgo_4g_subset.extxyz", "ewald", _dopant, "dopant",
-        published=_ko(2.287, 153.1, None, None, None, 0.219, 66.0, 5.698, 0.107, 5.337, 1.013),
+        published=_ko(2.287, 153.1, None, None, None, 0.219, 66.0, 5.698, 0.107, 5.337, 1.013), probe=("Au",), probe_name="Au2",
         val_fraction=0.17, test_fraction=0.34, batch_size=2, note=KO_NOTE),
     "ko2021_nacl_clusters": LongRangeCase(
         "ko2021_nacl_clusters_4g_subset", "test_NaCl_first14.xyz", "direct", _formula, "cluster",
@@ -235,6 +242,7 @@ def evaluate(case: LongRangeCase, run_dir: Path) -> dict:
     the energy RMSE per charge state and, for SPICE, the in-file MACELES-OFF errors on the same
     structures."""
     import torch
+    from ase.data import atomic_numbers
     from ase.io import read
     from omegaconf import OmegaConf
     from torch_geometric.loader import DataLoader
@@ -258,7 +266,8 @@ def evaluate(case: LongRangeCase, run_dir: Path) -> dict:
         graphs = load_graph_file(path, float(cfg.model.cutoff), LabelKeys(**OmegaConf.to_container(cfg.data["keys"])),
                                  cfg.data.get("file_format"))
         graphs = [graphs[i] for i in test]
-        e_err, f_sq, f_n, q_sq, q_n, dip = [], [], [], 0.0, 0, []
+        e_err, f_sq, f_n, q_sq, q_n, dip = [], [], [], [], [], []
+        probe_pred, probe_ref = [], []
         potential.eval()
         for batch in DataLoader(graphs, batch_size=8):
             batch.pos = batch.pos.to(dtype)
@@ -271,8 +280,14 @@ def evaluate(case: LongRangeCase, run_dir: Path) -> dict:
             if K.CHARGES in out:
                 q = out[K.CHARGES].detach()
                 if K.CHARGES in r:
-                    q_sq += float(r[K.CHARGES].error.detach().pow(2).sum())
-                    q_n += int(q.numel())
+                    per_structure = torch.zeros(batch.num_graphs, dtype=q.dtype)
+                    q_sq += per_structure.index_add(0, batch.batch, r[K.CHARGES].error.detach().pow(2)).tolist()
+                    q_n += torch.bincount(batch.batch, minlength=batch.num_graphs).tolist()
+                if case.probe:
+                    mask = torch.isin(batch.z, torch.tensor([atomic_numbers[e] for e in case.probe]))
+                    zeros = torch.zeros(batch.num_graphs, dtype=q.dtype)
+                    probe_pred += zeros.index_add(0, batch.batch[mask], q[mask]).tolist()
+                    probe_ref += zeros.index_add(0, batch.batch[mask], batch.charges.to(q.dtype)[mask]).tolist()
             if K.DIPOLE in out:  # the charges' dipole about the centre of mass (mlip_plugins.charges.dipole)
                 dip += out[K.DIPOLE].detach().tolist()
     finally:
@@ -280,8 +295,9 @@ def evaluate(case: LongRangeCase, run_dir: Path) -> dict:
     e_err, f_sq, f_n = np.array(e_err), np.array(f_sq), np.array(f_n)
     result = {"n_test": len(test), "test": test, "energy_rmse": float(np.sqrt(np.mean(e_err ** 2))),
               "forces_rmse": float(np.sqrt(f_sq.sum() / f_n.sum()))}
-    if q_n:
-        result["charges_rmse"] = float(np.sqrt(q_sq / q_n))
+    q_sq, q_n = np.array(q_sq), np.array(q_n)
+    if q_n.sum():
+        result["charges_rmse"] = float(np.sqrt(q_sq.sum() / q_n.sum()))
     atoms = [frames[i] for i in test]
     reference = [_dipole(a) for a in atoms]
     if case.dipoles and dip and all(d is not None for d in reference):
@@ -292,6 +308,14 @@ def evaluate(case: LongRangeCase, run_dir: Path) -> dict:
         states = np.array([case.state(a) for a in atoms])
         result["energy_rmse_by_state"] = {s: float(np.sqrt(np.mean(e_err[states == s] ** 2))) for s in sorted(set(states))}
         result["n_by_state"] = {s: int((states == s).sum()) for s in sorted(set(states))}
+        if q_n.sum():
+            result["charges_rmse_by_state"] = {s: float(np.sqrt(q_sq[states == s].sum() / q_n[states == s].sum()))
+                                               for s in sorted(set(states))}
+        if probe_pred:
+            pred, ref = np.array(probe_pred), np.array(probe_ref)
+            result["probe_charge_by_state"] = {s: {"predicted": float(pred[states == s].mean()), "reference": float(ref[states == s].mean()),
+                                                   "rmse": float(np.sqrt(np.mean((pred - ref)[states == s] ** 2)))}
+                                               for s in sorted(set(states))}
     return result
 
 
@@ -344,13 +368,16 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
     n = first["n_test"]
     states = first.get("n_by_state", {})
     state_cols = list(states)
+    probe = case.probe_name if "probe_charge_by_state" in first else ""
     head = ["model", "params", "min (load)", "E RMSE", "F RMSE", "q RMSE", *(["dipole RMSE"] if case.dipoles else []),
-            *[f"E RMSE {s} (n={states[s]})" for s in state_cols], "E / SR", "F / SR"]
+            *[f"E RMSE {s} (n={states[s]})" for s in state_cols],
+            *[f"q RMSE {s}" for s in state_cols], *[f"{probe} q {s} (reference {first['probe_charge_by_state'][s]['reference']:+.3f} e)" for s in state_cols if probe],
+            "E / SR", "F / SR"]
     lines = [f"### {name} (long range)", "",
              f"`{case.folder}/{case.file}`, seeded split (data.split_seed={case.split_seed}, val "
              f"{case.val_fraction:g}, test {case.test_fraction:g}, batch {case.batch_size}): {n} test structures; "
              f"each model {budget.minutes * MODEL_SHARE:.1f} min, {budget.threads} thread(s). RMSE: E meV/atom, "
-             f"F meV/Å, q milli-e (vs Hirshfeld; *trained* only for `latent + q`, else compared), dipole e·Å (RMS of |Δμ|). "
+             f"F meV/Å, q milli-e (vs Hirshfeld; *trained* only for `latent + q` and `qeq + q`, else compared), dipole e·Å (RMS of |Δμ|). "
              f"{case.note}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     sr = next((r["test"] for r in rows if r["model"] == "short-range"), None)
@@ -362,9 +389,12 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
             dipole = _f(t.get("dipole_rmse"), 1.0, 3)
             cells.append(f"{dipole} (trained)" if r.get("dipole_trained") and "dipole_rmse" in t else dipole)
         cells += [_f(t["energy_rmse_by_state"][s], 1e3, 3) for s in state_cols]
+        cells += [_f(t.get("charges_rmse_by_state", {}).get(s), 1e3, 1) for s in state_cols]
+        if probe:
+            cells += [f"{t['probe_charge_by_state'][s]['predicted']:+.3f}" if "probe_charge_by_state" in t else "–" for s in state_cols]
         cells += [_f(t["energy_rmse"] / sr["energy_rmse"]) if sr else "–", _f(t["forces_rmse"] / sr["forces_rmse"]) if sr else "–"]
         lines.append("| " + " | ".join(cells) + " |")
-    blank = [""] * len(state_cols)
+    blank = [""] * (len(state_cols) * (3 if probe else 2))
     if peer:
         cells = ["MACELES-OFF (in-file)", "–", "–", _f(peer["energy_rmse"], 1e3, 3), _f(peer["forces_rmse"], 1e3, 1), "–",
                  *(["not in the file"] if case.dipoles else []), *blank, _f(peer["energy_rmse"] / sr["energy_rmse"]) if sr else "–", _f(peer["forces_rmse"] / sr["forces_rmse"]) if sr else "–"]

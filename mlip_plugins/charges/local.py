@@ -42,6 +42,14 @@ def conserve_total_charge(raw: torch.Tensor, graph: AtomicGraph, weights: torch.
     return raw + w * (excess / w_sum).index_select(0, graph.batch)
 
 
+def scale_last_layer(head: MLPReadout, factor: float) -> MLPReadout:
+    """Multiply the initial weights and bias of the head's last layer by ``factor`` (0: the head starts at zero)."""
+    with torch.no_grad():
+        for parameter in head.layers[-1].parameters():
+            parameter.mul_(float(factor))
+    return head
+
+
 class FixedCharges(nn.Module):
     """The reference charges of the data (``graph.charges``), unchanged.
 
@@ -117,10 +125,7 @@ class LatentCharges(nn.Module):
         if redistribution not in ("uniform", "weighted"):
             raise ValueError(f"charge model 'latent': redistribution must be 'uniform' or 'weighted', got {redistribution!r}")
         self.redistribution = redistribution
-        self.head = MLPReadout(in_dim, num_species, hidden=list(hidden), activation=activation)
-        with torch.no_grad():
-            for parameter in self.head.layers[-1].parameters():
-                parameter.mul_(float(initial_scale))
+        self.head = scale_last_layer(MLPReadout(in_dim, num_species, hidden=list(hidden), activation=activation), initial_scale)
         self.softness = MLPReadout(in_dim, num_species, hidden=list(hidden), activation=activation) if redistribution == "weighted" else None
 
     def forward(self, features: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:

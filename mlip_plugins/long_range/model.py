@@ -83,6 +83,8 @@ class ElectrostaticModel(nn.Module):
             "charge_models", dict(charges or {"name": "latent"}), f"{name}.charges", in_dim=dim, num_species=num_species
         )
         self.solver = build("long_range", dict(solver or {"name": "ewald"}), f"{name}.solver", cutoff=cutoff)
+        if hasattr(self.charge_model, "use_solver"):  # charge equilibration needs the Coulomb law of the same solver
+            self.charge_model.use_solver(self.solver)
         self.exterior = None
         if exterior:
             exterior = dict(exterior)
@@ -106,6 +108,8 @@ class ElectrostaticModel(nn.Module):
             parts.append(float(self.solver.cutoff))
         if self.exterior is not None:
             parts.append(self.exterior.exclusion_radius)
+        if getattr(self.charge_model, "cutoff", None) is not None:
+            parts.append(float(self.charge_model.cutoff))
         if self.short_range is not None:
             parts.append(float(self.short_range.cutoff))
         return max(parts)
