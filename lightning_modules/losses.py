@@ -43,13 +43,25 @@ class LossWeights:
     #: e.g. ``{start: 0.7, energy: 10.0}``; validation keeps the first-stage weights, so that
     #: ``val/loss`` (checkpoint monitor) means the same thing throughout
     final: dict | None = None
+    #: a first stage until ``initial.end`` (fraction of training, as ``final.start``), e.g. the
+    #: charge-first stage of the 4G-HDNNP, ``{end: 0.2, energy: 0.0, forces: 0.0, freeze: charges}``:
+    #: the charges are fitted to their labels first; with ``freeze: charges`` the charge models
+    #: are then held fixed (the 4G-HDNNP's short-range network learns E - E_elec of fixed charges)
+    initial: dict | None = None
 
     def final_stage(self) -> LossWeights:
         """The weights of the final stage (``self`` where there is none)."""
-        if not self.final:
+        return self._stage(self.final, "start")
+
+    def initial_stage(self) -> LossWeights:
+        """The weights of the first stage (``self`` where there is none)."""
+        return self._stage(self.initial, "end")
+
+    def _stage(self, stage: dict | None, boundary: str) -> LossWeights:
+        if not stage:
             return self
-        weights = {k: float(v) for k, v in self.final.items() if k != "start"}
-        return dataclasses.replace(self, final=None, **weights)
+        weights = {k: float(v) for k, v in stage.items() if k not in (boundary, "freeze")}
+        return dataclasses.replace(self, final=None, initial=None, **weights)
 
     def __post_init__(self) -> None:
         if self.kind not in LOSS_KINDS:
@@ -60,11 +72,17 @@ class LossWeights:
                 raise ConfigError(f"loss.{name}: expected a finite number >= 0, got {value!r}")
         if self.normalize not in ("none", "variance"):
             raise ConfigError(f"loss.normalize: expected none or variance, got {self.normalize!r}")
-        if self.final:
-            unknown = set(self.final) - {"start", *TARGETS}
-            if unknown or not 0.0 <= float(self.final.get("start", -1)) <= 1.0:
-                raise ConfigError(f"loss.final: expected {{start: 0..1, <target>: weight}} with targets from "
-                                  f"{', '.join(TARGETS)}, got {self.final!r}")
+        for name, boundary in (("final", "start"), ("initial", "end")):
+            stage = getattr(self, name)
+            if stage:
+                unknown = set(stage) - {boundary, *TARGETS, *(("freeze",) if name == "initial" else ())}
+                if unknown or not 0.0 <= float(stage.get(boundary, -1)) <= 1.0:
+                    raise ConfigError(f"loss.{name}: expected {{{boundary}: 0..1, <target>: weight}} with targets from "
+                                      f"{', '.join(TARGETS)}, got {stage!r}")
+        if self.initial and self.initial.get("freeze") not in (None, "charges"):
+            raise ConfigError(f"loss.initial.freeze: expected charges or null, got {self.initial['freeze']!r}")
+        if self.final and self.initial and float(self.initial["end"]) > float(self.final["start"]):
+            raise ConfigError(f"loss.initial ends at {self.initial['end']}, after loss.final starts ({self.final['start']})")
 
 
 def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:

@@ -34,6 +34,13 @@ class NonFiniteLossError(MLIPError, FloatingPointError):
     (learning rate, data), so reported in one line."""
 
 
+def charge_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the charges depend on, from every module with a ``charge_parameters()`` hook
+    (the ``electrostatic`` energy model: its charge model and the descriptor it reads)."""
+    found = {id(p): p for m in model.modules() if hasattr(m, "charge_parameters") for p in m.charge_parameters()}
+    return list(found.values())
+
+
 def regularization_losses(model: nn.Module) -> torch.Tensor | None:
     """Sum of ``regularization_loss()`` over submodules that define it (e.g. NEP's L1/L2)."""
     total = None
@@ -99,6 +106,8 @@ class PotentialModule(L.LightningModule):
                 if hasattr(part, "bec_in_training"):
                     part.bec_in_training = True
         self._final_weights = self.loss_weights.final_stage()
+        self._initial_weights = self.loss_weights.initial_stage()
+        self._e0_refitted = False
         self._total_steps_cache: int | None | bool = False  # False: not computed yet
         self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
         self.scheduler_cfg = dict(_plain(scheduler) or {"name": "none"})
@@ -127,6 +136,10 @@ class PotentialModule(L.LightningModule):
         return {key: self.loss_scales[k] for k, key in enumerate(TARGETS)}
 
     def setup(self, stage: str) -> None:
+        initial = self.loss_weights.initial
+        if initial and initial.get("freeze") == "charges" and not charge_parameters(self.model):
+            raise ConfigError("loss.initial.freeze=charges: the model has no charge model to hold fixed "
+                              "(model=long_range with model/charges=latent or qeq has one)")
         """Under DDP the EMA copy's parameters must not look trainable: DDP would wait for their
         gradients (they are updated by copies). Before DDP wraps the module, they are frozen;
         in one process they keep the model's flags (what e.g. the Fisher analysis of
@@ -210,6 +223,8 @@ class PotentialModule(L.LightningModule):
         finite = not grads or bool(torch.isfinite(torch.stack(grads).sum()))  # one device sync
         if not self._skip_this_step and finite:
             self._consecutive_skips = 0
+            for p in self._frozen_parameters():
+                p.grad = None  # held fixed after loss.initial (optimizers skip parameters without a grad)
             return
         if not self._skip_this_step:
             bad = next(n for n, p in self.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all())
@@ -218,6 +233,30 @@ class PotentialModule(L.LightningModule):
         for p in self.model.parameters():
             p.grad = None
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+
+    def _frozen_parameters(self) -> list[torch.nn.Parameter]:
+        """The charge models' parameters once ``loss.initial`` with ``freeze: charges`` has ended."""
+        initial = self.loss_weights.initial
+        if not initial or initial.get("freeze") != "charges" or self._training_progress() < float(initial["end"]):
+            return []
+        return charge_parameters(self.model)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """At the end of an initial stage that did not train energies, refit E0 to the residuals
+        (:mod:`lightning_modules.e0_refit`); once per run (a resumed run past it does not)."""
+        initial = self.loss_weights.initial
+        if not initial or self._initial_weights.energy > 0 or self._e0_refitted:
+            return
+        if self._training_progress() < float(initial["end"]):
+            return
+        self._e0_refitted = True
+        graphs = getattr(getattr(self._trainer, "datamodule", None), "train_graphs", None)
+        if graphs is None:
+            rank_zero_warn("loss.initial: E0 is not refitted after the initial stage when training from a graph store")
+            return
+        from lightning_modules.e0_refit import refit_e0
+
+        refit_e0(self, graphs)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
@@ -268,9 +307,14 @@ class PotentialModule(L.LightningModule):
         return self._total_steps_cache
 
     def _training_weights(self) -> LossWeights:
-        """The loss weights of the current stage (``loss.final`` from its start on)."""
-        final = self.loss_weights.final
-        if final and self._training_progress() >= float(final["start"]):
+        """The loss weights of the current stage (``loss.initial`` until its end, ``loss.final`` from its start on)."""
+        final, initial = self.loss_weights.final, self.loss_weights.initial
+        if not (final or initial):
+            return self.loss_weights
+        progress = self._training_progress()
+        if initial and progress < float(initial["end"]):
+            return self._initial_weights
+        if final and progress >= float(final["start"]):
             return self._final_weights
         return self.loss_weights
 
@@ -328,6 +372,7 @@ class PotentialModule(L.LightningModule):
 
     # -- checkpoints -------------------------------------------------------------------
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._e0_refitted = bool(checkpoint.get("e0_refitted", False))
         # checkpoints written before loss.normalize existed carry no loss scales: unit scales
         scales = checkpoint["state_dict"].setdefault("loss_scales", torch.ones(len(TARGETS), dtype=torch.float64))
         if scales.numel() < len(TARGETS):  # written before a target was added (bec): unit scales for the new ones
@@ -335,6 +380,8 @@ class PotentialModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         from mlip_plugins.checkpoint import checkpoint_metadata
+
+        checkpoint["e0_refitted"] = self._e0_refitted
 
         # scanning the installed plugins' entry points takes ~0.4 s, and the `last` checkpoint is
         # saved every epoch (for a NEP on 25 structures, more than the epoch's training): the

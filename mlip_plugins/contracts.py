@@ -116,6 +116,8 @@ class OptionalHooks(Protocol):
     * ``conformance_config: dict``, ``conformance_energy_spec(cls) -> dict``,
       ``supports_compile: bool``: how the conformance kit builds and checks the plugin.
     * ``name: str``: the node's name in parameter counts, Fisher-information reports and errors.
+    * energy models with charges: ``charge_parameters() -> list[Parameter]``, what the charges
+      depend on, which ``loss.initial.freeze: charges`` holds fixed after a charges-first stage.
     * charge models: ``use_solver(solver)``: the ``electrostatic`` energy model lends its
       long-range solver (charge equilibration, ``qeq``, needs the same Coulomb law);
       ``cutoff: float``: the neighbour-list reach the charge model needs (the model's cutoff

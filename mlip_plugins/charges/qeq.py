@@ -2,10 +2,11 @@
 
 Ko, Finkler, Goedecker and Behler (Nat. Commun. 12, 398 (2021)) predict an environment-dependent
 electronegativity per atom and let the charges equilibrate over the whole structure. Here
-chi_i = MLP_{s_i}(x_i) from the local features, J_s > 0 one learned hardness per element, and
-the charges minimise the charge-equilibration energy of Gaussian charge clouds
+chi_i = chi0(Z_i) + MLP_{s_i}(x_i) from the local features, J_i = J0(Z_i) exp(rho_{s_i}) > 0 with
+one learned factor per element (chi0, J0: the free atoms' measured values, or zero and a
+constant), and the charges minimise the charge-equilibration energy of Gaussian charge clouds
 
-    E_Qeq(q) = sum_i [chi_i q_i + 1/2 (J_{s_i} + k_e / (sigma_i sqrt(pi))) q_i^2]
+    E_Qeq(q) = sum_i [chi_i q_i + 1/2 (J_i + k_e / (sigma_i sqrt(pi))) q_i^2]
              + 1/2 sum_{i != j} q_i q_j k_e erf(r_ij / (sqrt(2) gamma_ij)) / r_ij,
     gamma_ij = sqrt(sigma_i^2 + sigma_j^2),   sigma = covalent radius (scaled),
 
@@ -34,8 +35,10 @@ from __future__ import annotations
 import math
 
 import torch
+from ase.data import covalent_radii
 from torch import nn
 
+from mlip_plugins.charges.ensemble.atomic_data import MissingAtomicDataError, chemical_hardness, mulliken_electronegativity
 from mlip_plugins.charges.ensemble.coulomb import gaussian_widths, smooth_switch
 from mlip_plugins.charges.local import scale_last_layer
 from mlip_plugins.graph import AtomicGraph
@@ -51,7 +54,14 @@ class QEqCharges(nn.Module):
         num_species: number of elements (injected).
         hidden: widths of the per-element electronegativity MLP.
         activation: activation name (see ``mlip_plugins.nn.ACTIVATIONS``).
-        hardness: initial hardness J (eV/e^2) of every element; learned, kept positive.
+        start: ``physical`` (default): chi starts at each element's Mulliken electronegativity
+            (IP + EA)/2 and the diagonal of A at its measured hardness IP - EA (the free atom's
+            parabola, Rappé-Goddard QEq; :mod:`mlip_plugins.charges.ensemble.atomic_data`, H..Rn),
+            so the untrained model already gives QEq's charges (Mg+ O- in MgO) and training
+            corrects them; ``zero``: chi starts at zero and J at ``hardness`` for every element.
+            The electronegativities are in eV and move slowly under Adam: from zero, charges
+            of a few tenths of e need hundreds of steps.
+        hardness: with ``start: zero``, the initial hardness J (eV/e^2) of every element.
         width_scale: Gaussian widths sigma = width_scale x covalent radius (ASE's table).
         screening_cutoff: distance (Å) beyond which the charges interact as points; at most the
             model cutoff (the neighbour list must hold every pair within it).
@@ -72,6 +82,7 @@ class QEqCharges(nn.Module):
         num_species: int,
         hidden: list[int] | tuple[int, ...] = (16,),
         activation: str = "silu",
+        start: str = "physical",
         hardness: float = 10.0,
         width_scale: float = 1.0,
         screening_cutoff: float = 4.0,
@@ -89,10 +100,16 @@ class QEqCharges(nn.Module):
                              f"got {screening_switch_width} and {screening_cutoff}")
         self.electronegativity = scale_last_layer(MLPReadout(in_dim, num_species, hidden=list(hidden), activation=activation),
                                                   initial_scale)
-        # J_s = softplus(raw_s): positive, started at `hardness`
-        start = float(hardness) + math.log(-math.expm1(-float(hardness)))
-        self.hardness_raw = nn.Parameter(torch.full((int(num_species),), start, dtype=torch.float64))
+        if start not in ("physical", "zero"):
+            raise ValueError(f"charge model 'qeq': start must be 'physical' or 'zero', got {start!r}")
+        self.start = start
         self.width_scale = float(width_scale)
+        chi0, j0, known = _start_tables(start, float(hardness), self.width_scale)
+        self.register_buffer("chi0", chi0)  # [Z]: electronegativity at the start (eV)
+        self.register_buffer("hardness0", j0)  # [Z]: J at the start (eV/e^2), the Gaussian self-energy excluded
+        self.register_buffer("known", known)  # [Z]: elements with start values
+        # J_i = hardness0[z_i] exp(rho_{s_i}): positive, learned per element
+        self.log_hardness = nn.Parameter(torch.zeros(int(num_species), dtype=torch.float64))
         self.screening_cutoff = float(screening_cutoff)
         self.screening_switch_width = float(screening_switch_width)
         self.own_solver = None
@@ -111,9 +128,19 @@ class QEqCharges(nn.Module):
         """The neighbour-list reach the screening needs."""
         return self.screening_cutoff
 
-    def hardness(self) -> torch.Tensor:
-        """J_s (eV/e^2) per element."""
-        return nn.functional.softplus(self.hardness_raw)
+    def hardness(self, graph: AtomicGraph) -> torch.Tensor:
+        """J_i (eV/e^2) of every atom (the Gaussian self-energy not included)."""
+        return self.hardness0.index_select(0, graph.z) * torch.exp(self.log_hardness).index_select(0, graph.species)
+
+    def electronegativities(self, features: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
+        """chi_i (eV): the start value of the element plus the learned environment term."""
+        chi0 = self.chi0.index_select(0, graph.z)
+        known = self.known.index_select(0, graph.z)
+        if not bool(known.all()):
+            missing = sorted({int(z) for z in graph.z[~known]})
+            raise MissingAtomicDataError(f"charge model 'qeq' (start: physical): no measured ionisation energy for Z={missing}; "
+                                         "the table holds H..Rn (Z=1..86); use start: zero")
+        return chi0.to(features.dtype) + self.electronegativity(features, graph)
 
     def _solver(self) -> nn.Module:
         if self.own_solver is not None:
@@ -126,7 +153,7 @@ class QEqCharges(nn.Module):
         return self._lent_solver[0]
 
     def forward(self, features: torch.Tensor, graph: AtomicGraph) -> torch.Tensor:
-        chi = self.electronegativity(features, graph)
+        chi = self.electronegativities(features, graph)
         matrix, row, col = self.equilibration_matrix(graph)
         return solve_equilibration(matrix, chi, graph.total_charge.to(chi.dtype).view(-1), row, col)
 
@@ -153,9 +180,38 @@ class QEqCharges(nn.Module):
         matrix = point.index_put((row.index_select(0, dst), col.index_select(0, dst), col.index_select(0, src)),
                                  -screening, accumulate=True)
         matrix = 0.5 * (matrix + matrix.transpose(1, 2))  # symmetric analytically; drop rounding
-        diagonal = self.hardness().to(dtype).index_select(0, graph.species) + COULOMB_CONSTANT / (sigma * math.sqrt(math.pi))
+        diagonal = self.hardness(graph).to(dtype) + gaussian_self_energy(sigma)
         matrix = matrix.index_put((row, col, col), diagonal, accumulate=True)
         return matrix, row, col
+
+
+def gaussian_self_energy(sigma: torch.Tensor) -> torch.Tensor:
+    """k_e / (sigma sqrt(pi)) (eV/e^2): twice the Coulomb self-energy of a unit Gaussian charge of width sigma."""
+    return COULOMB_CONSTANT / (sigma * math.sqrt(math.pi))
+
+
+#: the smallest start hardness (eV/e^2) where the measured IP - EA is below the Gaussian self-energy
+MIN_START_HARDNESS = 0.5
+
+
+def _start_tables(start: str, hardness: float, width_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """chi0, J0 and the elements that have them, indexed by atomic number (all, with ``zero``)."""
+    size = len(covalent_radii)
+    if start == "zero":
+        return (torch.zeros(size, dtype=torch.float64), torch.full((size,), float(hardness), dtype=torch.float64),
+                torch.ones(size, dtype=torch.bool))
+    chi0 = torch.zeros(size, dtype=torch.float64)
+    j0 = torch.ones(size, dtype=torch.float64)
+    known = torch.zeros(size, dtype=torch.bool)
+    self_energy = gaussian_self_energy(width_scale * torch.as_tensor(covalent_radii, dtype=torch.float64))
+    for z in range(1, size):
+        try:
+            chi0[z] = mulliken_electronegativity(z)
+            j0[z] = max(chemical_hardness(z) - float(self_energy[z]), MIN_START_HARDNESS)
+            known[z] = True
+        except MissingAtomicDataError:
+            continue
+    return chi0, j0, known
 
 
 def solve_equilibration(matrix: torch.Tensor, chi: torch.Tensor, total: torch.Tensor, row: torch.Tensor,

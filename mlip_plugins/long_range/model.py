@@ -114,6 +114,11 @@ class ElectrostaticModel(nn.Module):
             parts.append(float(self.short_range.cutoff))
         return max(parts)
 
+    def charge_parameters(self) -> list[nn.Parameter]:
+        """What the charges depend on (the charge model and the descriptor it reads): held fixed
+        after a charges-first stage (``loss.initial.freeze: charges``)."""
+        return [*self.charge_model.parameters(), *self.descriptor.parameters()]
+
     def parameter_counts(self) -> dict[str, int]:
         def count(module: nn.Module | None) -> int:
             return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.data import covalent_radii
 
-from mlip_plugins.charges.qeq import QEqCharges, solve_equilibration
+from mlip_plugins.charges.qeq import MIN_START_HARDNESS, QEqCharges, solve_equilibration
 from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
 from mlip_plugins.testing import structures as st
@@ -26,7 +26,8 @@ def graph_of(atoms_list: list[Atoms], cutoff: float = 5.0):
 
 
 def model(**options) -> QEqCharges:
-    return QEqCharges(in_dim=4, num_species=len(ELEMENTS), **options).double()
+    """A qeq model; ``start: zero`` (chi = 0, one hardness) unless asked, for the closed forms."""
+    return QEqCharges(in_dim=4, num_species=len(ELEMENTS), **{"start": "zero", **options}).double()
 
 
 def dimer(r: float, total: float = 0.0) -> Atoms:
@@ -125,6 +126,28 @@ def test_a_remote_change_moves_charge_non_uniformly():
     far = moved[n // 2:].detach().numpy()
     assert moved[0] > 0.05  # the less electronegative end gives up charge
     assert np.all(far < 0) and np.ptp(far) > 0.1 * np.abs(far).max()
+
+
+def test_the_physical_start_is_rappe_goddard_qeq():
+    """``start: physical``: the untrained model's diagonal is each element's measured hardness
+    IP - EA (at least the Gaussian self-energy + a floor) and its electronegativity (IP + EA) / 2, so a NaCl dimer starts as Na+ Cl-, with
+    the closed-form transfer of those values."""
+    from mlip_plugins.charges.ensemble.atomic_data import chemical_hardness, mulliken_electronegativity
+
+    qeq = model(start="physical", initial_scale=0.0)
+    graph = graph_of([dimer(2.4)])
+    matrix, row, col = qeq.equilibration_matrix(graph)
+    self_energy = KE / (np.array([covalent_radii[11], covalent_radii[17]]) * math.sqrt(math.pi))
+    measured = np.array([chemical_hardness(11), chemical_hardness(17)])  # Na's IP - EA is below its self-energy:
+    expected = np.maximum(measured, self_energy + MIN_START_HARDNESS)    # its residual J starts at the floor
+    np.testing.assert_allclose(torch.diagonal(matrix[0]).detach().numpy(), expected, rtol=1e-12)
+    assert expected[1] == measured[1]
+    charges = qeq(torch.zeros(2, 4, dtype=torch.float64), graph).detach().numpy()
+    chi = np.array([mulliken_electronegativity(11), mulliken_electronegativity(17)])
+    a = matrix[0].detach().numpy()
+    transfer = (chi[1] - chi[0]) / (a[0, 0] + a[1, 1] - 2 * a[0, 1])
+    np.testing.assert_allclose(charges, [transfer, -transfer], rtol=1e-10)
+    assert transfer > 0.1  # Na+ Cl- (QEq overshoots to about one e at 2.4 Å, as its parabola allows)
 
 
 def test_long_range_preset_with_qeq_charges_composes_and_builds():

@@ -127,3 +127,76 @@ def test_final_stage_weights_apply_from_their_start_in_training_only():
     assert module.loss_weights.energy == 1.0  # validation keeps the first-stage weights
     with pytest.raises(ValueError, match="loss.final"):
         LossWeights(final={"begin": 0.5})
+
+
+def test_an_initial_stage_trains_its_weights_until_its_end_then_the_usual_ones():
+    """``loss.initial`` (a charges-first stage, as the 4G-HDNNP fits charges before energies)
+    holds until its end; then the first-stage weights, then ``loss.final``."""
+    module = PotentialModule(MODEL, loss={"energy": 1.0, "forces": 1.0, "charges": 1.0, "final": {"start": 0.7, "energy": 10.0},
+                                          "initial": {"end": 0.2, "energy": 0.0, "forces": 0.0}})
+    trainer = types.SimpleNamespace(estimated_stepping_batches=100, callbacks=[], global_step=19)
+    module._trainer = trainer
+    first = module._training_weights()
+    assert (first.energy, first.forces, first.charges, first.initial, first.final) == (0.0, 0.0, 1.0, None, None)
+    trainer.global_step = 20
+    assert (module._training_weights().energy, module._training_weights().forces) == (1.0, 1.0)
+    trainer.global_step = 70
+    assert module._training_weights().energy == 10.0
+    with pytest.raises(ValueError, match="loss.initial"):
+        LossWeights(initial={"start": 0.5})
+    with pytest.raises(ValueError, match="after loss.final starts"):
+        LossWeights(initial={"end": 0.8}, final={"start": 0.7, "energy": 10.0})
+
+
+def test_e0_is_refitted_to_the_residual_energies_after_an_energy_free_first_stage():
+    """After ``loss.initial`` without energies, E0 (model and EMA copy) moves by the least-squares
+    fit of E_label - E_model, so the model's mean residual per atom is zero; only once per run."""
+    from lightning_modules.e0_refit import residual_energies
+
+    graphs = _graphs()
+    module = PotentialModule(MODEL, loss={"energy": 1.0, "forces": 1.0, "charges": 1.0,
+                                          "initial": {"end": 0.2, "energy": 0.0, "forces": 0.0}}, ema={"decay": 0.99})
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=100, callbacks=[], global_step=10,
+                                            datamodule=types.SimpleNamespace(train_graphs=graphs))
+    before = module.model.e0.clone()
+    module.on_train_batch_start(None, 0)  # still in the initial stage
+    assert torch.equal(module.model.e0, before)
+    _, residual = residual_energies(module.model, graphs, "cpu")
+    atoms = np.array([g.num_nodes for g in graphs])
+    module._trainer.global_step = 20
+    module.on_train_batch_start(None, 0)
+    assert float(module.model.e0 - before) == pytest.approx(residual.sum() / atoms.sum(), rel=1e-5)
+    assert torch.equal(module.ema.module.e0, module.model.e0)
+    _, after = residual_energies(module.model, graphs, "cpu")
+    assert abs(after.sum()) < 1e-4 * np.abs(residual).sum()
+    shifted = module.model.e0.clone()
+    module.on_train_batch_start(None, 0)
+    assert torch.equal(module.model.e0, shifted)
+    checkpoint = {"state_dict": {}}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["e0_refitted"] is True
+
+
+def test_freeze_charges_holds_the_charge_model_and_its_descriptor_after_the_initial_stage():
+    """``loss.initial.freeze: charges``: from the stage's end on, the parameters the charges depend
+    on get no update (their gradients are dropped before the optimiser step); the rest train."""
+    model = {"elements": ["Na", "Cl"], "cutoff": 4.0, "energy": {"model": {
+        "name": "electrostatic", "descriptor": {"name": "radial", "n_max": 2, "basis_size": 3},
+        "readout": {"name": "linear"}, "charges": {"name": "latent", "hidden": [4]}, "solver": {"name": "direct"}}}}
+    module = PotentialModule(model, loss={"energy": 1.0, "forces": 1.0, "charges": 1.0,
+                                          "initial": {"end": 0.2, "energy": 0.0, "forces": 0.0, "freeze": "charges"}})
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=100, callbacks=[], global_step=10)
+    energy_model = module.model.energy_model
+    held = {id(p) for p in [*energy_model.charge_model.parameters(), *energy_model.descriptor.parameters()]}
+    for step, expect_held in ((10, False), (20, True)):
+        module._trainer.global_step = step
+        for p in module.model.parameters():
+            p.grad = torch.ones_like(p)
+        module.on_before_optimizer_step(None)
+        for p in module.model.parameters():
+            assert (p.grad is None) == (expect_held and id(p) in held)
+    with pytest.raises(ValueError, match="freeze"):
+        LossWeights(initial={"end": 0.2, "freeze": "readout"})
+    plain = PotentialModule(MODEL, loss={"initial": {"end": 0.2, "energy": 0.0, "freeze": "charges"}})
+    with pytest.raises(ValueError, match="no charge model"):
+        plain.setup("fit")
