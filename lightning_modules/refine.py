@@ -14,7 +14,8 @@ loss further (as linear SNAP/ACE fits and many NEP/NequIP users' final L-BFGS po
 
 The refined weights are those of ``PotentialModule.eval_model`` (the EMA copy when enabled,
 copied back into the raw model afterwards); the loss is the training loss of the final stage
-(``loss.final``), normalised as in training. They are kept only if the validation loss under
+(``loss.final``), normalised as in training; what ``loss.initial.freeze`` holds fixed stays
+fixed. They are kept only if the validation loss under
 that objective did not increase. ``last.ckpt`` is rewritten with them, and ``best.ckpt`` when
 their ``val/loss`` beats its score. Under DDP every process sums its share of the gradient and
 the parts are all-reduced, so all processes take the same L-BFGS steps.
@@ -36,6 +37,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning_modules.config_checks import check_keywords
 from lightning_modules.datamodule import PaddedGraphs, collate_graphs
 from lightning_modules.losses import LossWeights, errors, total_loss
+from lightning_modules.module import charge_parameters
 from mlip_plugins.data.structures import chunk_graphs
 from mlip_plugins.keys import TARGETS
 from mlip_plugins.models.builder import ConfigError
@@ -150,6 +152,9 @@ def refine_full_batch(module, datamodule, config: RefineConfig, deadline: float 
     flags = [p.requires_grad for p in params]
     for p, flag in zip(params, [p.requires_grad for p in module.model.parameters()]):
         p.requires_grad_(flag)  # the EMA copy is frozen under DDP
+    if module.loss_weights.initial and module.loss_weights.initial.get("freeze") == "charges":
+        for p in charge_parameters(model):  # held fixed after the charges-first stage, here too
+            p.requires_grad_(False)
     weights = module.loss_weights.final_stage()
     start = time.monotonic()
     try:

@@ -179,3 +179,20 @@ def test_ddp_refinement_equals_one_process(tmp_path, tiny_xyz):
     a, b = weights(single["last_ckpt"]), weights(ddp_dir / "checkpoints" / "last.ckpt")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-7
+
+
+def test_charges_held_by_the_charges_first_stage_stay_fixed_in_the_refinement():
+    """With ``loss.initial.freeze: charges`` the refinement moves the rest of the model only."""
+    model = {"elements": [29], "cutoff": 4.0, "energy": {"model": {
+        "name": "electrostatic", "descriptor": {"name": "radial", "n_max": 2, "basis_size": 3},
+        "readout": {"name": "mlp", "hidden": [4]}, "charges": {"name": "latent", "hidden": [4]}, "solver": {"name": "ewald"}}}}
+    torch.manual_seed(0)
+    module = PotentialModule(model, loss={"energy": 1.0, "forces": 1.0,
+                                          "initial": {"end": 0.2, "energy": 0.0, "forces": 0.0, "freeze": "charges"}})
+    energy_model = module.model.energy_model
+    held = [*energy_model.charge_model.parameters(), *energy_model.descriptor.parameters()]
+    before_held, before_readout = _state(torch.nn.ParameterList(held)), _state(energy_model.readout)
+    summary = refine_full_batch(module, _data(_graphs(6, seed=1), _graphs(2, seed=2)), RefineConfig(share=0.5, max_iterations=5), deadline=None)
+    assert summary["kept"]
+    assert all(torch.equal(a, b) for a, b in zip(_state(torch.nn.ParameterList(held)), before_held))
+    assert any(not torch.equal(a, b) for a, b in zip(_state(energy_model.readout), before_readout))
