@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--uncertainty", default=None, metavar="FILE",
                         help="a Fisher uncertainty model (mlip-fim ... --save-uncertainty FILE): also report how well "
                              "its predicted std ranks the actual errors (Spearman) and the coverage")
+    parser.add_argument("--group-by", default=None, metavar="KEY",
+                        help="also report the errors per value of this per-structure info key (e.g. config_type: "
+                             "where a model's error comes from)")
     add_format_argument(parser)
     add_threads_argument(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -58,16 +61,53 @@ def run(args: argparse.Namespace) -> dict:
 
         assessment = FisherUncertainty.load(args.uncertainty).assess(potential, graphs)
         metrics.update({f"uncertainty_{k}": v for k, v in assessment.items()})
+    groups = group_metrics(potential, graphs, group_values(args, len(graphs)), args.batch_size) if args.group_by else None
     out_dir = Path(args.output_dir) if args.output_dir else Path(f"{os.path.splitext(args.data)[0]}_eval")
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json({"model": str(args.model), "data": str(args.data), **metrics}, out_dir / "metrics.json")
+    write_json({"model": str(args.model), "data": str(args.data), **metrics,
+                **({"groups": {"key": args.group_by, **groups}} if groups else {})}, out_dir / "metrics.json")
     parity_plot(pred, out_dir / "parity.png", title=f"{Path(args.model).name} on {Path(args.data).name}")
     print(format_table(metrics, f"{args.data}: {len(graphs)} structures"))
+    if groups:
+        print(format_group_table(groups, args.group_by))
     extra = {k: v for k, v in metrics.items() if k.startswith("uncertainty")}
     for key, value in extra.items():
         print(f"{key}: {value}")
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'parity.png'}")
     return metrics
+
+
+def group_values(args: argparse.Namespace, count: int) -> list[str]:
+    """The ``--group-by`` info value of every structure of the data file, in file order."""
+    from ase.io import iread
+
+    from mlip_plugins.cli._errors import UsageError
+    from mlip_plugins.data.structures import DataError
+
+    if args.data_format:
+        raise UsageError(f"{args.data}: --group-by reads structure info through ASE; not with --format {args.data_format}")
+    values = [str(atoms.info.get(args.group_by, "(none)")) for atoms in iread(args.data, index=":")]
+    if len(values) != count:
+        raise DataError(f"{args.data}: --group-by needs every structure, but {len(values) - count} were skipped (--on-error skip)")
+    return values
+
+
+def group_metrics(potential, graphs: list, values: list[str], batch_size: int) -> dict[str, dict]:
+    """Metrics of each group of structures (``predict`` on each subset), with its structure count."""
+    groups: dict[str, dict] = {}
+    for value in sorted(set(values)):
+        members = [g for g, v in zip(graphs, values) if v == value]
+        groups[value] = {"structures": len(members), **metrics_from_predictions(predict(potential, members, batch_size=batch_size))}
+    return groups
+
+
+def format_group_table(groups: dict[str, dict], key: str) -> str:
+    """One line per group: structures, E MAE/RMSE (meV/atom), F MAE/RMSE (meV/Å)."""
+    lines = [f"errors by {key}:", f"{key:<24} {'n':>4} {'E MAE':>9} {'E RMSE':>9} {'F MAE':>9} {'F RMSE':>9}   (meV/atom, meV/Å)"]
+    for value, m in groups.items():
+        cells = [f"{1000 * m[k]:9.3f}" if k in m else f"{'–':>9}" for k in ("energy_mae", "energy_rmse", "forces_mae", "forces_rmse")]
+        lines.append(f"{value[:24]:<24} {m['structures']:>4} {' '.join(cells)}")
+    return "\n".join(lines)
 
 
 @cli_main("mlip-eval")

@@ -47,9 +47,21 @@ def test_cli_end_to_end_writes_a_complete_run_directory(tmp_path, tiny_xyz):
     assert atoms.get_stress().shape == (6,)
     # mlip-eval on the same file
     evaluation = subprocess.run([sys.executable, "-m", "mlip_plugins.cli.evaluate", str(run_dir / "checkpoints" / "last.ckpt"),
-                                 str(tiny_xyz), "-o", str(tmp_path / "eval")], capture_output=True, text=True, timeout=200)
+                                 str(tiny_xyz), "-o", str(tmp_path / "eval"), "--group-by", "config_type"],
+                                capture_output=True, text=True, timeout=200)
     assert evaluation.returncode == 0, evaluation.stderr
     assert (tmp_path / "eval" / "metrics.json").exists() and (tmp_path / "eval" / "parity.png").exists()
+    # --group-by: the groups partition the file, and their energy MAEs average to the whole file's
+    import json
+
+    from ase.io import read
+
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    groups = {k: v for k, v in metrics["groups"].items() if k != "key"}
+    tags = [a.info["config_type"] for a in read(tiny_xyz, ":")]
+    assert metrics["groups"]["key"] == "config_type" and {k: v["structures"] for k, v in groups.items()} == {t: tags.count(t) for t in set(tags)}
+    weighted = sum(v["structures"] * v["energy_mae"] for v in groups.values()) / len(tags)
+    assert abs(weighted - metrics["energy_mae"]) < 1e-6 * metrics["energy_mae"] and "errors by config_type" in evaluation.stdout
 
 
 def test_help_lists_config_groups(tmp_path):
