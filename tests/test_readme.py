@@ -233,6 +233,14 @@ def scratch(tmp_path_factory, cuau_frames) -> Scratch:
         molecule.info["dipole"] = [0.1 * k, -0.05, 0.02 * k]
         molecules.append(molecule)
     write(folder / "molecules.xyz", molecules, format="extxyz")
+    slabs = []  # the qeq example: reference charges (neutral structures)
+    for atoms in frames:
+        slab = atoms.copy()
+        slab.calc = SinglePointCalculator(slab, energy=atoms.calc.results["energy"], forces=atoms.calc.results["forces"])
+        charges = [0.1 if s == "Cu" else -0.1 for s in slab.get_chemical_symbols()]
+        slab.set_initial_charges([q - sum(charges) / len(charges) for q in charges])
+        slabs.append(slab)
+    write(folder / "doped_slab.xyz", slabs, format="extxyz")
     gpumd = folder / "gpumd_train.xyz"
     with open(gpumd, "w") as handle:
         write_gpumd_xyz(handle, frames)
