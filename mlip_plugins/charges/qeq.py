@@ -41,9 +41,14 @@ from torch import nn
 from mlip_plugins.charges.ensemble.atomic_data import MissingAtomicDataError, chemical_hardness, mulliken_electronegativity
 from mlip_plugins.charges.ensemble.coulomb import gaussian_widths, smooth_switch
 from mlip_plugins.charges.local import scale_last_layer
+from mlip_plugins.errors import MLIPError
 from mlip_plugins.graph import AtomicGraph
 from mlip_plugins.models.readout import MLPReadout
 from mlip_plugins.units import COULOMB_CONSTANT
+
+
+class QEqSizeError(MLIPError, ValueError):
+    """A structure is larger than the dense equilibration accepts (``max_atoms``)."""
 
 
 class QEqCharges(nn.Module):
@@ -69,6 +74,8 @@ class QEqCharges(nn.Module):
         initial_scale: factor on the initial weights of the electronegativity head's last layer;
             0 starts every chi at zero (neutral structures start uncharged, charged ones with
             the electrostatically best spread of their charge).
+        max_atoms: the largest structure accepted (the matrix is dense: n^2 memory, n^3 solve, and
+            one solver channel per atom); a larger one is a clear error, not an out-of-memory.
         solver: a long-range solver spec of its own (``{name: ewald, cutoff: ...}``); by default
             the electrostatic energy model lends its solver (:meth:`use_solver`), and without
             either only molecules can be handled (direct sums).
@@ -88,6 +95,7 @@ class QEqCharges(nn.Module):
         screening_cutoff: float = 4.0,
         screening_switch_width: float = 1.0,
         initial_scale: float = 1.0,
+        max_atoms: int = 2000,
         solver: dict | None = None,
     ):
         super().__init__()
@@ -112,6 +120,7 @@ class QEqCharges(nn.Module):
         self.log_hardness = nn.Parameter(torch.zeros(int(num_species), dtype=torch.float64))
         self.screening_cutoff = float(screening_cutoff)
         self.screening_switch_width = float(screening_switch_width)
+        self.max_atoms = int(max_atoms)
         self.own_solver = None
         if solver is not None:
             from mlip_plugins.models.builder import build
@@ -166,6 +175,10 @@ class QEqCharges(nn.Module):
         row = graph.batch
         col = torch.arange(num_atoms, device=row.device) - starts.index_select(0, row)
         n_max = int(counts.max())
+        if n_max > self.max_atoms:
+            raise QEqSizeError(f"charge model 'qeq': a structure of {n_max} atoms exceeds max_atoms={self.max_atoms} "
+                               "(dense charge equilibration: n^2 memory, n^3 time); raise model.energy.model.charges.max_atoms "
+                               "or use model/charges=latent")
         unit = torch.zeros(num_atoms, n_max, dtype=dtype, device=graph.pos.device)
         unit[torch.arange(num_atoms, device=row.device), col] = 1.0
         phi = self._solver().potentials(graph, unit)  # phi[a, c]: at atom a, of a unit charge on slot c of its structure

@@ -11,7 +11,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.data import covalent_radii
 
-from mlip_plugins.charges.qeq import MIN_START_HARDNESS, QEqCharges, solve_equilibration
+from mlip_plugins.charges.qeq import MIN_START_HARDNESS, QEqCharges, QEqSizeError, solve_equilibration
 from mlip_plugins.elements import ElementMap
 from mlip_plugins.graph import build_atomic_graph
 from mlip_plugins.testing import structures as st
@@ -166,3 +166,10 @@ def test_long_range_preset_with_qeq_charges_composes_and_builds():
     assert isinstance(energy_model.charge_model, QEqCharges)
     assert energy_model.charge_model._solver() is energy_model.solver
     assert not any(name.startswith("charge_model._lent") for name, _ in energy_model.named_modules())
+
+
+def test_a_structure_beyond_max_atoms_is_one_clear_error():
+    """The dense solve refuses structures above ``max_atoms`` with a message naming the option."""
+    chain = with_total(Atoms("Na" * 6, positions=[[2.8 * i, 0, 0] for i in range(6)], pbc=False), 0.0)
+    with pytest.raises(QEqSizeError, match="6 atoms exceeds max_atoms=5"):
+        model(max_atoms=5)(torch.zeros(6, 4, dtype=torch.float64), graph_of([chain]))
