@@ -72,7 +72,8 @@ class QEqCharges(nn.Module):
             model cutoff (the neighbour list must hold every pair within it).
         screening_switch_width: width (Å) of the smooth switch that ends at ``screening_cutoff``.
         initial_scale: factor on the initial weights of the electronegativity head's last layer;
-            0 starts every chi at zero (neutral structures start uncharged, charged ones with
+            0 starts the learned environment term at zero, so chi starts at its element's start
+            value (with ``start: zero``: neutral structures start uncharged, charged ones with
             the electrostatically best spread of their charge).
         max_atoms: the largest structure accepted (the matrix is dense: n^2 memory, n^3 solve, and
             one solver channel per atom); a larger one is a clear error, not an out-of-memory.
