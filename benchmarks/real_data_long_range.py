@@ -256,6 +256,7 @@ def evaluate(case: LongRangeCase, run_dir: Path) -> dict:
     from mlip_plugins.checkpoint import load_potential
     from mlip_plugins.data.loading import load_graph_file
     from mlip_plugins.data.structures import LabelKeys
+    from mlip_plugins.nn import sum_per_structure
     from mlip_plugins.targets import residuals
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -280,19 +281,17 @@ def evaluate(case: LongRangeCase, run_dir: Path) -> dict:
             r = residuals(batch, out)
             e_err += r[K.ENERGY].error.detach().tolist()
             f = r[K.FORCES].error.detach()
-            f_sq += torch.zeros(batch.num_graphs, dtype=f.dtype).index_add_(0, batch.batch, f.pow(2).sum(1)).tolist()
+            f_sq += sum_per_structure(f.pow(2).sum(1), batch.batch, batch.num_graphs).tolist()
             f_n += (3 * torch.bincount(batch.batch, minlength=batch.num_graphs)).tolist()
             if K.CHARGES in out:
                 q = out[K.CHARGES].detach()
                 if K.CHARGES in r:
-                    per_structure = torch.zeros(batch.num_graphs, dtype=q.dtype)
-                    q_sq += per_structure.index_add(0, batch.batch, r[K.CHARGES].error.detach().pow(2)).tolist()
+                    q_sq += sum_per_structure(r[K.CHARGES].error.detach().pow(2), batch.batch, batch.num_graphs).tolist()
                     q_n += torch.bincount(batch.batch, minlength=batch.num_graphs).tolist()
                 if case.probe:
-                    mask = torch.isin(batch.z, torch.tensor([atomic_numbers[e] for e in case.probe]))
-                    zeros = torch.zeros(batch.num_graphs, dtype=q.dtype)
-                    probe_pred += zeros.index_add(0, batch.batch[mask], q[mask]).tolist()
-                    probe_ref += zeros.index_add(0, batch.batch[mask], batch.charges.to(q.dtype)[mask]).tolist()
+                    mask = torch.isin(batch.z, torch.tensor([atomic_numbers[e] for e in case.probe])).to(q.dtype)
+                    probe_pred += sum_per_structure(q * mask, batch.batch, batch.num_graphs).tolist()
+                    probe_ref += sum_per_structure(batch.charges.to(q.dtype) * mask, batch.batch, batch.num_graphs).tolist()
             if K.DIPOLE in out:  # the charges' dipole about the centre of mass (mlip_plugins.charges.dipole)
                 dip += out[K.DIPOLE].detach().tolist()
     finally:

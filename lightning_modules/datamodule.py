@@ -22,7 +22,7 @@ from lightning_modules.config_checks import check_keywords
 from mlip_plugins.data.default_dataset import default_dataset_path
 from mlip_plugins.data.fingerprint import file_fingerprint
 from mlip_plugins.data.loading import load_graph_file
-from mlip_plugins.data.structures import DataError, LabelKeys
+from mlip_plugins.data.structures import DataError, LabelKeys, chunk_graphs
 from mlip_plugins.models.builder import ConfigError
 from mlip_plugins.atomic_files import atomic_write_text
 
@@ -128,6 +128,15 @@ def collate_graphs(graphs) -> Batch:
     """A loader's batch: what :meth:`PaddedGraphs.__getitems__` read, batched with PyG unless it
     came as one ``Batch`` already (a module-level function: DataLoader workers pickle it)."""
     return graphs if isinstance(graphs, Batch) else Batch.from_data_list(graphs)
+
+
+def chunked_batches(graphs, indices: list[int], chunk_atoms: int, device) -> list[Batch]:
+    """``graphs[indices]`` as batches of at most ``chunk_atoms`` atoms (one structure at least),
+    on ``device``: the fixed batches of a pass over a whole set (the full-batch refinement, the
+    E0 refit after a charges-first stage)."""
+    source = PaddedGraphs(graphs)
+    groups = chunk_graphs([graphs[index] for index in indices], chunk_atoms)
+    return [collate_graphs(source.__getitems__([indices[k] for k in group])).to(device) for group in groups]
 
 
 class AtomsDataModule(L.LightningDataModule):

@@ -17,9 +17,8 @@ import logging
 import numpy as np
 import torch
 
-from lightning_modules.datamodule import PaddedGraphs, collate_graphs
+from lightning_modules.datamodule import chunked_batches
 from mlip_plugins.data.statistics import composition_matrix, e0_from_normal_equations
-from mlip_plugins.data.structures import chunk_graphs
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +29,9 @@ CHUNK_ATOMS = 20000
 def residual_energies(model: torch.nn.Module, graphs, device) -> tuple[list, np.ndarray]:
     """(the energy-labelled graphs, their E_label - E_model in eV), the model evaluated without forces."""
     labelled = [k for k, g in enumerate(graphs) if bool(g.has_energy.item())]
-    source = PaddedGraphs(graphs)
     residuals = []
     with torch.no_grad():
-        for group in chunk_graphs([graphs[k] for k in labelled], CHUNK_ATOMS):
-            batch = collate_graphs(source.__getitems__([labelled[k] for k in group])).to(device)
+        for batch in chunked_batches(graphs, labelled, CHUNK_ATOMS, device):
             predicted = model(batch, compute_forces=False)["energy"]
             residuals.append((batch.energy.view(-1) - predicted.view(-1).to(batch.energy.dtype)).cpu().numpy())
     return [graphs[k] for k in labelled], np.concatenate(residuals) if residuals else np.zeros(0)

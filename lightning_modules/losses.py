@@ -49,6 +49,11 @@ class LossWeights:
     #: are then held fixed (the 4G-HDNNP's short-range network learns E - E_elec of fixed charges)
     initial: dict | None = None
 
+    @property
+    def freezes_charges(self) -> bool:
+        """Whether the charge models are held fixed after ``loss.initial`` (``freeze: charges``)."""
+        return bool(self.initial) and self.initial.get("freeze") == "charges"
+
     def final_stage(self) -> LossWeights:
         """The weights of the final stage (``self`` where there is none)."""
         return self._stage(self.final, "start")

@@ -108,6 +108,7 @@ class PotentialModule(L.LightningModule):
         self._final_weights = self.loss_weights.final_stage()
         self._initial_weights = self.loss_weights.initial_stage()
         self._e0_refitted = False
+        self._held_parameters: list[nn.Parameter] | None = None
         self._total_steps_cache: int | None | bool = False  # False: not computed yet
         self.optimizer_cfg = dict(_plain(optimizer) or {"name": "adam", "lr": 1e-2})
         self.scheduler_cfg = dict(_plain(scheduler) or {"name": "none"})
@@ -136,14 +137,14 @@ class PotentialModule(L.LightningModule):
         return {key: self.loss_scales[k] for k, key in enumerate(TARGETS)}
 
     def setup(self, stage: str) -> None:
-        initial = self.loss_weights.initial
-        if initial and initial.get("freeze") == "charges" and not charge_parameters(self.model):
-            raise ConfigError("loss.initial.freeze=charges: the model has no charge model to hold fixed "
-                              "(model=long_range with model/charges=latent or qeq has one)")
         """Under DDP the EMA copy's parameters must not look trainable: DDP would wait for their
         gradients (they are updated by copies). Before DDP wraps the module, they are frozen;
         in one process they keep the model's flags (what e.g. the Fisher analysis of
-        ``eval_model`` counts as trainable)."""
+        ``eval_model`` counts as trainable). A ``loss.initial.freeze: charges`` without a charge
+        model is a config error here, before training."""
+        if self.loss_weights.freezes_charges and not charge_parameters(self.model):
+            raise ConfigError("loss.initial.freeze=charges: the model has no charge model to hold fixed "
+                              "(model=long_range with model/charges=latent or qeq has one)")
         if self.ema is not None and self._trainer is not None and int(self.trainer.world_size) > 1:
             self.ema.requires_grad_(False)
 
@@ -234,20 +235,23 @@ class PotentialModule(L.LightningModule):
             p.grad = None
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
 
+    def _in_initial_stage(self) -> bool:
+        """Whether training is still in ``loss.initial`` (false where there is none)."""
+        initial = self.loss_weights.initial
+        return bool(initial) and self._training_progress() < float(initial["end"])
+
     def _frozen_parameters(self) -> list[torch.nn.Parameter]:
         """The charge models' parameters once ``loss.initial`` with ``freeze: charges`` has ended."""
-        initial = self.loss_weights.initial
-        if not initial or initial.get("freeze") != "charges" or self._training_progress() < float(initial["end"]):
+        if not self.loss_weights.freezes_charges or self._in_initial_stage():
             return []
-        return charge_parameters(self.model)
+        if self._held_parameters is None:  # the model's modules do not change: collected once
+            self._held_parameters = charge_parameters(self.model)
+        return self._held_parameters
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """At the end of an initial stage that did not train energies, refit E0 to the residuals
         (:mod:`lightning_modules.e0_refit`); once per run (a resumed run past it does not)."""
-        initial = self.loss_weights.initial
-        if not initial or self._initial_weights.energy > 0 or self._e0_refitted:
-            return
-        if self._training_progress() < float(initial["end"]):
+        if not self.loss_weights.initial or self._initial_weights.energy > 0 or self._e0_refitted or self._in_initial_stage():
             return
         self._e0_refitted = True
         graphs = getattr(getattr(self._trainer, "datamodule", None), "train_graphs", None)
@@ -308,13 +312,10 @@ class PotentialModule(L.LightningModule):
 
     def _training_weights(self) -> LossWeights:
         """The loss weights of the current stage (``loss.initial`` until its end, ``loss.final`` from its start on)."""
-        final, initial = self.loss_weights.final, self.loss_weights.initial
-        if not (final or initial):
-            return self.loss_weights
-        progress = self._training_progress()
-        if initial and progress < float(initial["end"]):
+        final = self.loss_weights.final
+        if self._in_initial_stage():
             return self._initial_weights
-        if final and progress >= float(final["start"]):
+        if final and self._training_progress() >= float(final["start"]):
             return self._final_weights
         return self.loss_weights
 

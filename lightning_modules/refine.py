@@ -35,10 +35,9 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from lightning_modules.config_checks import check_keywords
-from lightning_modules.datamodule import PaddedGraphs, collate_graphs
+from lightning_modules.datamodule import chunked_batches
 from lightning_modules.losses import LossWeights, errors, total_loss
 from lightning_modules.module import charge_parameters
-from mlip_plugins.data.structures import chunk_graphs
 from mlip_plugins.keys import TARGETS
 from mlip_plugins.models.builder import ConfigError
 
@@ -81,13 +80,6 @@ def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
-
-
-def _chunks(graphs, indices: list[int], chunk_atoms: int, device) -> list:
-    """``graphs[indices]`` as batches of at most ``chunk_atoms`` atoms (one structure at least)."""
-    source = PaddedGraphs(graphs)
-    groups = chunk_graphs([graphs[index] for index in indices], chunk_atoms)
-    return [collate_graphs(source.__getitems__([indices[k] for k in group])).to(device) for group in groups]
 
 
 class FullBatchObjective:
@@ -152,7 +144,7 @@ def refine_full_batch(module, datamodule, config: RefineConfig, deadline: float 
     flags = [p.requires_grad for p in params]
     for p, flag in zip(params, [p.requires_grad for p in module.model.parameters()]):
         p.requires_grad_(flag)  # the EMA copy is frozen under DDP
-    if module.loss_weights.initial and module.loss_weights.initial.get("freeze") == "charges":
+    if module.loss_weights.freezes_charges:
         for p in charge_parameters(model):  # held fixed after the charges-first stage, here too
             p.requires_grad_(False)
     weights = module.loss_weights.final_stage()
@@ -161,7 +153,7 @@ def refine_full_batch(module, datamodule, config: RefineConfig, deadline: float 
         def objective(subset) -> FullBatchObjective | None:
             if not len(subset):
                 return None
-            batches = _chunks(subset, list(range(rank, len(subset), world)), config.chunk_atoms, module.device)
+            batches = chunked_batches(subset, list(range(rank, len(subset), world)), config.chunk_atoms, module.device)
             return FullBatchObjective(model, batches, weights, module.loss_scale_map(), weights.stress > 0)
 
         train, val = objective(graphs), objective(datamodule.val_graphs)

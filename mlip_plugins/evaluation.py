@@ -23,12 +23,14 @@ EVALUATED = (keys.ENERGY, keys.FORCES, keys.STRESS, keys.DIPOLE)
 
 def predict(potential, graphs: list, batch_size: int = 16, stress: bool = True) -> dict[str, np.ndarray]:
     """Labels and predictions (energy per atom, force components, stress) for labelled entries,
-    from :func:`mlip_plugins.targets.residuals`; ``natoms`` of each labelled energy."""
+    from :func:`mlip_plugins.targets.residuals`; ``<target>_structure``: the index in ``graphs``
+    of each entry's structure; ``natoms`` of each labelled energy."""
     potential.eval()
     dtype = potential.e0.dtype
     device = potential.e0.device
-    collected: dict[str, list] = {f"{k}_{part}": [] for k in EVALUATED for part in ("pred", "true")}
+    collected: dict[str, list] = {f"{k}_{part}": [] for k in EVALUATED for part in ("pred", "true", "structure")}
     collected["natoms"] = []
+    offset = 0
     for batch in DataLoader(graphs, batch_size=batch_size):
         batch = batch.to(device)
         batch.pos = batch.pos.to(dtype)
@@ -40,9 +42,24 @@ def predict(potential, graphs: list, batch_size: int = 16, stress: bool = True) 
                 guess, true = targets[key].labelled()
                 collected[f"{key}_pred"].append(guess.detach().cpu().numpy().reshape(-1))
                 collected[f"{key}_true"].append(true.detach().cpu().numpy().reshape(-1))
+                structure = targets[key].structure[targets[key].mask] + offset
+                collected[f"{key}_structure"].append(structure.cpu().numpy().reshape(-1))
         natoms = torch.bincount(batch.batch, minlength=batch.num_graphs)
         collected["natoms"].append(natoms[targets[keys.ENERGY].mask].cpu().numpy())
+        offset += batch.num_graphs
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in collected.items()}
+
+
+def select_structures(pred: dict[str, np.ndarray], structures) -> dict[str, np.ndarray]:
+    """The entries of ``pred`` (from :func:`predict`) that belong to the structures with these
+    indices: the predictions of a subset without evaluating the model again."""
+    chosen = np.asarray(list(structures), dtype=np.int64)
+    out = {}
+    for key in EVALUATED:
+        keep = np.isin(pred[f"{key}_structure"], chosen)
+        out.update({f"{key}_{part}": pred[f"{key}_{part}"][keep] for part in ("pred", "true", "structure")})
+    out["natoms"] = pred["natoms"][np.isin(pred[f"{keys.ENERGY}_structure"], chosen)]
+    return out
 
 
 def metrics_from_predictions(pred: dict[str, np.ndarray]) -> dict[str, float]:

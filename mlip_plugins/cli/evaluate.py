@@ -13,7 +13,7 @@ from mlip_plugins.cli._errors import cli_main
 from mlip_plugins.data.structures import LabelKeys
 from mlip_plugins.elements import check_known_elements
 from mlip_plugins.cli._options import add_format_argument, add_threads_argument, apply_threads
-from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
+from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, select_structures, write_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict:
 
         assessment = FisherUncertainty.load(args.uncertainty).assess(potential, graphs)
         metrics.update({f"uncertainty_{k}": v for k, v in assessment.items()})
-    groups = group_metrics(potential, graphs, group_values(args, len(graphs)), args.batch_size) if args.group_by else None
+    groups = group_metrics(pred, group_values(args, len(graphs))) if args.group_by else None
     out_dir = Path(args.output_dir) if args.output_dir else Path(f"{os.path.splitext(args.data)[0]}_eval")
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json({"model": str(args.model), "data": str(args.data), **metrics,
@@ -92,12 +92,13 @@ def group_values(args: argparse.Namespace, count: int) -> list[str]:
     return values
 
 
-def group_metrics(potential, graphs: list, values: list[str], batch_size: int) -> dict[str, dict]:
-    """Metrics of each group of structures (``predict`` on each subset), with its structure count."""
+def group_metrics(pred: dict, values: list[str]) -> dict[str, dict]:
+    """Metrics of each group of structures (``values[i]``: the group of structure i), from the
+    predictions of the whole file, with the group's structure count."""
     groups: dict[str, dict] = {}
     for value in sorted(set(values)):
-        members = [g for g, v in zip(graphs, values) if v == value]
-        groups[value] = {"structures": len(members), **metrics_from_predictions(predict(potential, members, batch_size=batch_size))}
+        members = [i for i, v in enumerate(values) if v == value]
+        groups[value] = {"structures": len(members), **metrics_from_predictions(select_structures(pred, members))}
     return groups
 
 

@@ -13,7 +13,8 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from lightning_modules.module import PotentialModule
-from lightning_modules.refine import FullBatchObjective, RefineConfig, _chunks, refine_full_batch, split_budget
+from lightning_modules.datamodule import chunked_batches
+from lightning_modules.refine import FullBatchObjective, RefineConfig, refine_full_batch, split_budget
 from mlip_plugins.data.structures import atoms_to_graph
 from mlip_plugins.models.builder import ConfigError
 
@@ -57,12 +58,12 @@ def test_chunked_loss_and_gradient_equal_one_pass_over_the_whole_set():
     weights, scales = module.loss_weights, module.loss_scale_map()
     values, grads = [], []
     for chunk_atoms in (10_000, 9):  # one chunk; several (every chunk at most 9 atoms or one structure)
-        batches = _chunks(graphs, list(range(len(graphs))), chunk_atoms, torch.device("cpu"))
+        batches = chunked_batches(graphs, list(range(len(graphs))), chunk_atoms, torch.device("cpu"))
         objective = FullBatchObjective(module.model, batches, weights, scales, needs_stress=False)
         module.model.zero_grad()
         values.append(float(objective.value(backward=True)))
         grads.append(torch.cat([p.grad.flatten() for p in objective.params]))
-    assert len(_chunks(graphs, list(range(len(graphs))), 9, torch.device("cpu"))) > 3
+    assert len(chunked_batches(graphs, list(range(len(graphs))), 9, torch.device("cpu"))) > 3
     assert values[1] == pytest.approx(values[0], rel=1e-12)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-14)
 
