@@ -38,6 +38,7 @@ from lightning_modules.run_dir import RunDirectory, exit_with_user_error, is_lau
 from lightning_modules.trainer_args import reconcile_precision, trainer_kwargs
 from mlip_plugins import registry
 from mlip_plugins.data.statistics import energy_scale, fit_e0, label_variances
+from mlip_plugins.dtypes import DTYPES
 from mlip_plugins.elements import UnknownElementError, to_atomic_numbers
 from mlip_plugins.errors import MLIPError
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, write_json
@@ -49,9 +50,6 @@ log = logging.getLogger("mlip_plugins.train")
 #: errors a user can fix from the message alone: reported in one line, no traceback. Only the
 #: project's own classes: anything else is an internal bug and keeps its traceback.
 USER_ERRORS = (MLIPError,)
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
 
 _rank_zero = is_launching_process
 

@@ -10,6 +10,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from torch_geometric.data import Batch
 
 from mlip_plugins.data.structures import atoms_to_graph
+from mlip_plugins.dtypes import default_dtype
 
 
 class MLIPCalculator(Calculator):
@@ -56,8 +57,6 @@ class MLIPCalculator(Calculator):
         return cls(load_model_file(path, map_location=device), device=device, dtype=dtype, **kwargs)
 
     def _graph(self, atoms) -> Batch:
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
         labels = {}
         charges = atoms.arrays.get("charges")
         if charges is None and atoms.has("initial_charges"):
@@ -65,10 +64,8 @@ class MLIPCalculator(Calculator):
         if charges is not None:  # for charge models that take charges from the structure ('fixed')
             labels["charges"] = np.asarray(charges, dtype=np.float64)
             labels["total_charge"] = float(labels["charges"].sum())
-        try:
+        with default_dtype(self.dtype):
             graph = atoms_to_graph(atoms, self.potential.cutoff, labels)
-        finally:
-            torch.set_default_dtype(previous)
         charge = atoms.info.get("total_charge", atoms.info.get("charge"))
         if charge is not None:
             graph.total_charge = torch.tensor([float(charge)], dtype=self.dtype)

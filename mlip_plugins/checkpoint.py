@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from mlip_plugins.atomic_files import atomic_torch_save
+from mlip_plugins.dtypes import default_dtype
 from mlip_plugins.errors import MLIPError
 
 EXPORT_FORMAT = "mlip-plugins/potential-v1"
@@ -134,17 +135,12 @@ def load_potential(path: str | os.PathLike, map_location: str | torch.device = "
             raise registry.PluginError(f"{path}: uses unregistered classes {unregistered}; load it with trusted=True "
                                        f"(or {TRUST_ENV}=1) only if you trust where it comes from")
     dtype = next((v.dtype for v in weights.values() if torch.is_floating_point(v)), torch.get_default_dtype())
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with registry.registered_only(str(path)) if not trusted else contextlib.nullcontext():
-            try:
-                _check_plugins(meta)
-            except registry.PluginError as exc:  # say which file needs the plugin
-                raise type(exc)(f"{path}: {exc}") from exc
-            potential = build_potential(config)
-    finally:
-        torch.set_default_dtype(previous)
+    with default_dtype(dtype), registry.registered_only(str(path)) if not trusted else contextlib.nullcontext():
+        try:
+            _check_plugins(meta)
+        except registry.PluginError as exc:  # say which file needs the plugin
+            raise type(exc)(f"{path}: {exc}") from exc
+        potential = build_potential(config)
     potential.load_state_dict(weights, strict=True)
     potential.eval()
     return potential

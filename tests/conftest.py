@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from mlip_plugins.dtypes import default_dtype
+
 os.environ.setdefault("WANDB_MODE", "offline")
 # One intra-op thread: on small CPU machines multi-threaded scatter kernels stall on
 # contention (tiny tensors), and tests should not depend on the core count.
@@ -31,10 +33,8 @@ def isolated_cache(tmp_path_factory):
 @pytest.fixture
 def float64():
     """Run a test with float64 as the default dtype, restoring the previous default."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+    with default_dtype(torch.float64):
+        yield
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 
 from mlip_plugins.cli._errors import cli_main
 from mlip_plugins.data.structures import LabelKeys
+from mlip_plugins.dtypes import default_dtype
 from mlip_plugins.elements import check_known_elements
 from mlip_plugins.cli._options import add_format_argument, add_threads_argument, apply_threads
 from mlip_plugins.evaluation import format_table, metrics_from_predictions, parity_plot, predict, select_structures, write_json
@@ -46,13 +46,9 @@ def run(args: argparse.Namespace) -> dict:
     calc = MLIPCalculator.from_file(args.model, dtype=args.dtype)
     potential = calc.potential
     keys = LabelKeys(energy=args.energy_key, forces=args.forces_key, stress=args.stress_key)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(potential.e0.dtype)
-    try:
+    with default_dtype(potential.e0.dtype):
         graphs = load_graph_file(args.data, potential.cutoff, keys, file_format=args.data_format, on_error=args.on_error,
                                  use_cache=False)
-    finally:
-        torch.set_default_dtype(previous)
     check_known_elements(graphs, potential.atomic_numbers)
     pred = predict(potential, graphs, batch_size=args.batch_size)
     metrics = metrics_from_predictions(pred)

@@ -18,6 +18,7 @@ from ase import Atoms
 from torch_geometric.data import Batch
 
 from mlip_plugins.data.structures import atoms_to_graph
+from mlip_plugins.dtypes import default_dtype
 from mlip_plugins.graph import build_atomic_graph
 from mlip_plugins.long_range.direct import DirectSolver
 from mlip_plugins.long_range.ewald import EwaldSolver
@@ -65,7 +66,7 @@ def electrostatics(
         params.pop("name")
         cutoff = params["cutoff"]
         solver = SOLVERS[method](prefactor=prefactor, accuracy=min(accuracy, 0.5), **params)
-    with _float64():
+    with default_dtype(torch.float64):
         solver = solver.double()
         data = Batch.from_data_list([atoms_to_graph(atoms, max(cutoff, 1e-3))])
         data.pos = data.pos.double()
@@ -76,11 +77,3 @@ def electrostatics(
         (grad,) = torch.autograd.grad(energy, pos)
     return Electrostatics(float(energy.detach()), -grad.detach().numpy())
 
-
-class _float64:
-    def __enter__(self):
-        self.previous = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-
-    def __exit__(self, *exc):
-        torch.set_default_dtype(self.previous)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from mlip_plugins.atomic_files import atomic_write_text
+from mlip_plugins.dtypes import default_dtype
 from mlip_plugins.nep.descriptor import l_max_entries, parse_l_max
 from mlip_plugins.errors import MLIPError
 
@@ -337,12 +338,8 @@ def nep_to_potential(content: NEPFile, dtype: torch.dtype = torch.float64):
 
     model_cfg = nep_model_config(content)
     order = _model_order(content)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
+    with default_dtype(dtype):
         potential = build_potential(model_cfg)
-    finally:
-        torch.set_default_dtype(previous)
     model = potential.energy_model
     perm = torch.tensor(order)
     with torch.no_grad():

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from mlip_plugins.nep.nep_txt import NEPFormatError
+from mlip_plugins.dtypes import default_dtype
 
 ADVICE = "nep.txt holds a single NEP (descriptor -> one tanh network per element); export with --format pt instead"
 
@@ -104,12 +105,8 @@ def _moe_term_as_nep(potential, term, where: str):
     last_w, last_b = mlp.last_w.detach()[..., 0], mlp.last_b.detach()[..., 0]  # [S, H'], [S]
     desc = term.descriptor
     dtype = first_w.dtype
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
+    with default_dtype(dtype):
         nep = NEPModel(desc.num_species, neuron=int(first_w.shape[-1]), version=4, **desc.config())
-    finally:
-        torch.set_default_dtype(previous)
     nep.descriptor.load_state_dict(desc.state_dict())
     # E = sum_h last_w tanh(q first_w + first_b) + last_b  ==  sum_h w1 tanh(w0 q - b0) - b1 (+ per-element constant)
     nep.w0.copy_(first_w.transpose(1, 2))

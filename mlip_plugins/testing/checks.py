@@ -23,7 +23,8 @@ from mlip_plugins.models.composition import UNSCALED_ENERGY_KEY
 from mlip_plugins.models.outputs import NodeOutput
 from mlip_plugins.nn import sum_per_structure
 from mlip_plugins.testing import structures as st
-from mlip_plugins.testing.harness import PluginCase, default_dtype, scale_of
+from mlip_plugins.dtypes import default_dtype
+from mlip_plugins.testing.harness import PluginCase, scale_of
 
 FD_STEP = 1e-5
 STRAIN_STEP = 1e-6

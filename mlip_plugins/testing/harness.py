@@ -34,11 +34,10 @@ Class attributes a plugin may declare (all optional):
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import functools
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,23 +46,13 @@ import torch
 from ase import Atoms
 
 from mlip_plugins import registry
+from mlip_plugins.dtypes import default_dtype
 from mlip_plugins.testing import structures as st
 
 DEFAULT_ELEMENTS = ("Cu", "Au")
 DEFAULT_CUTOFF = 4.0
 #: a small radial descriptor feeding readouts and routers under test
 SMALL_DESCRIPTOR = {"name": "radial", "n_max": 4, "basis_size": 5}
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Temporarily set torch's default dtype."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def dotted_path(cls: Any) -> str:

@@ -16,6 +16,7 @@ from lightning_modules.module import PotentialModule
 from lightning_modules.datamodule import chunked_batches
 from lightning_modules.refine import FullBatchObjective, RefineConfig, refine_full_batch, split_budget
 from mlip_plugins.data.structures import atoms_to_graph
+from mlip_plugins.dtypes import default_dtype
 from mlip_plugins.models.builder import ConfigError
 
 MODEL = {"elements": [29], "cutoff": 4.0,
@@ -77,6 +78,29 @@ def test_refinement_lowers_the_training_loss_and_hands_the_ema_weights_to_the_mo
     for raw, averaged in zip(module.model.parameters(), module.ema.module.parameters()):
         assert torch.equal(raw, averaged)
 
+
+
+def test_a_float32_run_is_refined_in_float64_and_keeps_its_float32_weights():
+    """The closure runs in ``refine.dtype`` (float64 by default: float32 loss sums are too coarse
+    for L-BFGS's line search near a minimum); the weights come back in float32, the same
+    ``Parameter`` objects (the trainer's optimiser holds them), and the caller's default dtype
+    is untouched."""
+    with default_dtype(torch.float32):
+        module, train, val = _module(ema=True), _graphs(8, seed=1), _graphs(3, seed=2)
+        raw = list(module.model.parameters())
+        seen = []
+        hook = module.eval_model.register_forward_pre_hook(lambda _, args: seen.append(args[0].pos.dtype))
+        summary = refine_full_batch(module, _data(train, val), RefineConfig(share=0.5, max_iterations=15), deadline=None)
+        hook.remove()
+        assert torch.get_default_dtype() == torch.float32
+    assert seen and set(seen) == {torch.float64}
+    assert summary["kept"] and summary["after"]["train"] < 0.5 * summary["before"]["train"]
+    assert all(a is b for a, b in zip(raw, module.model.parameters()))
+    for model in (module.model, module.ema.module):
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+        assert {b.dtype for b in model.buffers() if b.is_floating_point()} <= {torch.float32}
+    with pytest.raises(ConfigError, match="refine.dtype"):
+        RefineConfig(share=0.1, dtype="float16")
 
 def test_weights_that_raise_the_validation_loss_are_not_kept():
     module, train = _module(), _graphs(8, seed=1)
