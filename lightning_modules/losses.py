@@ -7,11 +7,16 @@ from dataclasses import dataclass
 
 import torch
 
+from mlip_plugins import keys
+from mlip_plugins.elements import to_atomic_numbers
+from mlip_plugins.errors import MLIPError
 from mlip_plugins.keys import TARGETS
 from mlip_plugins.models.builder import ConfigError
 from mlip_plugins.targets import Residual, residuals, weighted_mean
 
 LOSS_KINDS = ("mse", "huber")
+#: the per-atom targets whose entries ``loss.element_weights`` may weigh by element
+PER_ATOM_TARGETS = (keys.FORCES, keys.CHARGES, keys.BEC)
 
 
 @dataclass
@@ -48,6 +53,11 @@ class LossWeights:
     #: the charges are fitted to their labels first; with ``freeze: charges`` the charge models
     #: are then held fixed (the 4G-HDNNP's short-range network learns E - E_elec of fixed charges)
     initial: dict | None = None
+    #: per-atom targets weighted by element, e.g. ``{charges: {Au: 25.0}}``: a minority element's
+    #: entries count that many times in the term's mean (elements not named weigh 1). For a
+    #: quantity carried by a few atoms, as the charge of an Au2 dimer on a 108-atom MgO slab,
+    #: which the mean over all atoms otherwise barely sees
+    element_weights: dict | None = None
 
     @property
     def freezes_charges(self) -> bool:
@@ -86,8 +96,43 @@ class LossWeights:
                                       f"{', '.join(TARGETS)}, got {stage!r}")
         if self.initial and self.initial.get("freeze") not in (None, "charges"):
             raise ConfigError(f"loss.initial.freeze: expected charges or null, got {self.initial['freeze']!r}")
+        self._element_factors = self._parse_element_weights()
         if self.final and self.initial and float(self.initial["end"]) > float(self.final["start"]):
             raise ConfigError(f"loss.initial ends at {self.initial['end']}, after loss.final starts ({self.final['start']})")
+
+
+    def _parse_element_weights(self) -> dict[str, dict[int, float]]:
+        """``element_weights`` with atomic numbers for keys, checked."""
+        parsed: dict[str, dict[int, float]] = {}
+        for target, table in (self.element_weights or {}).items():
+            if target not in PER_ATOM_TARGETS or not isinstance(table, dict):
+                raise ConfigError(f"loss.element_weights: expected {{<target>: {{<element>: weight}}}} with targets from "
+                                  f"{', '.join(PER_ATOM_TARGETS)}, got {self.element_weights!r}")
+            parsed[target] = {}
+            for element, weight in table.items():
+                try:
+                    (number,) = to_atomic_numbers([element])
+                except (MLIPError, ValueError):
+                    raise ConfigError(f"loss.element_weights.{target}: unknown element {element!r}") from None
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
+                    raise ConfigError(f"loss.element_weights.{target}.{element}: expected a finite number >= 0, got {weight!r}")
+                parsed[target][number] = float(weight)
+        return parsed
+
+    def weigh_elements(self, errs: dict, atomic_numbers: torch.Tensor) -> dict:
+        """``errs`` with the loss weights of per-atom targets scaled by ``element_weights``."""
+        if not self._element_factors:
+            return errs
+        weighted = dict(errs)
+        for target, table in self._element_factors.items():
+            if target not in errs:
+                continue
+            diff, w = errs[target]
+            factor = torch.ones_like(atomic_numbers, dtype=w.dtype)
+            for number, weight in table.items():
+                factor = torch.where(atomic_numbers == number, torch.as_tensor(weight, dtype=w.dtype, device=w.device), factor)
+            weighted[target] = (diff, w * factor.view(-1, *([1] * (w.dim() - 1))))
+        return weighted
 
 
 def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
@@ -98,15 +143,21 @@ def _pointwise(diff: torch.Tensor, kind: str, delta: float) -> torch.Tensor:
     raise ConfigError(f"loss.kind must be 'mse' or 'huber', got {kind!r}")
 
 
-def errors(batch, out: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def errors(batch, out: dict, weights: LossWeights | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """(prediction - label, per-entry loss weight) for every target, from
-    :func:`mlip_plugins.targets.residuals` (energies per atom; unlabelled entries weigh zero)."""
-    return errors_from(residuals(batch, out))
+    :func:`mlip_plugins.targets.residuals` (energies per atom; unlabelled entries weigh zero);
+    with ``weights``, per-atom entries are weighted by its ``element_weights``."""
+    return errors_from(residuals(batch, out), batch, weights)
 
 
-def errors_from(targets: dict[str, Residual]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """(prediction - label, loss weight) of each target's :class:`~mlip_plugins.targets.Residual`."""
-    return {key: (r.error, r.weight) for key, r in targets.items()}
+def errors_from(targets: dict[str, Residual], batch=None,
+                weights: LossWeights | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(prediction - label, loss weight) of each target's :class:`~mlip_plugins.targets.Residual`;
+    with ``weights`` (and the ``batch`` for its atoms' elements), weighted by element."""
+    errs = {key: (r.error, r.weight) for key, r in targets.items()}
+    if weights is not None and batch is not None:
+        errs = weights.weigh_elements(errs, getattr(batch, keys.ATOMIC_NUMBERS))
+    return errs
 
 
 def total_loss(errs: dict, weights: LossWeights, denominators: dict | None = None,

@@ -186,8 +186,9 @@ class PotentialModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = self(batch, create_graph=True)
-        errs = errors(batch, out)
-        loss, parts = total_loss(errs, self._training_weights(), self._global_denominators(errs), self.loss_scale_map())
+        weights = self._training_weights()
+        errs = errors(batch, out, weights)
+        loss, parts = total_loss(errs, weights, self._global_denominators(errs), self.loss_scale_map())
         if "aux_loss" in out:
             loss = loss + out["aux_loss"]
             parts["aux"] = out["aux_loss"].detach()
@@ -270,7 +271,7 @@ class PotentialModule(L.LightningModule):
         with torch.enable_grad():
             out = self(batch, model=self.eval_model)
         targets = residuals(batch, out)
-        loss, _ = total_loss(errors_from(targets), self.loss_weights, scales=self.loss_scale_map())
+        loss, _ = total_loss(errors_from(targets, batch, self.loss_weights), self.loss_weights, scales=self.loss_scale_map())
         self.log(f"{prefix}/loss", loss.detach(), batch_size=batch.num_graphs, prog_bar=prefix == "val", sync_dist=True)
         metrics.update(targets)
 

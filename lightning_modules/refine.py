@@ -7,7 +7,7 @@ loss further (as linear SNAP/ACE fits and many NEP/NequIP users' final L-BFGS po
 ``refine`` in the config gives it a share of the wall budget::
 
     refine:
-      share: 0.2            # of trainer.max_time (Adam gets the rest); 0: off
+      share: 0.35           # of trainer.max_time (Adam gets the rest); 0: off
       max_iterations: null  # L-BFGS iterations at most; null: as many as the share allows, and
                             # none in a run without a wall budget (set a number to refine there)
       max_structures: 5000  # larger training sets are not refined (a closure is a whole epoch)
@@ -114,7 +114,7 @@ class FullBatchObjective:
         """Per target, the total loss weight of its labels over every chunk and process."""
         sums = torch.zeros(len(TARGETS), dtype=torch.float64)
         for batch in self.batches:
-            errs = errors(batch, self._forward(batch, create_graph=False))
+            errs = errors(batch, self._forward(batch, create_graph=False), self.weights)
             for k, key in enumerate(TARGETS):
                 if key in errs:
                     sums[k] += errs[key][1].detach().sum().double().cpu()
@@ -127,7 +127,7 @@ class FullBatchObjective:
         total = torch.zeros((), dtype=torch.float64)
         for batch in self.batches:
             out = self._forward(batch, create_graph=create_graph or backward)
-            errs = errors(batch, out)
+            errs = errors(batch, out, self.weights)
             denominators = {key: self.denominators[key].to(errs[key][0].dtype) for key in errs}
             loss, _ = total_loss(errs, self.weights, denominators, self.scales)
             if "aux_loss" in out:
@@ -243,7 +243,7 @@ def monitored_validation_loss(module, datamodule) -> float:
         batch = batch.to(module.device)
         with torch.enable_grad():
             out = module(batch, model=module.eval_model)
-        loss, _ = total_loss(errors(batch, out), module.loss_weights, scales=module.loss_scale_map())
+        loss, _ = total_loss(errors(batch, out, module.loss_weights), module.loss_weights, scales=module.loss_scale_map())
         total += float(loss.detach()) * batch.num_graphs
         count += batch.num_graphs
     return total / max(1, count)

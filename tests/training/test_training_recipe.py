@@ -60,6 +60,32 @@ def test_variance_normalisation_divides_each_term_by_its_scale():
         LossWeights(normalize="std")
 
 
+
+def test_element_weights_count_a_minority_elements_charges_that_many_times():
+    """``loss.element_weights.charges: {Au: 4}``: the charge term is the mean over atoms with the
+    Au atoms counted four times; other targets and elements are untouched."""
+    from ase import Atoms
+    from torch_geometric.data import Batch
+
+    atoms = Atoms("MgOAuO", positions=[[0, 0, 0], [2.1, 0, 0], [0, 0, 2.5], [0, 2.1, 0]])
+    labels = {"energy": -1.0, "forces": np.zeros((4, 3)), "charges": np.array([1.0, -1.0, 0.0, 0.0])}
+    batch = Batch.from_data_list([atoms_to_graph(atoms, 4.0, labels)])
+    miss = torch.tensor([0.1, 0.1, 0.4, 0.1])  # the charge errors; Au's is the large one
+    out = {"energy": batch.energy.view(-1), "forces": batch.forces + 0.2, "charges": batch.charges + miss}
+    plain = LossWeights(energy=1.0, forces=1.0, charges=1.0)
+    weighted = LossWeights(energy=1.0, forces=1.0, charges=1.0, element_weights={"charges": {"Au": 4.0}})
+    _, parts = total_loss(errors(batch, out, plain), plain)
+    _, weighted_parts = total_loss(errors(batch, out, weighted), weighted)
+    assert float(parts["charges"]) == pytest.approx(float(miss.pow(2).mean()), rel=1e-6)
+    assert float(weighted_parts["charges"]) == pytest.approx((3 * 0.01 + 4 * 0.16) / 7, rel=1e-6)
+    assert float(weighted_parts["forces"]) == pytest.approx(float(parts["forces"]))
+    assert weighted.final_stage().element_weights == weighted.element_weights  # every stage keeps them
+    for bad, match in (({"energy": {"Au": 2.0}}, "loss.element_weights: expected"),
+                       ({"charges": {"Xx": 2.0}}, "unknown element 'Xx'"),
+                       ({"charges": {"Au": -1.0}}, "loss.element_weights.charges.Au")):
+        with pytest.raises(ValueError, match=match):
+            LossWeights(element_weights=bad)
+
 def test_loss_scales_are_module_state_and_old_checkpoints_load():
     module = PotentialModule(MODEL, loss={"normalize": "variance"})
     module.set_loss_scales({"energy": 0.25, "forces": 2.0})
