@@ -39,6 +39,7 @@ from mlip_plugins import registry
 from mlip_plugins.data.neighbors import neighbor_list
 from mlip_plugins.testing import CHECKED_GROUPS, plugin_case
 from mlip_plugins.testing import structures as kit
+from mlip_plugins.testing.finite_differences import numerical_force, numerical_stress
 
 QUICK = settings(max_examples=2, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -273,21 +274,11 @@ def check_finite_differences(model: FuzzModel, data) -> None:
     rng = np.random.default_rng(seed + 2)
     for _ in range(2):
         atom, axis = int(rng.integers(len(atoms))), int(rng.integers(3))
-        plus, minus = atoms.copy(), atoms.copy()
-        plus.positions[atom, axis] += FD_STEP
-        minus.positions[atom, axis] -= FD_STEP
-        numeric = -(model.energy(plus) - model.energy(minus)) / (2 * FD_STEP)
+        numeric = numerical_force(model.energy, atoms, atom, axis, FD_STEP)
         _close(forces[atom, axis], numeric, tol, f"{what}: force on atom {atom} axis {axis} vs finite differences")
     if periodic:
         i, j = (int(v) for v in rng.integers(3, size=2))
-        strain = np.zeros((3, 3))
-        strain[i, j] = strain[j, i] = 1e-5 if i == j else 0.5e-5
-        values = []
-        for sign in (1, -1):
-            deformed = atoms.copy()
-            deformed.set_cell(atoms.cell.array @ (np.eye(3) + sign * strain), scale_atoms=True)
-            values.append(model.energy(deformed))
-        numeric = (values[0] - values[1]) / 2e-5 / atoms.get_volume()
+        numeric = numerical_stress(model.energy, atoms, i, j, 1e-5)
         stress = out["stress"][0]
         tol = 1e-5 * max(float(np.abs(stress).max()), 1e-6) + 1e-8 * max(1.0, abs(energy)) / atoms.get_volume()
         _close(stress[i, j], numeric, tol, f"{what}: stress[{i},{j}] vs finite strain differences")

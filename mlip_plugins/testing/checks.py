@@ -24,6 +24,7 @@ from mlip_plugins.models.outputs import NodeOutput
 from mlip_plugins.nn import sum_per_structure
 from mlip_plugins.testing import structures as st
 from mlip_plugins.dtypes import default_dtype
+from mlip_plugins.testing.finite_differences import numerical_force, numerical_stress
 from mlip_plugins.testing.harness import PluginCase, scale_of
 
 FD_STEP = 1e-5
@@ -267,10 +268,7 @@ def check_forces(case: PluginCase) -> None:
         forces, energy = out["forces"], float(out["energy"][0])
         tol = 1e-6 * scale_of(forces) + 1e-9 * max(1.0, abs(energy))
         for atom, axis in [(0, 0), (1, 1), (2, 2), (len(atoms) - 1, 0)]:
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[atom, axis] += FD_STEP
-            minus.positions[atom, axis] -= FD_STEP
-            numeric = -(case.energy(plus) - case.energy(minus)) / (2 * FD_STEP)
+            numeric = numerical_force(case.energy, atoms, atom, axis, FD_STEP)
             _assert_close(forces[atom, axis], numeric, tol, f"{case}: force on atom {atom} axis {axis} of {atoms.get_chemical_formula()} vs finite differences")
 
 
@@ -284,14 +282,7 @@ def check_stress(case: PluginCase) -> None:
     stress, volume, energy = out["stress"][0], atoms.get_volume(), float(out["energy"][0])
     tol = 1e-5 * scale_of(stress) + 1e-8 * max(1.0, abs(energy)) / volume
     for i, j in [(0, 0), (1, 2), (0, 1)]:
-        strain = np.zeros((3, 3))
-        strain[i, j] = strain[j, i] = STRAIN_STEP if i == j else STRAIN_STEP / 2
-        values = []
-        for sign in (1, -1):
-            deformed = atoms.copy()
-            deformed.set_cell(atoms.cell.array @ (np.eye(3) + sign * strain), scale_atoms=True)
-            values.append(case.energy(deformed))
-        numeric = (values[0] - values[1]) / (2 * STRAIN_STEP) / volume
+        numeric = numerical_stress(case.energy, atoms, i, j, STRAIN_STEP)
         _assert_close(stress[i, j], numeric, tol, f"{case}: stress[{i},{j}] vs finite strain differences")
 
 

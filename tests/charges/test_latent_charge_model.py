@@ -14,6 +14,7 @@ from mlip_plugins.charges.ensemble.charge_model import EnsembleChargeModel
 from mlip_plugins.charges.ensemble.ensemble_model import EnsembleElectrostaticModel
 from mlip_plugins.models.builder import build_potential
 from mlip_plugins.testing import check_plugin
+from mlip_plugins.testing.finite_differences import numerical_force
 
 CUTOFF = 4.5
 
@@ -74,14 +75,9 @@ def test_random_model_forces_match_finite_differences_and_totals_are_exact(float
     assert out["state_weights"].shape == (6, 3)
     assert out["charges"].abs().max() <= 1.0
     assert out["charges"].abs().max() > 0.05  # the random corrections do move charge
-    h = 1e-5
+    energy = lambda structure: float(potential(batch_of([structure], [1.0]), compute_forces=False)["energy"][0].detach())  # noqa: E731
     for i, c in [(0, 0), (1, 2), (3, 1), (5, 0)]:
-        energies = []
-        for sign in (1, -1):
-            shifted = atoms.copy()
-            shifted.positions[i, c] += sign * h
-            energies.append(float(potential(batch_of([shifted], [1.0]), compute_forces=False)["energy"][0].detach()))
-        numeric = -(energies[0] - energies[1]) / (2 * h)
+        numeric = numerical_force(energy, atoms, i, c, 1e-5)
         assert float(out["forces"][i, c]) == pytest.approx(numeric, abs=1e-6, rel=1e-6)
 
 

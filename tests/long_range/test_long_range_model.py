@@ -16,6 +16,7 @@ from mlip_plugins.long_range.model import ElectrostaticModel
 from mlip_plugins.long_range.reference_crystals import CRYSTALS
 from mlip_plugins.models.builder import build_potential
 from mlip_plugins.models.outputs import OutputConflictError
+from mlip_plugins.testing.finite_differences import numerical_force, numerical_stress
 
 CUTOFF = 4.5
 
@@ -71,21 +72,12 @@ def test_forces_and_stress_match_finite_differences(float64, solver):
     potential = build_potential(model_config(solver, exterior={"channels": 2, "exclusion_radius": 4.0} if solver == "ewald" else None))
     crystal = rattled_rocksalt()
     out = potential(batch_of([crystal]), compute_stress=True)
-    h = 1e-4
+    energy = lambda atoms: energy_of(potential, atoms)  # noqa: E731
     for atom, axis in [(0, 0), (3, 2), (6, 1)]:
-        plus, minus = crystal.copy(), crystal.copy()
-        plus.positions[atom, axis] += h
-        minus.positions[atom, axis] -= h
-        fd = -(energy_of(potential, plus) - energy_of(potential, minus)) / (2 * h)
+        fd = numerical_force(energy, crystal, atom, axis, 1e-4)
         assert float(out["forces"][atom, axis]) == pytest.approx(fd, abs=1e-6, rel=1e-5)
-    volume = crystal.get_volume()
     for a, b in [(0, 0), (1, 2), (2, 1)]:
-        strain = np.zeros((3, 3))
-        strain[a, b] = h
-        plus, minus = crystal.copy(), crystal.copy()
-        plus.set_cell(crystal.cell.array @ (np.eye(3) + strain), scale_atoms=True)
-        minus.set_cell(crystal.cell.array @ (np.eye(3) - strain), scale_atoms=True)
-        fd = (energy_of(potential, plus) - energy_of(potential, minus)) / (2 * h) / volume
+        fd = numerical_stress(energy, crystal, a, b, 1e-4)
         assert float(out["stress"][0, a, b]) == pytest.approx(fd, abs=1e-7, rel=1e-5)
 
 

@@ -10,6 +10,7 @@ from torch_geometric.data import Batch
 
 from mlip_plugins.data.structures import atoms_to_graph
 from mlip_plugins.models import build_potential
+from mlip_plugins.testing.finite_differences import numerical_force, numerical_stress
 
 CUTOFF = 4.5
 
@@ -35,27 +36,15 @@ def test_forces_equal_central_differences(float64, alloy):
     forces = evaluate(model, alloy)["forces"].detach().numpy()
     h = 1e-5
     for atom, axis in [(0, 0), (5, 1), (17, 2), (31, 0)]:
-        plus, minus = alloy.copy(), alloy.copy()
-        plus.positions[atom, axis] += h
-        minus.positions[atom, axis] -= h
-        numeric = -(energy(model, plus) - energy(model, minus)) / (2 * h)
+        numeric = numerical_force(lambda atoms: energy(model, atoms), alloy, atom, axis, h)
         assert forces[atom, axis] == pytest.approx(numeric, rel=1e-6, abs=1e-9)
 
 
 def test_stress_equals_finite_strain_differences(float64, alloy):
     model = make_model()
     stress = evaluate(model, alloy, stress=True)["stress"][0].detach().numpy()
-    h = 1e-6
-    volume = alloy.get_volume()
     for i, j in [(0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (0, 2)]:
-        strain = np.zeros((3, 3))
-        strain[i, j] = strain[j, i] = h / 2 if i != j else h
-        values = []
-        for sign in (1, -1):
-            deformed = alloy.copy()
-            deformed.set_cell(alloy.cell.array @ (np.eye(3) + sign * strain), scale_atoms=True)
-            values.append(energy(model, deformed))
-        numeric = (values[0] - values[1]) / (2 * h) / volume
+        numeric = numerical_stress(lambda atoms: energy(model, atoms), alloy, i, j, 1e-6)
         assert stress[i, j] == pytest.approx(numeric, rel=1e-6, abs=1e-10)
 
 

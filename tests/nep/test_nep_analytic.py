@@ -20,6 +20,7 @@ from mlip_plugins.calculator import MLIPCalculator
 from mlip_plugins.descriptors.harmonics import real_spherical_harmonics
 from mlip_plugins.nep import analytic
 from mlip_plugins.nn import chebyshev_basis
+from mlip_plugins.testing.finite_differences import numerical_force, numerical_stress
 
 TOL = 1e-10
 
@@ -95,25 +96,10 @@ def test_analytic_forces_and_stress_match_finite_differences(float64):
     atoms = structures(symbols)[0]
     atoms.calc = calc
     forces, stress = atoms.get_forces(), atoms.get_stress(voigt=False)
-    h = 1e-5
     for atom, axis in [(0, 0), (1, 2), (7, 1)]:
-        shifted = []
-        for sign in (1, -1):
-            moved = atoms.copy()
-            moved.positions[atom, axis] += sign * h
-            moved.calc = calc
-            shifted.append(moved.get_potential_energy())
-        assert abs(-(shifted[0] - shifted[1]) / (2 * h) - forces[atom, axis]) < 1e-6
+        assert abs(numerical_force(calc.get_potential_energy, atoms, atom, axis, 1e-5) - forces[atom, axis]) < 1e-6
     for a, b in [(0, 0), (0, 1), (2, 1)]:
-        energies = []
-        for sign in (1, -1):
-            strain = np.eye(3)
-            strain[a, b] += sign * h
-            strained = atoms.copy()
-            strained.set_cell(atoms.cell.array @ strain, scale_atoms=True)
-            strained.calc = calc
-            energies.append(strained.get_potential_energy())
-        derivative = (energies[0] - energies[1]) / (2 * h) / atoms.get_volume()
+        derivative = numerical_stress(calc.get_potential_energy, atoms, a, b, 1e-5)
         assert abs(derivative - 0.5 * (stress[a, b] + stress[b, a])) < 1e-6
 
 
