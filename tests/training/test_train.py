@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_module
 
@@ -112,3 +113,19 @@ def test_ddp_two_cpu_processes_one_checkpoint(tmp_path, tiny_xyz):
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in output
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
     assert output.count("Final validation errors") == 1
+
+
+def test_the_epochs_loss_terms_add_up_to_its_logged_loss(tmp_path, tiny_xyz):
+    """``train/loss_<term>`` are the epoch's structure-weighted means of the terms, logged once
+    per epoch: with unit weights on raw terms (one stage) they add up to ``train/loss_epoch``."""
+    import csv
+
+    cfg = compose_config([f"data.path={tiny_xyz}", *TINY, "trainer.max_epochs=3", "loss.energy=1.0", "loss.forces=1.0",
+                          "loss.stress=0.0", "loss.normalize=none", "loss.final=null", "logger=[csv]", f"run_dir={tmp_path / 'run'}"])
+    run_training(cfg)
+    with open(tmp_path / "run" / "logs" / "metrics.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/loss_epoch")]
+    assert len(rows) == 3
+    for row in rows:
+        total = float(row["train/loss_energy"]) + float(row["train/loss_forces"])
+        assert total == pytest.approx(float(row["train/loss_epoch"]), rel=1e-5)
