@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+from ase.data import chemical_symbols
 
 from mlip_plugins import keys
 from mlip_plugins.elements import to_atomic_numbers
@@ -100,15 +101,15 @@ class LossWeights:
         if self.final and self.initial and float(self.initial["end"]) > float(self.final["start"]):
             raise ConfigError(f"loss.initial ends at {self.initial['end']}, after loss.final starts ({self.final['start']})")
 
-
-    def _parse_element_weights(self) -> dict[str, dict[int, float]]:
-        """``element_weights`` with atomic numbers for keys, checked."""
-        parsed: dict[str, dict[int, float]] = {}
+    def _parse_element_weights(self) -> dict[str, torch.Tensor]:
+        """``element_weights`` checked, as a factor per atomic number for each target (a table
+        indexed by Z; 1 for the elements not named)."""
+        parsed: dict[str, torch.Tensor] = {}
         for target, table in (self.element_weights or {}).items():
             if target not in PER_ATOM_TARGETS or not isinstance(table, dict):
                 raise ConfigError(f"loss.element_weights: expected {{<target>: {{<element>: weight}}}} with targets from "
                                   f"{', '.join(PER_ATOM_TARGETS)}, got {self.element_weights!r}")
-            parsed[target] = {}
+            parsed[target] = torch.ones(len(chemical_symbols), dtype=torch.float64)
             for element, weight in table.items():
                 try:
                     (number,) = to_atomic_numbers([element])
@@ -121,17 +122,12 @@ class LossWeights:
 
     def weigh_elements(self, errs: dict, atomic_numbers: torch.Tensor) -> dict:
         """``errs`` with the loss weights of per-atom targets scaled by ``element_weights``."""
-        if not self._element_factors:
-            return errs
         weighted = dict(errs)
-        for target, table in self._element_factors.items():
-            if target not in errs:
-                continue
-            diff, w = errs[target]
-            factor = torch.ones_like(atomic_numbers, dtype=w.dtype)
-            for number, weight in table.items():
-                factor = torch.where(atomic_numbers == number, torch.as_tensor(weight, dtype=w.dtype, device=w.device), factor)
-            weighted[target] = (diff, w * factor.view(-1, *([1] * (w.dim() - 1))))
+        for target, factors in self._element_factors.items():
+            if target in errs:
+                diff, w = errs[target]
+                factor = factors.to(device=w.device, dtype=w.dtype)[atomic_numbers]
+                weighted[target] = (diff, w * factor.view(-1, *([1] * (w.dim() - 1))))
         return weighted
 
 

@@ -79,7 +79,6 @@ def test_refinement_lowers_the_training_loss_and_hands_the_ema_weights_to_the_mo
         assert torch.equal(raw, averaged)
 
 
-
 def test_a_float32_run_is_refined_in_float64_and_keeps_its_float32_weights():
     """The closure runs in ``refine.dtype`` (float64 by default: float32 loss sums are too coarse
     for L-BFGS's line search near a minimum); the weights come back in float32, the same
@@ -101,6 +100,7 @@ def test_a_float32_run_is_refined_in_float64_and_keeps_its_float32_weights():
         assert {b.dtype for b in model.buffers() if b.is_floating_point()} <= {torch.float32}
     with pytest.raises(ConfigError, match="refine.dtype"):
         RefineConfig(share=0.1, dtype="float16")
+
 
 def test_weights_that_raise_the_validation_loss_are_not_kept():
     module, train = _module(), _graphs(8, seed=1)

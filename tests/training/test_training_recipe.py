@@ -60,7 +60,6 @@ def test_variance_normalisation_divides_each_term_by_its_scale():
         LossWeights(normalize="std")
 
 
-
 def test_element_weights_count_a_minority_elements_charges_that_many_times():
     """``loss.element_weights.charges: {Au: 4}``: the charge term is the mean over atoms with the
     Au atoms counted four times; other targets and elements are untouched."""
@@ -85,6 +84,7 @@ def test_element_weights_count_a_minority_elements_charges_that_many_times():
                        ({"charges": {"Au": -1.0}}, "loss.element_weights.charges.Au")):
         with pytest.raises(ValueError, match=match):
             LossWeights(element_weights=bad)
+
 
 def test_loss_scales_are_module_state_and_old_checkpoints_load():
     module = PotentialModule(MODEL, loss={"normalize": "variance"})
