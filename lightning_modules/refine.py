@@ -20,9 +20,9 @@ L-BFGS stopped after 6 iterations without a lower loss, the same weights in floa
 
 The refined weights are those of ``PotentialModule.eval_model`` (the EMA copy when enabled,
 copied back into the raw model afterwards); the loss is the training loss of the final stage
-(``loss.final``), normalised as in training; what ``loss.initial.freeze`` holds fixed stays
-fixed. They are kept only if the validation loss under
-that objective did not increase. ``last.ckpt`` is rewritten with them, and ``best.ckpt`` when
+(``loss.final``), normalised as in training, plus the model's regularisation (NEP's L1/L2) as
+Adam saw it; what ``loss.initial.freeze`` holds fixed stays fixed. They are kept only if the
+validation loss (the data terms of that objective) did not increase. ``last.ckpt`` is rewritten with them, and ``best.ckpt`` when
 their ``val/loss`` beats its score. Under DDP every process sums its share of the gradient and
 the parts are all-reduced, so all processes take the same L-BFGS steps.
 """
@@ -43,7 +43,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning_modules.config_checks import check_keywords
 from lightning_modules.datamodule import chunked_batches
 from lightning_modules.losses import LossWeights, errors, total_loss
-from lightning_modules.module import charge_parameters
+from lightning_modules.module import charge_parameters, regularization_losses
 from mlip_plugins.dtypes import DTYPES, default_dtype
 from mlip_plugins.keys import TARGETS
 from mlip_plugins.models.builder import ConfigError
@@ -100,9 +100,10 @@ class FullBatchObjective:
     """The final-stage training loss of ``model`` over fixed batches, its value and gradient
     summed over chunks (and DDP processes) so that it equals one pass over the whole set."""
 
-    def __init__(self, model: torch.nn.Module, batches: list, weights: LossWeights, scales: dict, needs_stress: bool):
+    def __init__(self, model: torch.nn.Module, batches: list, weights: LossWeights, scales: dict, needs_stress: bool,
+                 regularize: bool = False):
         self.model, self.batches, self.weights, self.scales = model, batches, weights, scales
-        self.needs_stress = needs_stress
+        self.needs_stress, self.regularize = needs_stress, regularize
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.denominators = self._label_totals()
 
@@ -123,7 +124,8 @@ class FullBatchObjective:
         return {key: sums[k].clamp(min=1e-12) for k, key in enumerate(TARGETS)}
 
     def value(self, create_graph: bool = False, backward: bool = False) -> torch.Tensor:
-        """The loss over all chunks; with ``backward`` its gradient is left in ``.grad``."""
+        """The loss over all chunks (plus the model's regularisation, e.g. NEP's L1/L2, when
+        ``regularize``: the objective Adam minimised); with ``backward`` its gradient is left in ``.grad``."""
         total = torch.zeros((), dtype=torch.float64)
         for batch in self.batches:
             out = self._forward(batch, create_graph=create_graph or backward)
@@ -141,6 +143,11 @@ class FullBatchObjective:
                 for p in self.params:
                     if p.grad is not None:
                         dist.all_reduce(p.grad)
+        reg = regularization_losses(self.model) if self.regularize else None
+        if reg is not None:  # once, after the all-reduce: every process holds the same weights
+            if backward:
+                torch.autograd.backward(reg, inputs=self.params)
+            total += reg.detach().double().cpu()
         return total
 
 
@@ -184,14 +191,15 @@ def _refine(module, model, datamodule, config: RefineConfig, deadline: float | N
     weights = module.loss_weights.final_stage()
     start = time.monotonic()
     try:
-        def objective(subset) -> FullBatchObjective | None:
+        def objective(subset, regularize: bool) -> FullBatchObjective | None:
             if not len(subset):
                 return None
             batches = chunked_batches(subset, list(range(rank, len(subset), world)), config.chunk_atoms, module.device)
             batches = [_as_dtype(batch, config.torch_dtype) for batch in batches]
-            return FullBatchObjective(model, batches, weights, module.loss_scale_map(), weights.stress > 0)
+            return FullBatchObjective(model, batches, weights, module.loss_scale_map(), weights.stress > 0, regularize)
 
-        train, val = objective(graphs), objective(datamodule.val_graphs)
+        # the validation loss that decides whether the result is kept is the data loss alone
+        train, val = objective(graphs, regularize=True), objective(datamodule.val_graphs, regularize=False)
         before = {"train": float(train.value()), "val": float(val.value()) if val else None}
         saved = [p.detach().clone() for p in train.params]
         optimizer = torch.optim.LBFGS(train.params, lr=1.0, max_iter=5, max_eval=25, history_size=config.history_size,

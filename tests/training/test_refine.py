@@ -69,6 +69,32 @@ def test_chunked_loss_and_gradient_equal_one_pass_over_the_whole_set():
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-14)
 
 
+def test_the_refined_objective_carries_the_models_regularisation():
+    """L-BFGS minimises what Adam minimised: the data loss plus NEP's L2 term (value and gradient)."""
+    from mlip_plugins.nep.model import nep_regularization
+
+    torch.manual_seed(0)
+    nep = {"elements": [29], "cutoff": 4.0, "energy": {"model": {
+        "name": "nep", "cutoff": 4.0, "cutoff_angular": 3.5, "n_max": [2, 2], "basis_size": [3, 3],
+        "l_max": [2, 0, 0], "neuron": 4, "lambda_2": 0.5}}}
+    module = PotentialModule(nep, loss={"energy": 1.0, "forces": 1.0})
+    batches = chunked_batches(_graphs(4), list(range(4)), 10_000, torch.device("cpu"))
+    args = (module.model, batches, module.loss_weights, module.loss_scale_map(), False)
+    plain, regularized = FullBatchObjective(*args), FullBatchObjective(*args, regularize=True)
+    module.model.zero_grad()
+    data = float(plain.value(backward=True))
+    data_grad = [p.grad.clone() for p in plain.params]
+    module.model.zero_grad()
+    total = float(regularized.value(backward=True))
+    nep_model = module.model.energy_model
+    reg = nep_regularization(nep_model, 0.0, 0.5)
+    assert float(reg.detach()) > 1e-3 * data
+    assert total == pytest.approx(data + float(reg.detach()), rel=1e-12)
+    reg_grad = torch.autograd.grad(reg, plain.params, allow_unused=True)
+    for p, g0, gr in zip(plain.params, data_grad, reg_grad):
+        torch.testing.assert_close(p.grad, g0 + (gr if gr is not None else 0.0), rtol=1e-10, atol=1e-14)
+
+
 def test_refinement_lowers_the_training_loss_and_hands_the_ema_weights_to_the_model():
     module, train, val = _module(ema=True), _graphs(8, seed=1), _graphs(3, seed=2)
     summary = refine_full_batch(module, _data(train, val), RefineConfig(share=0.5, max_iterations=15), deadline=None)
