@@ -238,7 +238,10 @@ def _coefficient_matrix(c: torch.Tensor) -> torch.Tensor:
 
 
 def _own_block(x: torch.Tensor, species: torch.Tensor, num_species: int) -> torch.Tensor:
-    """x [N, ..., S n] -> [N, ..., n]: the block of each atom's own element."""
+    """x [N, ..., S n] -> [N, ..., n]: the block of each atom's own element (``x`` itself for
+    one element: no gather, and no scatter in its backward pass)."""
+    if num_species == 1:
+        return x
     blocks = x.view(*x.shape[:-1], num_species, -1)
     picked = blocks.movedim(-2, 1)[torch.arange(x.shape[0], device=x.device), species]
     return picked
@@ -246,7 +249,9 @@ def _own_block(x: torch.Tensor, species: torch.Tensor, num_species: int) -> torc
 
 def _in_own_block(x: torch.Tensor, species: torch.Tensor, num_species: int) -> torch.Tensor:
     """x [N, ..., n] -> [N, ..., S n], zero outside each atom's own element's block (the
-    transpose of :func:`_own_block`)."""
+    transpose of :func:`_own_block`; ``x`` itself for one element)."""
+    if num_species == 1:
+        return x
     out = x.new_zeros(x.shape[0], num_species, *x.shape[1:])
     out[torch.arange(x.shape[0], device=x.device), species] = x
     return out.movedim(1, -2).reshape(*x.shape[:-1], -1)

@@ -89,6 +89,12 @@ def test_analytic_forces_equal_autograd(case, float64):
     assert_same_as_autograd(nep_potential(symbols, **MODELS[case]), symbols)
 
 
+@pytest.mark.parametrize("case", ["nep4_q222_q1111", "universal_zbl", "nep3"])
+def test_one_element_analytic_forces_equal_autograd(case, float64):
+    """One element takes the path without per-element blocks (no gather or scatter)."""
+    assert_same_as_autograd(nep_potential(("Cu",), **MODELS[case]), ("Cu",))
+
+
 def test_analytic_forces_and_stress_match_finite_differences(float64):
     """Central differences of the analytic path's own energy (positions and a strain)."""
     symbols = ("Cu", "Ag", "Au")
@@ -169,10 +175,10 @@ def test_gpumd_pbte_nep_matches_calorine():
     np.testing.assert_allclose(ours.get_stress(), ref.get_stress(), rtol=0, atol=1e-9)
 
 
-def test_chain_rule_differentiates_in_the_parameters_as_autograd(float64):
+@pytest.mark.parametrize("symbols", [("Cu", "Ag", "Au"), ("Cu",)])
+def test_chain_rule_differentiates_in_the_parameters_as_autograd(symbols, float64):
     """The written-out path is made of differentiable operations: the parameter gradient of a
     force + energy loss through it equals the training path's (autograd with create_graph)."""
-    symbols = ("Cu", "Ag", "Au")
     potential = nep_potential(symbols).train()
     atoms = structures(symbols)[0]
     params = [p for p in potential.parameters() if p.requires_grad]
