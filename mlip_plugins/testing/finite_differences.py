@@ -48,5 +48,10 @@ def numerical_stress(energy: Energy, atoms: Atoms, i: int, j: int, step: float =
 
 
 def numerical_stress_tensor(energy: Energy, atoms: Atoms, step: float = 1e-6) -> np.ndarray:
-    """Every component of :func:`numerical_stress`: [3, 3], symmetric."""
-    return np.array([[numerical_stress(energy, atoms, i, j, step) for j in range(3)] for i in range(3)])
+    """Every component of :func:`numerical_stress`: [3, 3], symmetric (each off-diagonal pair is
+    one symmetric strain, so it is evaluated once and mirrored)."""
+    stress = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(i, 3):
+            stress[i, j] = stress[j, i] = numerical_stress(energy, atoms, i, j, step)
+    return stress
