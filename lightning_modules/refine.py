@@ -11,12 +11,18 @@ loss further (as linear SNAP/ACE fits and many NEP/NequIP users' final L-BFGS po
       max_iterations: null  # L-BFGS iterations at most; null: as many as the share allows, and
                             # none in a run without a wall budget (set a number to refine there)
       max_structures: 5000  # larger training sets are not refined (a closure is a whole epoch)
-      dtype: float64        # the precision of the refinement (the weights return to the run's after)
+      dtype: mixed          # mixed | float64 | float32 (the weights return to the run's dtype after)
 
 L-BFGS's line search and its convergence tests compare losses that differ in the seventh digit
-near a minimum, where float32 sums over a training set are noise: refined in float32, a Mo run's
-L-BFGS stopped after 6 iterations without a lower loss, the same weights in float64 took 360
-(``dtype: float32`` keeps the training precision).
+near a minimum. In float32 a structure's energy (hundreds of eV: E0 times the atoms) is rounded
+in the fifth or sixth digit and the loss over a training set is noise: refined in pure float32,
+a Mo run's L-BFGS stopped after 6 iterations without a lower loss. ``mixed`` (the default) keeps
+the model in the run's dtype and forms only what needs the digits in float64: the per-atom
+energies meet E0 and are summed per structure in float64 (``Potential.energy_dtype``), and the
+loss terms are float64. A float32 run's refinement then computes descriptors, networks and
+forces in float32, about 1.6x as many L-BFGS iterations per second as ``float64`` (the model
+cast to float64) on the same loss (Mo on two cores: 765 iterations against 465 in 170 s; the
+refinement's training loss 0.01088 against 0.01111).
 
 The refined weights are those of ``PotentialModule.eval_model`` (the EMA copy when enabled,
 copied back into the raw model afterwards); the loss is the training loss of the final stage
@@ -61,7 +67,11 @@ class RefineConfig:
     history_size: int = 50
     #: atoms per forward pass of the closure (a chunk bounds the memory of the force graph)
     chunk_atoms: int = 20000
-    dtype: str = "float64"
+    dtype: str = "mixed"
+
+    #: the ``dtype`` besides :data:`DTYPES`: the model computes in the run's own dtype, the
+    #: structure energies (E0 and the sum over atoms) and the loss are formed in float64
+    MIXED = "mixed"
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.share) < 1.0:
@@ -70,12 +80,16 @@ class RefineConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"refine.{name}: expected a positive integer, got {getattr(self, name)!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"refine.dtype: expected one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.dtype not in DTYPES and self.dtype != self.MIXED:
+            raise ConfigError(f"refine.dtype: expected one of {sorted(DTYPES) + [self.MIXED]}, got {self.dtype!r}")
 
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def model_dtype(self, own: torch.dtype) -> torch.dtype:
+        """The dtype the model computes in during the refinement (``own``: the run's)."""
+        return own if self.dtype == self.MIXED else DTYPES[self.dtype]
+
+    def energy_dtype(self, own: torch.dtype) -> torch.dtype:
+        """The dtype of the structure energies (E0 and the sum over atoms) during the refinement."""
+        return torch.float64 if self.dtype == self.MIXED else self.model_dtype(own)
 
     @classmethod
     def from_config(cls, section: Mapping | None) -> RefineConfig:
@@ -129,9 +143,10 @@ class FullBatchObjective:
         total = torch.zeros((), dtype=torch.float64)
         for batch in self.batches:
             out = self._forward(batch, create_graph=create_graph or backward)
-            errs = errors(batch, out, self.weights)
-            denominators = {key: self.denominators[key].to(errs[key][0].dtype) for key in errs}
-            loss, _ = total_loss(errs, self.weights, denominators, self.scales)
+            # the loss in float64 whatever the model's dtype (a mixed-precision refinement's
+            # float32 forces summed over a training set are otherwise the coarsest part of it)
+            errs = {key: (diff.double(), w.double()) for key, (diff, w) in errors(batch, out, self.weights).items()}
+            loss, _ = total_loss(errs, self.weights, self.denominators, self.scales)
             if "aux_loss" in out:
                 loss = loss + out["aux_loss"] / len(self.batches)
             if backward:
@@ -163,13 +178,18 @@ def refine_full_batch(module, datamodule, config: RefineConfig, deadline: float 
         log.info("refine: %d training structures > refine.max_structures=%d, skipped", len(graphs), config.max_structures)
         return {"skipped": f"{len(graphs)} training structures > refine.max_structures"}
     model = module.eval_model
-    own = next(model.parameters()).dtype
-    model.to(config.torch_dtype)
+    own, own_energy_dtype = next(model.parameters()).dtype, getattr(model, "energy_dtype", None)
+    dtype = config.model_dtype(own)
+    model.to(dtype)
+    if hasattr(model, "energy_dtype"):
+        model.energy_dtype = config.energy_dtype(own)
     try:
-        with default_dtype(config.torch_dtype):
-            return _refine(module, model, datamodule, config, deadline)
+        with default_dtype(dtype):
+            return _refine(module, model, datamodule, config, dtype, deadline)
     finally:
         model.to(own)
+        if hasattr(model, "energy_dtype"):
+            model.energy_dtype = own_energy_dtype
 
 
 def _as_dtype(batch, dtype: torch.dtype):
@@ -177,7 +197,7 @@ def _as_dtype(batch, dtype: torch.dtype):
     return batch.apply(lambda value: value.to(dtype) if torch.is_floating_point(value) else value)
 
 
-def _refine(module, model, datamodule, config: RefineConfig, deadline: float | None) -> dict:
+def _refine(module, model, datamodule, config: RefineConfig, dtype: torch.dtype, deadline: float | None) -> dict:
     """:func:`refine_full_batch` once ``model`` is in the refinement's dtype."""
     graphs = datamodule.train_graphs
     world, rank = _world()
@@ -195,7 +215,7 @@ def _refine(module, model, datamodule, config: RefineConfig, deadline: float | N
             if not len(subset):
                 return None
             batches = chunked_batches(subset, list(range(rank, len(subset), world)), config.chunk_atoms, module.device)
-            batches = [_as_dtype(batch, config.torch_dtype) for batch in batches]
+            batches = [_as_dtype(batch, dtype) for batch in batches]
             return FullBatchObjective(model, batches, weights, module.loss_scale_map(), weights.stress > 0, regularize)
 
         # the validation loss that decides whether the result is kept is the data loss alone
@@ -207,7 +227,7 @@ def _refine(module, model, datamodule, config: RefineConfig, deadline: float | N
 
         def closure() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=False)
-            return train.value(backward=True).to(train.params[0].dtype)
+            return train.value(backward=True)
 
         iterations, previous = 0, before["train"]
         limit = config.max_iterations if config.max_iterations is not None else float("inf")

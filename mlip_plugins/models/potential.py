@@ -40,6 +40,11 @@ class Potential(nn.Module):
         self.register_buffer("energy_scale", torch.ones(()))
         #: train a plain potential NEP through its written-out force chain rule (see ``forward``)
         self.analytic_forces = True
+        #: the dtype in which per-atom energies meet E0 and are summed into structure energies
+        #: (None: the model's). float64 under a float32 model keeps a structure's total (hundreds
+        #: of eV) exact to float64 while the model computes in float32: the mixed-precision
+        #: refinement (``refine.dtype: mixed``) needs a loss that is smooth in the seventh digit.
+        self.energy_dtype: torch.dtype | None = None
 
     def model_config(self) -> dict:
         """The ``model`` config that rebuilds this potential with ``build_potential``."""
@@ -88,7 +93,7 @@ class Potential(nn.Module):
         graph = build_atomic_graph(data, species, strain=strain, pos=pos)
         node = NodeOutput.of(self.energy_model(graph), "model.energy")
         extras = dict(node.extras)
-        atomic = node.energy * self.energy_scale + self.e0[species]
+        atomic = self.with_reference_energies(node.energy * self.energy_scale, species)
         unscaled = extras.pop(keys.ATOMIC_ENERGY_UNSCALED, None)
         if unscaled is not None:
             atomic = atomic + unscaled
@@ -105,6 +110,12 @@ class Potential(nn.Module):
             if compute_stress:
                 out[keys.STRESS] = _per_volume(grads[-1], data.cell, dtype)
         return out
+
+    def with_reference_energies(self, energies: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Per-atom model energies [N] (in eV, already scaled) plus E0 of each atom's element, in
+        ``energy_dtype`` (the model's dtype when that is None)."""
+        dtype = self.energy_dtype or energies.dtype
+        return energies.to(dtype) + self.e0[species].to(dtype)
 
     def _trains_analytically(self) -> bool:
         from mlip_plugins.nep.analytic import supports_training

@@ -218,8 +218,7 @@ class AnalyticNEP:
         grad = (d_r / pairs.r) * pairs.vectors
         if angular is not None:
             grad.index_add_(1, angular.keep, angular.direction_gradient())
-        atomic = energy + self.potential.e0[pairs.species]
-        return atomic, grad
+        return self.potential.with_reference_energies(energy, pairs.species), grad
 
 
 def pair_forces(pairs: "Pairs", grad: torch.Tensor) -> torch.Tensor:

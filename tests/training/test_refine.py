@@ -105,27 +105,56 @@ def test_refinement_lowers_the_training_loss_and_hands_the_ema_weights_to_the_mo
         assert torch.equal(raw, averaged)
 
 
-def test_a_float32_run_is_refined_in_float64_and_keeps_its_float32_weights():
-    """The closure runs in ``refine.dtype`` (float64 by default: float32 loss sums are too coarse
-    for L-BFGS's line search near a minimum); the weights come back in float32, the same
-    ``Parameter`` objects (the trainer's optimiser holds them), and the caller's default dtype
-    is untouched."""
+def _refine_float32_run(dtype: str) -> tuple[PotentialModule, dict, list, list, list]:
+    """A float32 run's module refined with ``refine.dtype=dtype``: (module, summary, the dtypes
+    of the positions and of the energies the model saw and gave, its parameters before)."""
     with default_dtype(torch.float32):
         module, train, val = _module(ema=True), _graphs(8, seed=1), _graphs(3, seed=2)
         raw = list(module.model.parameters())
-        seen = []
-        hook = module.eval_model.register_forward_pre_hook(lambda _, args: seen.append(args[0].pos.dtype))
-        summary = refine_full_batch(module, _data(train, val), RefineConfig(share=0.5, max_iterations=15), deadline=None)
-        hook.remove()
+        positions, energies = [], []
+        model = module.eval_model
+        hooks = [model.register_forward_pre_hook(lambda _, args: positions.append(args[0].pos.dtype)),
+                 model.register_forward_hook(lambda _, args, out: energies.append(out["energy"].dtype))]
+        config = RefineConfig(share=0.5, max_iterations=15, dtype=dtype)
+        summary = refine_full_batch(module, _data(train, val), config, deadline=None)
+        for hook in hooks:
+            hook.remove()
         assert torch.get_default_dtype() == torch.float32
-    assert seen and set(seen) == {torch.float64}
-    assert summary["kept"] and summary["after"]["train"] < 0.5 * summary["before"]["train"]
+    return module, summary, sorted(set(positions), key=str), sorted(set(energies), key=str), raw
+
+
+def _assert_float32_weights_kept(module: PotentialModule, raw: list) -> None:
+    """The same ``Parameter`` objects (the trainer's optimiser holds them), all float32 again,
+    and the energies in the model's own dtype again."""
     assert all(a is b for a, b in zip(raw, module.model.parameters()))
     for model in (module.model, module.ema.module):
         assert {p.dtype for p in model.parameters()} == {torch.float32}
         assert {b.dtype for b in model.buffers() if b.is_floating_point()} <= {torch.float32}
+        assert model.energy_dtype is None
+
+
+def test_a_float32_run_refined_in_float64_keeps_its_float32_weights():
+    """``refine.dtype: float64``: the closure runs the model in float64; the weights come back
+    in float32 and the caller's default dtype is untouched."""
+    module, summary, positions, energies, raw = _refine_float32_run("float64")
+    assert positions == [torch.float64] and energies == [torch.float64]
+    assert summary["kept"] and summary["after"]["train"] < 0.5 * summary["before"]["train"]
+    _assert_float32_weights_kept(module, raw)
     with pytest.raises(ConfigError, match="refine.dtype"):
         RefineConfig(share=0.1, dtype="float16")
+
+
+def test_the_mixed_refinement_computes_in_float32_and_sums_energies_in_float64():
+    """``refine.dtype: mixed`` (the default): the model keeps the run's float32, the structure
+    energies it returns are float64 (``Potential.energy_dtype``), and it fits as well as the
+    float64 refinement on the same data."""
+    assert RefineConfig().dtype == "mixed"
+    module, summary, positions, energies, raw = _refine_float32_run("mixed")
+    assert positions == [torch.float32] and energies == [torch.float64]
+    assert summary["kept"] and summary["after"]["train"] < 0.5 * summary["before"]["train"]
+    _assert_float32_weights_kept(module, raw)
+    reference = _refine_float32_run("float64")[1]
+    assert summary["after"]["train"] == pytest.approx(reference["after"]["train"], rel=0.05)
 
 
 def test_weights_that_raise_the_validation_loss_are_not_kept():
