@@ -7,7 +7,7 @@ loss further (as linear SNAP/ACE fits and many NEP/NequIP users' final L-BFGS po
 ``refine`` in the config gives it a share of the wall budget::
 
     refine:
-      share: 0.35           # of trainer.max_time (Adam gets the rest); 0: off
+      share: 0.5            # of trainer.max_time (Adam gets the rest); 0: off
       max_iterations: null  # L-BFGS iterations at most; null: as many as the share allows, and
                             # none in a run without a wall budget (set a number to refine there)
       max_structures: 5000  # larger training sets are not refined (a closure is a whole epoch)
