@@ -53,6 +53,7 @@ from lightning_modules.module import charge_parameters, regularization_losses
 from mlip_plugins.dtypes import DTYPES, default_dtype
 from mlip_plugins.keys import TARGETS
 from mlip_plugins.models.builder import ConfigError
+from mlip_plugins.nep.analytic import reuse_geometry
 
 log = logging.getLogger("mlip_plugins.train")
 
@@ -184,7 +185,7 @@ def refine_full_batch(module, datamodule, config: RefineConfig, deadline: float 
     if hasattr(model, "energy_dtype"):
         model.energy_dtype = config.energy_dtype(own)
     try:
-        with default_dtype(dtype):
+        with default_dtype(dtype), reuse_geometry():  # the positions are fixed: a NEP's pairs and bases once
             return _refine(module, model, datamodule, config, dtype, deadline)
     finally:
         model.to(own)

@@ -30,9 +30,12 @@ polarizability model); anything else keeps the autograd path.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import functools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -188,19 +191,19 @@ class AnalyticNEP:
                      torch.as_tensor(vectors.T, dtype=dtype, device=device), numbers, self.potential.element_map(numbers),
                      self.model.num_species)
 
-    def energy_and_pair_gradient(self, pairs: "Pairs") -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom energies [N] (with E0 and the energy scale) and g_p = dE/dr_p as [3, P]."""
+    def energy_and_pair_gradient(self, pairs: "Pairs", geometry: "Geometry | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom energies [N] (with E0 and the energy scale) and g_p = dE/dr_p as [3, P].
+
+        ``geometry``: the pairs' position-only terms (:class:`Geometry`), when the caller keeps
+        them from an earlier call with the same positions; computed here otherwise."""
         model, descriptor = self.model, self.model.descriptor
+        geometry = Geometry(descriptor, pairs) if geometry is None else geometry
         s, n_atoms = pairs.num_species, pairs.species.shape[0]
         dtype = pairs.vectors.dtype
-        # radial sums F[i, t, k] = sum_{j of element t} f_k(r_ij), each pair feeding both atoms
-        rc = descriptor.pair_cutoff_radial.to(dtype)[pairs.pair_type]
-        basis, slope = chebyshev_basis_and_slope(pairs.r, rc, descriptor.basis_size_radial)  # [K+1, P]
-        sums = basis.new_zeros(basis.shape[0], n_atoms * s)
-        sums.index_add_(1, pairs.first_row, basis).index_add_(1, pairs.second_row, basis)
+        slope = geometry.radial_slope
         coef_r = _coefficient_matrix(descriptor.c_radial)  # [S (K+1), S (nR+1)]
-        q_radial = _own_block(sums.T.reshape(n_atoms, -1) @ coef_r, pairs.species, s)
-        angular = _AngularTerms(descriptor, pairs) if descriptor.num_angular_blocks else None
+        q_radial = _own_block(geometry.radial_sums @ coef_r, pairs.species, s)
+        angular = _AngularTerms(descriptor, geometry.angular, pairs) if geometry.angular is not None else None
         q = torch.cat([q_radial, angular.features], dim=1) if angular is not None else q_radial
         scaler = model.q_scaler.to(dtype)
         energy, dq = _network_with_gradient(model, q * scaler, pairs.species)
@@ -217,7 +220,7 @@ class AnalyticNEP:
             d_r = d_r + zbl_d_r * scale
         grad = (d_r / pairs.r) * pairs.vectors
         if angular is not None:
-            grad.index_add_(1, angular.keep, angular.direction_gradient())
+            grad.index_add_(1, geometry.angular.keep, angular.direction_gradient())
         return self.potential.with_reference_energies(energy, pairs.species), grad
 
 
@@ -274,18 +277,33 @@ class Pairs:
         self.second_row = self.second * self.num_species + ta
 
 
-class _AngularTerms:
-    """The angular features of every atom and, once dE/dq is known, their pair gradients.
+class Geometry:
+    """The position-only terms of a NEP evaluation of some :class:`Pairs`: the radial basis
+    sums F[i, (t, k)] = sum_{j of element t} f_k(r_ij) (each pair feeding both atoms) and the
+    basis slopes, and the angular terms' (:class:`_AngularGeometry`). They depend on the
+    positions and the descriptor's fixed settings (basis sizes, cutoffs, degrees), not on the
+    parameters: a loop over the same structures with changing parameters only (the full-batch
+    refinement) computes them once (:func:`reuse_geometry`), about a third of a Mo closure."""
+
+    def __init__(self, descriptor, pairs: Pairs):
+        n_atoms, dtype = pairs.species.shape[0], pairs.vectors.dtype
+        rc = descriptor.pair_cutoff_radial.to(dtype)[pairs.pair_type]
+        basis, self.radial_slope = chebyshev_basis_and_slope(pairs.r, rc, descriptor.basis_size_radial)  # [K+1, P]
+        sums = basis.new_zeros(basis.shape[0], n_atoms * pairs.num_species)
+        sums.index_add_(1, pairs.first_row, basis).index_add_(1, pairs.second_row, basis)
+        self.radial_sums = sums.T.reshape(n_atoms, -1)  # [N, S (K+1)]
+        self.angular = _AngularGeometry(descriptor, pairs) if descriptor.num_angular_blocks else None
+
+
+class _AngularGeometry:
+    """The position-only part of :class:`_AngularTerms`.
 
     Directed edges are the pairs within the angular cutoff taken both ways (centre a with
     neighbour b and vector r_p, then centre b with a and -r_p); the harmonics are evaluated
     once per pair, Y_lm(-u) = (-1)^l Y_lm(u). Per atom, the edges sit in padded neighbour slots:
-    f[i, w, (t, k)] (the basis in the block of the neighbour's element t), g[i, w, n] = f c[t_i]
-    (one dense product, :func:`_coefficient_matrix`) and y[i, w, m], so that the moments
-    A[i] = g[i]^T y[i] and their chain rule are batched matrix products."""
+    f[i, w, (t, k)] (the basis in the block of the neighbour's element t) and y[i, w, m]."""
 
     def __init__(self, descriptor, pairs: Pairs):
-        self.descriptor, self.pairs = descriptor, pairs
         s, n_atoms = pairs.num_species, pairs.species.shape[0]
         dtype = pairs.vectors.dtype
         rc = descriptor.pair_cutoff_angular.to(dtype)[pairs.pair_type]
@@ -301,10 +319,22 @@ class _AngularTerms:
         self.slot, width = neighbor_slots(center, n_atoms)
         self.k1 = basis.shape[0]
         f_pad = basis.new_zeros(n_atoms, width, s, self.k1).index_put((center, self.slot, self.neighbor), torch.cat([basis.T, basis.T]))
-        self.coefficients = _coefficient_matrix(descriptor.c_angular)  # [S (K+1), S (nA+1)]
-        self.g_pad = _own_block(f_pad.view(n_atoms, width, -1) @ self.coefficients, pairs.species, s)  # [N, W, nA+1]
+        self.f_pad = f_pad.view(n_atoms, width, -1)  # [N, W, S (K+1)]
         self.y_pad = y.new_zeros(n_atoms, width, y.shape[1]).index_put((center, self.slot), torch.cat([y, y * self.parity]))
-        self.moments = torch.matmul(self.g_pad.transpose(1, 2), self.y_pad)  # [N, nA+1, M]
+
+
+class _AngularTerms:
+    """The angular features of every atom and, once dE/dq is known, their pair gradients.
+
+    On the padded neighbour slots of :class:`_AngularGeometry`: g[i, w, n] = f c[t_i] (one
+    dense product, :func:`_coefficient_matrix`), so that the moments A[i] = g[i]^T y[i] and
+    their chain rule are batched matrix products."""
+
+    def __init__(self, descriptor, geometry: _AngularGeometry, pairs: Pairs):
+        self.descriptor, self.pairs, self.geometry = descriptor, pairs, geometry
+        self.coefficients = _coefficient_matrix(descriptor.c_angular)  # [S (K+1), S (nA+1)]
+        self.g_pad = _own_block(geometry.f_pad @ self.coefficients, pairs.species, pairs.num_species)  # [N, W, nA+1]
+        self.moments = torch.matmul(self.g_pad.transpose(1, 2), geometry.y_pad)  # [N, nA+1, M]
         blocks = [descriptor.three_body_invariants(self.moments)] if descriptor.l_max > 0 else []
         if descriptor.channels:
             blocks.append(descriptor.higher_body_invariants(self.moments))
@@ -329,20 +359,21 @@ class _AngularTerms:
         """dE/dr_p [P] through the angular radial functions, given dq = dE/dq of the angular
         features [N, (n_max^A + 1) blocks]; keeps dE/dY for :meth:`direction_gradient`."""
         d_moments = self._moment_gradient(dq)  # [N, nA+1, M]
-        s = self.pairs.num_species
-        d_g = torch.bmm(self.y_pad, d_moments.transpose(1, 2))  # [N, W, nA+1]
+        s, geo = self.pairs.num_species, self.geometry
+        d_g = torch.bmm(geo.y_pad, d_moments.transpose(1, 2))  # [N, W, nA+1]
         d_f = _in_own_block(d_g, self.pairs.species, s) @ self.coefficients.T  # [N, W, S (K+1)]
-        d_f = d_f.view(*d_f.shape[:2], s, self.k1)[self.center, self.slot, self.neighbor]  # [Ea, K+1]
-        d_y = torch.bmm(self.g_pad, d_moments)[self.center, self.slot]  # [Ea, M]
-        half = self.keep.shape[0]
-        self.d_unit = d_y[:half] + d_y[half:] * self.parity
-        d_r = ((d_f[:half] + d_f[half:]) * self.slope.T).sum(-1)
-        return self.pairs.r.new_zeros(self.pairs.r.shape[0]).index_add_(0, self.keep, d_r)
+        d_f = d_f.view(*d_f.shape[:2], s, geo.k1)[geo.center, geo.slot, geo.neighbor]  # [Ea, K+1]
+        d_y = torch.bmm(self.g_pad, d_moments)[geo.center, geo.slot]  # [Ea, M]
+        half = geo.keep.shape[0]
+        self.d_unit = d_y[:half] + d_y[half:] * geo.parity
+        d_r = ((d_f[:half] + d_f[half:]) * geo.slope.T).sum(-1)
+        return self.pairs.r.new_zeros(self.pairs.r.shape[0]).index_add_(0, geo.keep, d_r)
 
     def direction_gradient(self) -> torch.Tensor:
-        """dE/dr_p [3, Pa] (of the pairs ``keep``) through the harmonics' directions."""
-        d_poly = (self.y_grad * self.d_unit.unsqueeze(1)).sum(-1)  # [Pa, 3]
-        d_vec = (d_poly - (d_poly * self.unit).sum(-1, keepdim=True) * self.unit) / self.r.unsqueeze(-1)
+        """dE/dr_p [3, Pa] (of the pairs ``geometry.keep``) through the harmonics' directions."""
+        geo = self.geometry
+        d_poly = (geo.y_grad * self.d_unit.unsqueeze(1)).sum(-1)  # [Pa, 3]
+        d_vec = (d_poly - (d_poly * geo.unit).sum(-1, keepdim=True) * geo.unit) / geo.r.unsqueeze(-1)
         return d_vec.T
 
 
@@ -445,10 +476,8 @@ def batch_energy_forces_virial(potential, data, species: torch.Tensor, pos: torc
     ``data`` is the batch (PyG, with the datamodule's full neighbour list), ``species`` its
     element indices and ``pos`` its positions in the potential's dtype; they need no gradient
     (second derivatives with respect to positions are not this path's)."""
-    model: NEPModel = potential.energy_model
-    graph = half_graph(data, species, pos)
-    pairs = graph_pairs(graph, float(model.cutoff), model.num_species)
-    atomic, grad = AnalyticNEP(potential).energy_and_pair_gradient(pairs)
+    graph, pairs, geometry = _batch_geometry(potential.energy_model, data, species, pos)
+    atomic, grad = AnalyticNEP(potential).energy_and_pair_gradient(pairs, geometry)
     forces = pair_forces(pairs, grad)
     energy = sum_per_structure(atomic, graph.batch, graph.num_graphs)
     if not compute_virial:
@@ -457,3 +486,54 @@ def batch_energy_forces_virial(potential, data, species: torch.Tensor, pos: torc
     structure = graph.batch[pairs.first]
     virial = outer.new_zeros(graph.num_graphs, 9).index_add(0, structure, outer.reshape(-1, 9))
     return energy, atomic, forces, virial.view(-1, 3, 3)
+
+
+#: the cache of :func:`reuse_geometry` while a block runs (None: nothing is reused)
+_GEOMETRY_CACHE: contextvars.ContextVar["_GeometryCache | None"] = contextvars.ContextVar("nep_geometry_cache", default=None)
+
+
+class _GeometryCache:
+    """Position-only terms per batch, keyed by the batch's position tensor (its identity, its
+    in-place version counter and the dtype they were computed in), up to ``max_atoms`` atoms."""
+
+    def __init__(self, max_atoms: int):
+        self.max_atoms, self.atoms = int(max_atoms), 0
+        self.entries: dict[tuple, tuple] = {}
+
+    def get(self, model: NEPModel, data, species: torch.Tensor, pos: torch.Tensor) -> tuple:
+        key = (id(model), id(data.pos), pos.dtype)
+        entry = self.entries.get(key)
+        if entry is not None and entry[0] is data.pos and entry[1] == data.pos._version:
+            return entry[2]
+        terms = _geometry_of(model, data, species, pos)
+        if self.atoms + int(pos.shape[0]) <= self.max_atoms:
+            self.entries[key] = (data.pos, data.pos._version, terms)  # holds data.pos: its id stays unique
+            self.atoms += int(pos.shape[0])
+        return terms
+
+
+@contextlib.contextmanager
+def reuse_geometry(max_atoms: int = 200_000) -> Iterator[None]:
+    """Inside the block, :func:`batch_energy_forces_virial` computes the position-only terms of
+    a batch (its half graph, :class:`Pairs` and :class:`Geometry`) once and reuses them whenever
+    the same batch comes again with unchanged positions: for a loop over fixed batches in which
+    only the parameters change (the full-batch refinement, ``lightning_modules/refine.py``).
+    Batches are kept up to ``max_atoms`` atoms in all (their memory grows with atoms x angular
+    neighbours x harmonics); later ones are computed each time. Nothing is kept after the block."""
+    token = _GEOMETRY_CACHE.set(_GeometryCache(max_atoms))
+    try:
+        yield
+    finally:
+        _GEOMETRY_CACHE.reset(token)
+
+
+def _geometry_of(model: NEPModel, data, species: torch.Tensor, pos: torch.Tensor) -> tuple:
+    graph = half_graph(data, species, pos)
+    pairs = graph_pairs(graph, float(model.cutoff), model.num_species)
+    return graph, pairs, Geometry(model.descriptor, pairs)
+
+
+def _batch_geometry(model: NEPModel, data, species: torch.Tensor, pos: torch.Tensor) -> tuple:
+    """(half graph, pairs, geometry) of a batch: from :func:`reuse_geometry`'s cache inside one."""
+    cache = _GEOMETRY_CACHE.get()
+    return _geometry_of(model, data, species, pos) if cache is None else cache.get(model, data, species, pos)

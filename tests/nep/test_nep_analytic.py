@@ -192,3 +192,47 @@ def test_chain_rule_differentiates_in_the_parameters_as_autograd(symbols, float6
     got = torch.autograd.grad((forces**2).mean() + atomic.sum() ** 2, params)
     for a, b in zip(expected, got):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+
+
+def test_reused_geometry_gives_the_same_energies_forces_and_parameter_gradients(float64, monkeypatch):
+    """Inside ``reuse_geometry`` a batch's pairs and bases are computed once and reused while its
+    positions stay the same, also after the parameters change (the refinement's loop); the
+    results and the parameter gradients are bit-identical to computing them each time, and
+    positions moved in place are seen (the cache is keyed by the tensor's version)."""
+    from torch_geometric.data import Batch
+
+    symbols = ("Cu", "Ag", "Au")
+    potential = nep_potential(symbols).train()
+    params = [p for p in potential.parameters() if p.requires_grad]
+    calculator = MLIPCalculator(potential, analytic=False)
+    batch = Batch.from_data_list([calculator._graph(atoms) for atoms in structures(symbols)])
+    built = []
+    original = analytic._geometry_of
+    monkeypatch.setattr(analytic, "_geometry_of", lambda *args: built.append(1) or original(*args))
+
+    def evaluate() -> list[torch.Tensor]:
+        out = potential(batch, compute_forces=True, compute_stress=True, create_graph=True)
+        loss = (out["forces"] ** 2).mean() + out["energy"].sum() ** 2 + out["stress"].sum() ** 2
+        return [out["energy"].detach(), out["forces"].detach(), *torch.autograd.grad(loss, params)]
+
+    def assert_identical(a: list, b: list) -> None:
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+    plain = evaluate()
+    with analytic.reuse_geometry():
+        assert_identical(evaluate(), plain)
+        assert_identical(evaluate(), plain)
+        assert len(built) == 2  # once outside, once for the cache
+        with torch.no_grad():
+            params[0].mul_(1.1)
+        changed = evaluate()
+        start = batch.pos.clone()
+        with torch.no_grad():
+            batch.pos.add_(0.01)
+        moved = evaluate()
+        assert len(built) == 3
+    assert_identical(moved, evaluate())
+    with torch.no_grad():
+        batch.pos.copy_(start)
+    assert_identical(changed, evaluate())
+    assert not torch.equal(changed[0], plain[0]) and not torch.equal(moved[0], changed[0])
