@@ -25,7 +25,11 @@ test in ``tests/nep`` runs through this path).
 
 Used by :class:`mlip_plugins.calculator.MLIPCalculator` for a ``Potential`` whose energy model is
 a potential :class:`~mlip_plugins.nep.model.NEPModel` (no charges, not a dipole or
-polarizability model); anything else keeps the autograd path.
+polarizability model); anything else keeps the autograd path. Training uses it too
+(:func:`batch_energy_forces_virial`: every operation is differentiable in the parameters); the
+position-only terms (pairs, radial sums, angular bases and harmonics: :class:`Geometry`) are
+split from the parameter-dependent ones so that the full-batch refinement, whose positions
+never change, computes them once per batch (:func:`reuse_geometry`).
 """
 
 from __future__ import annotations
