@@ -510,9 +510,12 @@ class _GeometryCache:
         if entry is not None and entry[0] is data.pos and entry[1] == data.pos._version:
             return entry[2]
         terms = _geometry_of(model, data, species, pos)
-        if self.atoms + int(pos.shape[0]) <= self.max_atoms:
-            self.entries[key] = (data.pos, data.pos._version, terms)  # holds data.pos: its id stays unique
+        if entry is None:  # a new batch: kept while the bound allows
+            if self.atoms + int(pos.shape[0]) > self.max_atoms:
+                return terms
             self.atoms += int(pos.shape[0])
+        # (a batch moved in place replaces its entry: its atoms are counted once)
+        self.entries[key] = (data.pos, data.pos._version, terms)  # holds data.pos: its id stays unique
         return terms
 
 

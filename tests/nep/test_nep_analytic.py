@@ -231,6 +231,7 @@ def test_reused_geometry_gives_the_same_energies_forces_and_parameter_gradients(
             batch.pos.add_(0.01)
         moved = evaluate()
         assert len(built) == 3
+        assert analytic._GEOMETRY_CACHE.get().atoms == batch.num_nodes  # the moved batch replaced its entry
     assert_identical(moved, evaluate())
     with torch.no_grad():
         batch.pos.copy_(start)
