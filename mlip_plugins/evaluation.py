@@ -64,7 +64,9 @@ def select_structures(pred: dict[str, np.ndarray], structures) -> dict[str, np.n
 
 def metrics_from_predictions(pred: dict[str, np.ndarray]) -> dict[str, float]:
     """RMSE and MAE per target (energy per atom in eV/atom, forces eV/Å, stress eV/Å³), computed
-    by the same :class:`~mlip_plugins.targets.ErrorMetrics` the training module logs."""
+    by the same :class:`~mlip_plugins.targets.ErrorMetrics` the training module logs; and
+    ``energy_structure_mae`` / ``energy_structure_rmse``, the error of each structure's total
+    energy in eV (:func:`structure_energy_errors`)."""
     metrics = ErrorMetrics(EVALUATED, sync=False)
     for key in EVALUATED:
         metrics.update_errors(key, torch.from_numpy(np.asarray(pred[f"{key}_pred"] - pred[f"{key}_true"], dtype=np.float64)))
@@ -74,7 +76,21 @@ def metrics_from_predictions(pred: dict[str, np.ndarray]) -> dict[str, float]:
         if f"{key}_rmse" in computed:
             result.update({f"{key}_rmse": float(computed[f"{key}_rmse"]), f"{key}_mae": float(computed[f"{key}_mae"]),
                            f"{key}_count": metrics.counts[key]})
+    if f"{keys.ENERGY}_rmse" in result:
+        total = structure_energy_errors(pred)
+        result.update({"energy_structure_mae": float(np.abs(total).mean()),
+                       "energy_structure_rmse": float(np.sqrt(np.mean(total ** 2)))})
     return result
+
+
+def structure_energy_errors(pred: dict[str, np.ndarray]) -> np.ndarray:
+    """Predicted minus reference total energy (eV) of each structure with an energy label.
+
+    Benchmarks that score total energies per structure (JARVIS-Leaderboard's mlearn tasks: the
+    MAE of the total energies, in eV) weigh a structure's error by its size, which the per-atom
+    metric does not; this is the number to set beside theirs."""
+    per_atom = np.asarray(pred[f"{keys.ENERGY}_pred"] - pred[f"{keys.ENERGY}_true"], dtype=np.float64)
+    return per_atom * np.asarray(pred["natoms"], dtype=np.float64)
 
 
 _LABELS = {
