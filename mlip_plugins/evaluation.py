@@ -79,7 +79,8 @@ def metrics_from_predictions(pred: dict[str, np.ndarray]) -> dict[str, float]:
     if f"{keys.ENERGY}_rmse" in result:
         total = structure_energy_errors(pred)
         result.update({"energy_structure_mae": float(np.abs(total).mean()),
-                       "energy_structure_rmse": float(np.sqrt(np.mean(total ** 2)))})
+                       "energy_structure_rmse": float(np.sqrt(np.mean(total ** 2))),
+                       "energy_structure_count": int(total.size)})
     return result
 
 
@@ -95,6 +96,7 @@ def structure_energy_errors(pred: dict[str, np.ndarray]) -> np.ndarray:
 
 _LABELS = {
     "energy": ("E/atom", "meV/atom", 1000.0),
+    "energy_structure": ("E/struct", "meV", 1000.0),  # the total energy of each structure
     "forces": ("F", "meV/Å", 1000.0),
     "stress": ("stress", "meV/Å³", 1000.0),
     "dipole": ("dipole/at", "me·Å/atom", 1000.0),

@@ -61,3 +61,16 @@ def test_structure_energy_errors_are_the_total_energy_errors_of_each_structure(f
     assert metrics["energy_structure_rmse"] == pytest.approx(np.sqrt(np.mean(expected ** 2)), rel=1e-7)
     sizes = np.array([len(a) for a in frames])
     assert metrics["energy_mae"] == pytest.approx(np.abs(expected / sizes).mean(), rel=1e-7)
+
+
+def test_the_metrics_table_shows_the_per_structure_energy_row():
+    """mlip-eval's table carries the total-energy error per structure beside the per-atom one."""
+    from mlip_plugins.evaluation import format_table
+
+    pred = {"energy_pred": np.array([0.001, -0.002]), "energy_true": np.zeros(2), "natoms": np.array([10, 40])}
+    for key in ("forces", "stress", "dipole"):
+        pred.update({f"{key}_pred": np.zeros(0), f"{key}_true": np.zeros(0)})
+    metrics = metrics_from_predictions(pred)
+    assert metrics["energy_structure_mae"] == pytest.approx((0.01 + 0.08) / 2)
+    row = next(line for line in format_table(metrics, "t").splitlines() if line.startswith("E/struct"))
+    assert row.split()[2:] == [f"{1000 * np.sqrt((0.01 ** 2 + 0.08 ** 2) / 2):.3f}", "45.000", "2"]
