@@ -320,3 +320,18 @@ def test_internal_bugs_keep_their_traceback_and_debug_reraises(tmp_path, monkeyp
     monkeypatch.setenv("MLIP_DEBUG", "1")
     with pytest.raises(CheckpointError):
         evaluate.main([str(bad_models["empty"][0]), str(data_file)])
+
+
+def test_mlip_eval_never_replaces_an_earlier_evaluation_by_default(tmp_path, potential, data_file):
+    """Without -o, a second evaluation of the same data file (another model, say) goes to a new
+    folder beside the first; the first one's files are left as they were."""
+    from mlip_plugins.cli.evaluate import main as evaluate
+
+    model = export_potential(potential, tmp_path / "model.ckpt")
+    assert evaluate([str(model), str(data_file)]) == 0
+    first = tmp_path / "data_eval" / "metrics.json"
+    before = first.read_bytes()
+    (tmp_path / "data_eval" / "notes.txt").write_text("mine\n")
+    assert evaluate([str(model), str(data_file)]) == 0
+    assert first.read_bytes() == before and (tmp_path / "data_eval" / "notes.txt").read_text() == "mine\n"
+    assert (tmp_path / "data_eval-2" / "metrics.json").is_file()

@@ -20,7 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlip-eval", description=__doc__)
     parser.add_argument("model", help="training checkpoint (.ckpt), exported model (.pt) or GPUMD nep.txt")
     parser.add_argument("data", help="structure file ASE reads (extxyz, .db, ...)")
-    parser.add_argument("-o", "--output-dir", default=None, help="where metrics.json and parity.png go (default: beside the data, named after it)")
+    parser.add_argument("-o", "--output-dir", default=None,
+                        help="where metrics.json and parity.png go (default: a new folder beside the data, named "
+                             "after it: <data>_eval, or <data>_eval-2, -3, ... where that one exists; an earlier "
+                             "evaluation is never replaced)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--energy-key", default="energy")
     parser.add_argument("--forces-key", default="forces")
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> dict:
         assessment = FisherUncertainty.load(args.uncertainty).assess(potential, graphs)
         metrics.update({f"uncertainty_{k}": v for k, v in assessment.items()})
     groups = group_metrics(pred, group_values(args, len(graphs))) if args.group_by else None
-    out_dir = Path(args.output_dir) if args.output_dir else Path(f"{os.path.splitext(args.data)[0]}_eval")
+    out_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.data)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json({"model": str(args.model), "data": str(args.data), **metrics,
                 **({"groups": {"key": args.group_by, **groups}} if groups else {})}, out_dir / "metrics.json")
@@ -71,6 +74,17 @@ def run(args: argparse.Namespace) -> dict:
         print(f"{key}: {value}")
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'parity.png'}")
     return metrics
+
+
+def default_output_dir(data: str | os.PathLike) -> Path:
+    """``<data without suffix>_eval`` beside the data file, or the first of ``_eval-2``, ``_eval-3``, ...
+    that does not exist yet: evaluating another model on the same file keeps the earlier results."""
+    base = f"{os.path.splitext(os.fspath(data))[0]}_eval"
+    candidate, number = Path(base), 1
+    while candidate.exists():
+        number += 1
+        candidate = Path(f"{base}-{number}")
+    return candidate
 
 
 def group_values(args: argparse.Namespace, count: int) -> list[str]:
