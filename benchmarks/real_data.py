@@ -200,9 +200,13 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+#: a peer's metric name -> the suffix of our metrics' keys
+_METRIC_KEY = {"MAE": "mae", "RMSE": "rmse"}
+
+
 def _ours_energy(test: dict, metric: str, per: str) -> float:
     """Our test energy error on a peer's footing: meV/atom, or eV per structure."""
-    key = {"MAE": "mae", "RMSE": "rmse"}[metric]
+    key = _METRIC_KEY[metric]
     return test[f"energy_structure_{key}"] if per == "structure" else test[f"energy_{key}"] * 1000
 
 
@@ -227,7 +231,7 @@ def table(results: list[dict], budget_minutes: float) -> str:
                   f"({t['energy_structure_mae']:.4f} / {t['energy_structure_rmse']:.4f} eV per structure), "
                   f"F MAE {t['forces_mae']:.4f} / RMSE {t['forces_rmse']:.4f}{stress}", "",
                   "| model | metric | E | E unit | F | E ratio | F ratio |", "|---|---|---|---|---|---|---|"]
-        key = {"MAE": "mae", "RMSE": "rmse"}
+        key = _METRIC_KEY
         footings = sorted({(p["metric"], p.get("energy_per", "atom")) for p in r["peers"]})
         for metric, per in footings:
             lines.append(f"| **ours** | {metric} | {_ours_energy(t, metric, per):.4g} | {_ENERGY_UNIT[per]} | "
