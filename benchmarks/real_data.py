@@ -99,6 +99,9 @@ class Budget:
     out: Path
     threads: int
     overrides: tuple[str, ...] = ()
+    #: the long-range cases train every model once per split seed and report medians and paired
+    #: wins over the splits (their test sets are 4-32 structures: one split ranks nothing)
+    split_seeds: tuple[int, ...] = (0,)
 
 
 # Cases that are more than "train the recipe on a train/test split": each a function
@@ -255,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default=None, help=f"the reference datasets folder (default ${ENV_VAR} or ../shared/datasets)")
     parser.add_argument("--out", default=str(REPO / "outputs" / "real_data"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
+    parser.add_argument("--split-seeds", default="0",
+                        help="long-range cases: comma-separated split seeds, every model trained once per seed (e.g. 0,1,2)")
     parser.add_argument("overrides", nargs="*", help="extra mlip-train overrides for every case (e.g. model=angular)")
     args = parser.parse_args(argv)
     if args.datasets:
@@ -269,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             if name in SPECIAL_CASES:
-                results.append(SPECIAL_CASES[name](Budget(args.budget_minutes, out, args.threads, tuple(args.overrides))))
+                seeds = tuple(int(x) for x in args.split_seeds.split(",") if x.strip())
+                results.append(SPECIAL_CASES[name](Budget(args.budget_minutes, out, args.threads, tuple(args.overrides), seeds)))
             else:
                 results.append(run_case(name, CASES[name], args.budget_minutes, out, args.threads, args.overrides))
         except DatasetNotFound as exc:

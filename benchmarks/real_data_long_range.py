@@ -47,7 +47,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -341,24 +341,63 @@ def in_file_peer(case: LongRangeCase, test: list[int]) -> dict:
     return {"energy_rmse": float(np.sqrt(np.mean(e ** 2))), "forces_rmse": float(np.sqrt(np.mean(f ** 2)))}
 
 
+def median_over_splits(tests: list[dict]) -> dict:
+    """One test result from several splits' results: the median of every number (nested dicts too);
+    lists (the test indices) are kept per split."""
+    first = tests[0]
+    merged: dict = {}
+    for key, value in first.items():
+        values = [t[key] for t in tests if key in t]
+        if isinstance(value, dict):
+            merged[key] = median_over_splits(values)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = float(np.median(values)) if len(values) > 1 else value
+        else:
+            merged[key] = values if len(values) > 1 else value
+    return merged
+
+
+def paired_ratios(row: dict, short_range: dict) -> list[tuple[float, float]]:
+    """(E / SR, F / SR) per split: each model against the short-range model trained on the same split."""
+    ours = row.get("splits", [row["test"]])
+    theirs = short_range.get("splits", [short_range["test"]])
+    return [(t["energy_rmse"] / s["energy_rmse"], t["forces_rmse"] / s["forces_rmse"]) for t, s in zip(ours, theirs)]
+
+
 def run_long_range(name: str, budget: Budget) -> dict:
-    """Train and evaluate every model of case ``name``; the result has the table section."""
-    case = LR_CASES[name]
-    dataset_path(case.folder, case.file)  # DatasetNotFound (skip) before any training
+    """Train and evaluate every model of case ``name`` on every split seed of the budget
+    (``--split-seeds``); the result has the table section, with medians over the splits."""
+    base = LR_CASES[name]
+    dataset_path(base.folder, base.file)  # DatasetNotFound (skip) before any training
+    seeds = tuple(budget.split_seeds) or (base.split_seed,)
+    runs: dict[str, list[dict]] = {key: [] for key in base.models}
+    peers = []
+    for seed in seeds:
+        case = replace(base, split_seed=seed)
+        for key in case.models:
+            model = MODELS[key]
+            tag = f"{name}__{key.replace(' + ', '_').replace(' ', '_').replace('-', '_')}"
+            if len(seeds) > 1:
+                tag += f"__split{seed}"
+            run_dir = budget.out / "runs" / tag
+            args, wall, load = train_model(case, model, run_dir, budget.out / f"{tag}.log", budget)
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            runs[key].append({"seed": seed, "wall_s": wall, "load": load, "parameters": metrics["parameters"]["total"],
+                              "test": evaluate(case, run_dir), "command": "mlip-train " + " ".join(args)})
+        if case.peer_in_file:
+            peers.append(in_file_peer(case, runs[case.models[0]][-1]["test"]["test"]))
     rows = []
-    for key in case.models:
+    for key, per_split in runs.items():
         model = MODELS[key]
-        tag = f"{name}__{key.replace(' + ', '_').replace(' ', '_').replace('-', '_')}"
-        args, wall, load = train_model(case, model, budget.out / "runs" / tag, budget.out / f"{tag}.log", budget)
-        run_dir = budget.out / "runs" / tag
-        metrics = json.loads((run_dir / "metrics.json").read_text())
         rows.append({"model": key, "charges_trained": model.charges_trained, "dipole_trained": model.dipole_trained,
-                     "wall_s": wall, "load": load,
-                     "parameters": metrics["parameters"]["total"], "test": evaluate(case, run_dir),
-                     "command": "mlip-train " + " ".join(args)})
-    peer = in_file_peer(case, rows[0]["test"]["test"]) if case.peer_in_file else None
-    result = {"case": name, "models": rows, "in_file_peer": peer}
-    result["markdown"] = markdown(name, case, rows, peer, budget)
+                     "seeds": list(seeds), "splits": [r["test"] for r in per_split],
+                     "wall_s": float(np.median([r["wall_s"] for r in per_split])),
+                     "load": {side: max(r["load"][side] for r in per_split) for side in ("before", "after")},
+                     "parameters": per_split[0]["parameters"], "test": median_over_splits([r["test"] for r in per_split]),
+                     "command": per_split[0]["command"]})
+    peer = median_over_splits(peers) if peers else None
+    result = {"case": name, "models": rows, "in_file_peer": peer, "split_seeds": list(seeds)}
+    result["markdown"] = markdown(name, base, rows, peer, budget)
     return result
 
 
@@ -378,14 +417,21 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
             *[f"E RMSE {s} (n={states[s]})" for s in state_cols],
             *[f"q RMSE {s}" for s in state_cols], *[f"{probe} q {s} (reference {with_probe['probe_charge_by_state'][s]['reference']:+.3f} e)" for s in state_cols if probe],
             "E / SR", "F / SR"]
+    seeds = rows[0].get("seeds", [case.split_seed])
+    split_text = (f"seeded split (data.split_seed={seeds[0]}" if len(seeds) == 1 else
+                  f"{len(seeds)} seeded splits (data.split_seed={','.join(map(str, seeds))}; every figure the median over "
+                  f"the splits, E / SR and F / SR the median of the ratios on the same split")
     lines = [f"### {name} (long range)", "",
-             f"`{case.folder}/{case.file}`, seeded split (data.split_seed={case.split_seed}, val "
+             f"`{case.folder}/{case.file}`, {split_text}, val "
              f"{case.val_fraction:g}, test {case.test_fraction:g}, batch {case.batch_size}): {n} test structures; "
              f"each model {budget.minutes * MODEL_SHARE:.1f} min, {budget.threads} thread(s). RMSE: E meV/atom, "
              f"F meV/Å, q milli-e (vs Hirshfeld; *trained* only for `latent + q` and `qeq + q`, else compared), dipole e·Å (RMS of |Δμ|). "
              f"{case.note}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    sr = next((r["test"] for r in rows if r["model"] == "short-range"), None)
+    sr_row = next((r for r in rows if r["model"] == "short-range"), None)
+    sr = sr_row["test"] if sr_row else None
+    ratios = {r["model"]: paired_ratios(r, sr_row) for r in rows} if sr_row else {}
+    median_ratio = {m: (float(np.median([e for e, _ in v])), float(np.median([f for _, f in v]))) for m, v in ratios.items()}
     for r in rows:
         t = r["test"]
         cells = [f"**{r['model']}**", str(r["parameters"]), f"{r['wall_s'] / 60:.1f} ({r['load']['before']:.1f}→{r['load']['after']:.1f})",
@@ -397,7 +443,7 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
         cells += [_f(t.get("charges_rmse_by_state", {}).get(s), 1e3, 1) for s in state_cols]
         if probe:
             cells += [f"{t['probe_charge_by_state'][s]['predicted']:+.3f}" if "probe_charge_by_state" in t else "–" for s in state_cols]
-        cells += [_f(t["energy_rmse"] / sr["energy_rmse"]) if sr else "–", _f(t["forces_rmse"] / sr["forces_rmse"]) if sr else "–"]
+        cells += [_f(median_ratio[r["model"]][0]) if sr else "–", _f(median_ratio[r["model"]][1]) if sr else "–"]
         lines.append("| " + " | ".join(cells) + " |")
     blank = [""] * (len(state_cols) * (3 if probe else 2))
     if peer:
@@ -410,9 +456,12 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
     lines.append("")
     best = min((r for r in rows if r["model"] != "short-range"), key=lambda r: r["test"]["energy_rmse"], default=None)
     if sr and best:
-        beats = [r["model"] for r in rows if r["model"] != "short-range"
-                 and r["test"]["energy_rmse"] < sr["energy_rmse"] and r["test"]["forces_rmse"] < sr["forces_rmse"]]
-        lines.append(f"Long-range models beating short-range on both E and F here: {', '.join(beats) if beats else 'none'}.")
+        beats = [m for m, (e, f) in median_ratio.items() if m != "short-range" and e < 1 and f < 1]
+        lines.append(f"Long-range models beating short-range on both E and F here: {', '.join(beats) if beats else 'none'}"
+                     + (" (median ratios over the splits)." if len(seeds) > 1 else "."))
+        if len(seeds) > 1:
+            wins = [f"{m} {sum(e < 1 and f < 1 for e, f in v)}/{len(v)}" for m, v in ratios.items() if m != "short-range"]
+            lines.append(f"Splits on which each beats short-range on both: {', '.join(wins)}.")
     if case.published and best:
         ratios = [f"{p.name} E {best['test']['energy_rmse'] * 1e3 / p.energy:.1f}×" for p in case.published if p.energy]
         lines.append(f"Best long-range ({best['model']}) / published E RMSE: {', '.join(ratios)}.")

@@ -55,3 +55,24 @@ def test_spice_table_marks_the_dipole_trained_model_and_says_maceles_has_no_dipo
     assert "MACELES-OFF (in-file) | – | – | 1.280 | 20.0 | – | not in the file |" in text
     assert "predicts zero (the reference dipoles' RMS): 1.250 e·Å" in text
     assert "water_les" in real_data.SPECIAL_CASES and lr.LR_CASES["water_les"].solver == "ewald"
+
+
+def test_several_splits_give_medians_and_paired_wins():
+    tests = [{"energy_rmse": e, "forces_rmse": f, "test": [i], "energy_rmse_by_state": {"Q = +0": e}}
+             for i, (e, f) in enumerate([(0.002, 0.30), (0.004, 0.10), (0.003, 0.20)])]
+    merged = lr.median_over_splits(tests)
+    assert merged["energy_rmse"] == 0.003 and merged["forces_rmse"] == 0.20
+    assert merged["energy_rmse_by_state"] == {"Q = +0": 0.003} and merged["test"] == [[0], [1], [2]]
+    case = lr.LR_CASES["ko2021_carbon_chain"]
+    budget = real_data.Budget(8.0, Path("/nonexistent"), 1, (), (0, 1, 2))
+    sr = _row("short-range", 0.003, 0.20, {"Q = +0": 0.003})
+    sr.update(seeds=[0, 1, 2], splits=tests)
+    # better than short-range on the same split in two of three splits, on both E and F
+    ours = [{"energy_rmse": e, "forces_rmse": f} for e, f in [(0.001, 0.35), (0.003, 0.09), (0.002, 0.18)]]
+    latent = _row("latent", 0.002, 0.18, {"Q = +0": 0.002})
+    latent.update(seeds=[0, 1, 2], splits=ours)
+    text = lr.markdown("ko2021_carbon_chain", case, [sr, latent], None, budget)
+    assert "3 seeded splits (data.split_seed=0,1,2" in text
+    assert "| 0.67 | 0.90 |" in text  # the medians of the same-split ratios: E 0.5, 0.75, 0.67; F 1.17, 0.9, 0.9
+    assert "here: latent (median ratios over the splits)." in text
+    assert "on both: latent 2/3." in text
