@@ -350,6 +350,8 @@ def median_over_splits(tests: list[dict]) -> dict:
         values = [t[key] for t in tests if key in t]
         if isinstance(value, dict):
             merged[key] = median_over_splits(values)
+        elif isinstance(value, int) and not isinstance(value, bool) and len(set(values)) == 1:
+            merged[key] = value  # a count that every split shares (test structures, per state)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             merged[key] = float(np.median(values)) if len(values) > 1 else value
         else:
@@ -462,6 +464,11 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
         if len(seeds) > 1:
             wins = [f"{m} {sum(e < 1 and f < 1 for e, f in v)}/{len(v)}" for m, v in ratios.items() if m != "short-range"]
             lines.append(f"Splits on which each beats short-range on both: {', '.join(wins)}.")
+            spread = sr_row.get("splits", [sr])
+            e = [t["energy_rmse"] * 1e3 for t in spread]
+            f = [t["forces_rmse"] * 1e3 for t in spread]
+            lines.append(f"Short-range alone over the splits (the noise any ranking must beat): E {min(e):.3f}–{max(e):.3f} "
+                         f"meV/atom, F {min(f):.1f}–{max(f):.1f} meV/Å.")
     if case.published and best:
         ratios = [f"{p.name} E {best['test']['energy_rmse'] * 1e3 / p.energy:.1f}×" for p in case.published if p.energy]
         lines.append(f"Best long-range ({best['model']}) / published E RMSE: {', '.join(ratios)}.")
@@ -471,7 +478,8 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
     if peer and best:
         lines.append(f"Best long-range ({best['model']}) / MACELES-OFF: E {best['test']['energy_rmse'] / peer['energy_rmse']:.1f}×, "
                      f"F {best['test']['forces_rmse'] / peer['forces_rmse']:.1f}×.")
-    lines += ["", "Commands (each with `hydra.run.dir`):", ""]
+    lines += ["", "Commands (each with `hydra.run.dir`" + ("" if len(seeds) == 1 else
+              f"; split {seeds[0]}'s, the others differ only in `data.split_seed`") + "):", ""]
     lines += [f"- {r['model']}: `{r['command']}`" for r in rows]
     return "\n".join(lines)
 

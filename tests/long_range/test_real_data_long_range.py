@@ -76,3 +76,5 @@ def test_several_splits_give_medians_and_paired_wins():
     assert "| 0.67 | 0.90 |" in text  # the medians of the same-split ratios: E 0.5, 0.75, 0.67; F 1.17, 0.9, 0.9
     assert "here: latent (median ratios over the splits)." in text
     assert "on both: latent 2/3." in text
+    assert "Short-range alone over the splits (the noise any ranking must beat): E 2.000–4.000 meV/atom, F 100.0–300.0" in text
+    assert lr.median_over_splits([{"n_test": 4}, {"n_test": 4}]) == {"n_test": 4}  # a shared count stays a count
