@@ -234,20 +234,24 @@ def table(results: list[dict], budget_minutes: float) -> str:
                   f"({t['energy_structure_mae']:.4f} / {t['energy_structure_rmse']:.4f} eV per structure), "
                   f"F MAE {t['forces_mae']:.4f} / RMSE {t['forces_rmse']:.4f}{stress}", "",
                   "| model | metric | E | E unit | F | E ratio | F ratio |", "|---|---|---|---|---|---|---|"]
-        key = _METRIC_KEY
         footings = sorted({(p["metric"], p.get("energy_per", "atom")) for p in r["peers"]})
         for metric, per in footings:
             lines.append(f"| **ours** | {metric} | {_ours_energy(t, metric, per):.4g} | {_ENERGY_UNIT[per]} | "
-                         f"{t['forces_' + key[metric]]:.4f} | | |")
+                         f"{t['forces_' + _METRIC_KEY[metric]]:.4f} | | |")
         for p in r["peers"]:
             per = p.get("energy_per", "atom")
-            ours_e, ours_f = _ours_energy(t, p["metric"], per), t["forces_" + key[p["metric"]]]
+            ours_e, ours_f = _ours_energy(t, p["metric"], per), t["forces_" + _METRIC_KEY[p["metric"]]]
             ratio_e = ours_e / p["energy"] if p["energy"] else None
             ratio_f = ours_f / p["forces"] if p["forces"] else None
             lines.append(f"| {p['name']} | {p['metric']} | {_fmt(p['energy'])} | {_ENERGY_UNIT[per]} | {_fmt(p['forces'], 4)} | "
                          f"{_fmt(ratio_e, 2)} | {_fmt(ratio_f, 2)} |")
         lines += ["", f"`{r['command']}`", ""]
     return "\n".join(lines)
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """``--split-seeds 0,1,2`` -> (0, 1, 2)."""
+    return tuple(int(x) for x in text.split(",") if x.strip())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default=None, help=f"the reference datasets folder (default ${ENV_VAR} or ../shared/datasets)")
     parser.add_argument("--out", default=str(REPO / "outputs" / "real_data"))
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each training run")
-    parser.add_argument("--split-seeds", default="0",
+    parser.add_argument("--split-seeds", type=_seeds, default=(0,),
                         help="long-range cases: comma-separated split seeds, every model trained once per seed (e.g. 0,1,2)")
     parser.add_argument("overrides", nargs="*", help="extra mlip-train overrides for every case (e.g. model=angular)")
     args = parser.parse_args(argv)
@@ -274,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             if name in SPECIAL_CASES:
-                seeds = tuple(int(x) for x in args.split_seeds.split(",") if x.strip())
-                results.append(SPECIAL_CASES[name](Budget(args.budget_minutes, out, args.threads, tuple(args.overrides), seeds)))
+                results.append(SPECIAL_CASES[name](Budget(args.budget_minutes, out, args.threads, tuple(args.overrides),
+                                                          args.split_seeds)))
             else:
                 results.append(run_case(name, CASES[name], args.budget_minutes, out, args.threads, args.overrides))
         except DatasetNotFound as exc:

@@ -464,14 +464,13 @@ def markdown(name: str, case: LongRangeCase, rows: list[dict], peer: dict | None
         if len(seeds) > 1:
             wins = [f"{m} {sum(e < 1 and f < 1 for e, f in v)}/{len(v)}" for m, v in ratios.items() if m != "short-range"]
             lines.append(f"Splits on which each beats short-range on both: {', '.join(wins)}.")
-            spread = sr_row.get("splits", [sr])
-            e = [t["energy_rmse"] * 1e3 for t in spread]
-            f = [t["forces_rmse"] * 1e3 for t in spread]
-            lines.append(f"Short-range alone over the splits (the noise any ranking must beat): E {min(e):.3f}–{max(e):.3f} "
-                         f"meV/atom, F {min(f):.1f}–{max(f):.1f} meV/Å.")
+            sr_e = [t["energy_rmse"] * 1e3 for t in sr_row["splits"]]
+            sr_f = [t["forces_rmse"] * 1e3 for t in sr_row["splits"]]
+            lines.append(f"Short-range alone over the splits (the noise any ranking must beat): E {min(sr_e):.3f}–{max(sr_e):.3f} "
+                         f"meV/atom, F {min(sr_f):.1f}–{max(sr_f):.1f} meV/Å.")
     if case.published and best:
-        ratios = [f"{p.name} E {best['test']['energy_rmse'] * 1e3 / p.energy:.1f}×" for p in case.published if p.energy]
-        lines.append(f"Best long-range ({best['model']}) / published E RMSE: {', '.join(ratios)}.")
+        to_published = [f"{p.name} E {best['test']['energy_rmse'] * 1e3 / p.energy:.1f}×" for p in case.published if p.energy]
+        lines.append(f"Best long-range ({best['model']}) / published E RMSE: {', '.join(to_published)}.")
     dipoles = [r["test"]["dipole_reference_rms"] for r in rows if "dipole_reference_rms" in r["test"]]
     if dipoles:
         lines.append(f"Dipole RMSE of a model that predicts zero (the reference dipoles' RMS): {dipoles[0]:.3f} e·Å.")
